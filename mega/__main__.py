@@ -1,0 +1,5 @@
+import sys
+
+from mega.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tables, figures and videos for people to look at."""

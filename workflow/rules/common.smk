@@ -1,0 +1,51 @@
+import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+HEAD_MODEL_DIR = "results/head_model"
+
+# The interpreter that runs Snakemake has mega installed (make setup); jobs use it too, also on
+# SLURM nodes. Under --sdm conda the rule's own environment provides python.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    MEGA = "python -m mega"
+else:
+    MEGA = f"{sys.executable} -m mega"
+
+
+wildcard_constraints:
+    subject=r"[A-Za-z0-9_\-]+",
+
+
+def real_subjects():
+    """Subjects with a UNION folder given in the config."""
+    return [name for name, entry in config["subjects"].items() if entry.get("union")]
+
+
+def union_dir(wildcards):
+    return config["subjects"][wildcards.subject]["union"]
+
+
+def head_model_args():
+    """Command-line arguments of `mega head-model` from the config's head_model section."""
+    hm = config["head_model"]
+    if hm["source"] == "toy":
+        return "--source toy"
+    flame = hm["flame"]
+    return (
+        f"--source flame --model {flame['model']} --masks {flame['masks']} "
+        f"--template {flame['template']}"
+    )
+
+
+def parent_dir(wildcards, output):
+    return str(Path(output[0]).parent)
+
+
+def default_targets():
+    targets = [f"{HEAD_MODEL_DIR}/summary.json", f"{HEAD_MODEL_DIR}/preview.png"]
+    targets += expand("results/data/{subject}/summary.json", subject=real_subjects())
+    return targets

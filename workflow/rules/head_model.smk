@@ -1,0 +1,20 @@
+rule head_model:
+    output:
+        summary=f"{HEAD_MODEL_DIR}/summary.json",
+        preview=f"{HEAD_MODEL_DIR}/preview.png",
+    log:
+        "logs/head_model.log",
+    benchmark:
+        "results/benchmarks/head_model.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        mega=MEGA,
+        args=head_model_args(),
+        out=parent_dir,
+    shell:
+        "{params.mega} head-model {params.args} --out {params.out} > {log} 2>&1"
