@@ -140,6 +140,7 @@ def build_toy_head(seed: int = 0) -> HeadModel:
     # ---- topology: pole + grid, quads split in two, mouth slit by duplicated lower-lip vertices
     grid_idx = 1 + np.arange(R * N).reshape(R, N)
     mouth_row = surf.front_row_nearest(_MOUTH_Y)
+    mouth_y = surf.y_rows[mouth_row]  # the slit lies exactly on this row
     half = (_LIP_RING - 1) // 2
     lip_cols = np.arange(front - half, front + half + 1)
     inner_cols = lip_cols[1:-1]
@@ -198,7 +199,7 @@ def build_toy_head(seed: int = 0) -> HeadModel:
     sockets = socket(0) + socket(1)
     nose_amp = np.interp(base_y, [-0.022, -0.012, -0.003, 0.015, 0.035, 0.045], [0, 0.012, 0.021, 0.010, 0.004, 0])
     nose_width = np.interp(base_y, [-0.02, 0.0, 0.035], [0.013, 0.012, 0.007])
-    lips = (0.005 * _gauss(base_y - (_MOUTH_Y + 0.005), 0.004) + 0.0045 * _gauss(base_y - (_MOUTH_Y - 0.007), 0.004))
+    lips = (0.005 * _gauss(base_y - (mouth_y + 0.005), 0.004) + 0.0045 * _gauss(base_y - (mouth_y - 0.007), 0.004))
     lips *= _gauss(arc, 0.017)
     ears = sum(0.012 * _gauss(azimuth - sgn * np.pi / 2, 0.12) * _gauss(base_y - 0.005, 0.02) for sgn in eye_sign)
     displacement = (
@@ -275,7 +276,7 @@ def build_toy_head(seed: int = 0) -> HeadModel:
         "forehead": face & (y_all > 0.04),
         "eye_region": eye_region["left_eye_region"] | eye_region["right_eye_region"],
         "nose": face & (np.abs(arc_all) < 0.018) & (y_all > -0.02) & (y_all < 0.035),
-        "lips": face & (np.abs(arc_all) < 0.035) & (np.abs(y_all - _MOUTH_Y) < 0.014),
+        "lips": face & (np.abs(arc_all) < 0.035) & (np.abs(y_all - mouth_y) < 0.014),
         **eye_region,
     }
     regions = {k: np.flatnonzero(m).astype(np.int64) for k, m in masks.items()}
@@ -283,9 +284,17 @@ def build_toy_head(seed: int = 0) -> HeadModel:
     # ---- skinning weights: root, neck, jaw, left eye, right eye
     weights = np.zeros((V, 5))
     w_root = _smoothstep(-y_all, 0.10, 0.165) * is_head
-    w_jaw = (_smoothstep(-(y_all - _MOUTH_Y), 0.002, 0.010) * (1 - _smoothstep(np.abs(az_all), 0.9, 1.5))
-             * (1 - _smoothstep(-y_all, 0.075, 0.13))) * is_head
-    w_jaw[dup_idx] = 1.0
+    # The lower lip follows the jaw fully in the middle of the mouth and less towards the
+    # corners, which stay attached to the upper lip; below it, the weight rises to 1 over a
+    # band that is taller away from the middle. The field jumps only across the slit.
+    mouth_half_width = abs(surf.azimuth[lip_cols[-1]]) * 0.09
+    lateral = _smoothstep(np.abs(arc_all), 0.2 * mouth_half_width, 1.2 * mouth_half_width)
+    depth_below_mouth = mouth_y - y_all
+    jaw_band = 0.004 + 0.012 * lateral
+    w_jaw = np.where(depth_below_mouth > 1e-6,
+                     (1 - lateral) + lateral * _smoothstep(depth_below_mouth, 0.0, jaw_band), 0.0)
+    w_jaw *= (1 - _smoothstep(np.abs(az_all), 0.9, 1.5)) * (1 - _smoothstep(-y_all, 0.075, 0.13)) * is_head
+    w_jaw[dup_idx] = 1.0 - lateral[dup_idx]
     w_jaw = np.minimum(w_jaw, 1 - w_root)
     weights[:, 0] = w_root
     weights[:, 2] = w_jaw
@@ -320,7 +329,8 @@ def build_toy_head(seed: int = 0) -> HeadModel:
         shapedirs[:, :, k] = field * 0.004 / (1 + k / 8)
 
     rest_normals = _vertex_normals(vertices, faces_all)
-    face_weight = _smoothstep(1.35 - np.abs(az_all), 0, 0.25) * _smoothstep(y_all, -0.095, -0.07) * is_head
+    face_weight = (_smoothstep(1.35 - np.abs(az_all), 0, 0.4) * _smoothstep(y_all, -0.11, -0.06)
+                   * (1 - _smoothstep(y_all, 0.06, 0.095)) * is_head)
     expr = np.zeros((V, 3, 100))
     # 0: jaw open: the jaw-skinned region swings down about the jaw joint.
     rot = np.deg2rad(12.0)
@@ -330,7 +340,7 @@ def build_toy_head(seed: int = 0) -> HeadModel:
     expr[:, :, 0] = (swung - rel) * w_jaw[:, None]
     # 1: smile: mouth corners up, out and back; cheeks lift.
     for sgn, col in zip(eye_sign, (lip_cols[-1], lip_cols[0])):
-        corner = _gauss(arc_all - surf.azimuth[col] * 0.09, 0.012) * _gauss(y_all - _MOUTH_Y, 0.012) * is_head
+        corner = _gauss(arc_all - surf.azimuth[col] * 0.09, 0.012) * _gauss(y_all - mouth_y, 0.012) * is_head
         expr[:, :, 1] += corner[:, None] * np.array([0.003 * np.sign(surf.azimuth[col]), 0.005, -0.002])
         cheek = _gauss(az_all - sgn * 0.5, 0.15) * _gauss(y_all - 0.0, 0.015) * is_head
         expr[:, :, 1] += cheek[:, None] * np.array([0.0, 0.002, 0.0015])
