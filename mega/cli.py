@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except MegaError as e:
-        log.error("%s", e)
+        # Bad input is the user's to fix: one clear line, no traceback.
+        print(f"mega {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

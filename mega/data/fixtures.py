@@ -17,11 +17,12 @@ from mega.data.union_writer import UnionWriter
 
 def write_fixture_subject(parent: str | Path, n_sequences: int = 3, n_timesteps: int = 2, n_cameras: int = 16,
                           width: int = 22, height: int = 32, extras: bool = True, subject: str = "999",
-                          seed: int = 0) -> Path:
+                          seed: int = 0, textured: bool = False) -> Path:
     """Write a subject and return its UNION folder. The last sequence is the test sequence.
 
     Pixel values encode (timestep, camera) so tests can check the reader returns the right
-    image: red = global timestep % 256, green = camera index * 16.
+    image: red = global timestep % 256, green = camera index * 16. ``textured`` adds per-pixel
+    noise so that PNG sizes and decode times resemble photographs (for benchmarks).
     """
     rng = np.random.default_rng(seed)
     cameras = nersemble_like_rig(width, height, n_cameras)
@@ -38,6 +39,9 @@ def write_fixture_subject(parent: str | Path, n_sequences: int = 3, n_timesteps:
             for cam in range(n_cameras):
                 image = np.full((height, width, 3), 255, np.uint8)
                 image[disc] = (global_t % 256, cam * 16 % 256, 128)
+                if textured:
+                    noise = rng.integers(0, 24, size=image.shape, dtype=np.uint8)
+                    image = np.where(disc[..., None], image, image - noise)
                 mask = (disc * 255).astype(np.uint8)
                 parsing = depth = None
                 if extras:
