@@ -70,6 +70,13 @@ def test_dataloader_with_workers(subject):
     assert seen == 60
 
 
+def test_symlinked_union_folder(subject, tmp_path):
+    link = tmp_path / "306"
+    link.symlink_to(subject, target_is_directory=True)
+    ds = SubjectDataset(link, "val")
+    assert ds.image_path(0).is_file() and ds[0]["image"].shape == (3, 32, 22)
+
+
 def test_extras_can_be_required_or_switched_off(subject, broken):
     assert not SubjectDataset(subject, "val", parsing="off", depth="off").has_depth
     assert "parsing" not in SubjectDataset(subject, "val", parsing="off")[0]

@@ -20,6 +20,7 @@ workers do not copy them on access); images are decoded on demand.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -66,7 +67,8 @@ class SubjectFrames:
     """The frames of one split as flat arrays (index i = one image of one camera at one time)."""
 
     def __init__(self, union_dir: str | Path, split: str):
-        self.union_dir = Path(union_dir)
+        # Resolved once (symlinks followed), so that the lexical '..' in frame paths is right.
+        self.union_dir = Path(union_dir).resolve()
         self.split = split
         self.json_path = self.union_dir / f"transforms_{split}.json"
         meta = _read_json(self.json_path)
@@ -112,7 +114,9 @@ class SubjectFrames:
         return len(self.timestep)
 
     def resolve(self, relative: bytes) -> Path:
-        return (self.union_dir / relative.decode()).resolve()
+        # Lexical normalisation of a path under the resolved UNION folder: no filesystem calls
+        # on the per-sample path.
+        return Path(os.path.normpath(self.union_dir / relative.decode()))
 
     def sequence_dirs(self) -> list[Path]:
         """The sequence folders this split's frames live in (parent of ``images/``)."""

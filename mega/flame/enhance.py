@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mega.flame.geometry import face_normals
 from mega.flame.head_model import HeadModel
 
 EYEBALL_REGIONS = ("left_eyeball", "right_eyeball")
@@ -119,7 +120,7 @@ def add_teeth(head: HeadModel) -> HeadModel:
     # Winding chosen so that the front of the teeth faces +z (out of the mouth).
     teeth_f = np.concatenate([np.stack([a, e, b], 1), np.stack([b, e, c], 1)])
     # The first R - 1 triangles are the upper front strip (root to edge).
-    if _mean_normal_z(np.concatenate([v, teeth_v]), teeth_f[: R - 1]) < 0:
+    if face_normals(np.concatenate([v, teeth_v]), teeth_f[: R - 1])[:, 2].sum() < 0:
         teeth_f = teeth_f[:, [0, 2, 1]]
 
     uv_base = head.uvs.shape[0]
@@ -150,12 +151,6 @@ def add_teeth(head: HeadModel) -> HeadModel:
         faces_uv=np.concatenate([head.faces_uv, teeth_fuv]),
         regions=regions,
     )
-
-
-def _mean_normal_z(vertices: np.ndarray, faces: np.ndarray) -> float:
-    tri = vertices[faces]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    return float(normals[:, 2].sum())
 
 
 def enhance(head: HeadModel, subdivision: bool = True, teeth: bool = True) -> HeadModel:

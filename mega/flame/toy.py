@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mega.flame.geometry import vertex_normals
 from mega.flame.head_model import HeadModel
 
 # Named expression components of the toy model (the first four of the 100).
@@ -55,15 +56,6 @@ def _smoothstep(x, lo, hi):
 
 def _gauss(x, sigma):
     return np.exp(-0.5 * (np.asarray(x) / sigma) ** 2)
-
-
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def _row_angles() -> np.ndarray:
@@ -124,7 +116,7 @@ def _uv_cup(center: np.ndarray, radius: float, uv_center, uv_radius):
     quads_b = np.stack([idx[:-1], nxt[1:], nxt[:-1]], -1).reshape(-1, 3)
     faces = np.concatenate([fan, quads_a, quads_b])
     # Outward winding: the front fan's normal must point along +z.
-    if _vertex_normals(verts, faces)[0, 2] < 0:
+    if vertex_normals(verts, faces)[0, 2] < 0:
         faces = faces[:, [0, 2, 1]]
     equator = idx[5]  # ring at 90 degrees: its mean is the eyeball centre
     return verts, uvs, faces, equator
@@ -179,7 +171,7 @@ def build_toy_head(seed: int = 0) -> HeadModel:
     azimuth[grid_idx] = surf.azimuth[None, :]
     azimuth[dup_idx] = surf.azimuth[inner_cols]
     base_y = verts[:, 1].copy()
-    normals = _vertex_normals(verts, head_faces)
+    normals = vertex_normals(verts, head_faces)
     if np.sum(normals[grid_idx[R // 2], 2] * np.cos(surf.azimuth)) < 0:  # make normals point outward
         head_faces, head_faces_uv = head_faces[:, [0, 2, 1]], head_faces_uv[:, [0, 2, 1]]
         normals = -normals
@@ -328,7 +320,7 @@ def build_toy_head(seed: int = 0) -> HeadModel:
         field /= np.sqrt((field**2).sum(1).mean())
         shapedirs[:, :, k] = field * 0.004 / (1 + k / 8)
 
-    rest_normals = _vertex_normals(vertices, faces_all)
+    rest_normals = vertex_normals(vertices, faces_all)
     face_weight = (_smoothstep(1.35 - np.abs(az_all), 0, 0.4) * _smoothstep(y_all, -0.11, -0.06)
                    * (1 - _smoothstep(y_all, 0.06, 0.095)) * is_head)
     expr = np.zeros((V, 3, 100))

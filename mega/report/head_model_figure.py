@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 from mega.atomic import atomic_path  # noqa: E402
+from mega.flame.geometry import face_normals  # noqa: E402
 from mega.flame.head_model import REGION_NAMES, HeadModel  # noqa: E402
 
 _REGION_COLOURS = {
@@ -33,7 +34,7 @@ def draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndar
     """Orthographic view from +z after turning the mesh by ``yaw_rad`` about +y."""
     v = vertices @ _rotation_y(yaw_rad).T
     tri = v[faces]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals = face_normals(v, faces)
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     visible = normals[:, 2] > 0
     order = np.argsort(tri[visible, :, 2].mean(1))  # far to near
