@@ -143,7 +143,8 @@ class SubjectDataset(Dataset):
 
     def __init__(self, union_dir: str | Path, split: str = "train", parsing: Extra = "auto",
                  depth: Extra = "auto", check_files: bool = True):
-        self.union_dir = Path(union_dir)
+        # Sequence folders are siblings of the real folder, also when a symlink is given.
+        self.union_dir = Path(union_dir).resolve()
         if not self.union_dir.is_dir():
             raise DataError(f"{self.union_dir}: subject folder not found")
         for listing in sorted(self.union_dir.glob("sequences_*.txt")):
