@@ -52,3 +52,9 @@ def nersemble_like_rig(width: int, height: int, n_cameras: int = 16, distance_m:
         w2c = torch.as_tensor(look_at_world_to_camera(eye, target), dtype=torch.float32)
         cameras.append(Camera(K.clone(), w2c, width, height))
     return cameras
+
+
+# The default synthetic subject's image size: the real 550×802 frames at a quarter of the
+# resolution, so that the default workflow trains in minutes on two CPU cores.
+DEFAULT_SYNTHETIC_WIDTH = 138
+DEFAULT_SYNTHETIC_HEIGHT = 200
