@@ -80,6 +80,39 @@ def _inspect_subject(args) -> None:
     write_json(args.out, summary)
 
 
+def _synth(args) -> None:
+    import time
+
+    from mega.atomic import write_json
+    from mega.data.synth import SynthOptions, options_summary, synthesize
+    from mega.data.validate import validate_union
+    from mega.errors import DataError
+    from mega.flame.sources import head_model_from_source
+    from mega.report.subject_figure import write_contact_sheet
+
+    options = SynthOptions(seed=args.seed, width=args.width, height=args.height, n_cameras=args.cameras,
+                           n_sequences=args.sequences, frames_per_sequence=args.frames, hair=args.hair,
+                           supersample=args.supersample, subject=args.subject)
+    if options.n_sequences < 2 or options.frames_per_sequence < 1 or options.n_cameras <= 8:
+        raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 cameras "
+                        "(camera 8 is the val camera)")
+    out = Path(args.out)
+    head = head_model_from_source(args.source, args.model, args.masks, args.template)
+    started = time.perf_counter()
+    union = synthesize(out, head, options, progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    problems = validate_union(union)
+    if problems:
+        raise DataError(f"the synthesized subject fails validation: {problems[0]} (and {len(problems) - 1} more)")
+    sheet = write_contact_sheet(union, out / "contact_sheet.png")
+    n_images = options.n_sequences * options.frames_per_sequence * options.n_cameras
+    write_json(out / "summary.json", {
+        "union": union.name, "options": options_summary(options), "images": n_images,
+        "seconds": round(seconds, 1), "contact_sheet": sheet.name, "head_model": args.source,
+    })
+    log.info("wrote %d images in %.1f s: %s", n_images, seconds, union)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mega", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -99,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"])
     p.add_argument("--out", required=True, help="summary JSON to write")
     p.set_defaults(func=_inspect_subject)
+
+    p = sub.add_parser("synth", help="write the synthetic subject (GaussianAvatars layout with MeGA's extras) "
+                                     "and its contact sheet")
+    p.add_argument("out", help="folder for the sequence folders, the UNION folder, summary.json and the sheet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=138, help="image width in pixels (real data: 550)")
+    p.add_argument("--height", type=int, default=200, help="image height in pixels (real data: 802)")
+    p.add_argument("--cameras", type=int, default=16)
+    p.add_argument("--sequences", type=int, default=10, help="the last one is the test sequence")
+    p.add_argument("--frames", type=int, default=3, help="frames per sequence")
+    p.add_argument("--hair", choices=("short", "long", "none"), default="short")
+    p.add_argument("--supersample", type=int, default=2, help="ground truth is rendered this much larger, then "
+                                                              "box-filtered down")
+    p.add_argument("--subject", default="synthetic", help="subject id in the folder names")
+    p.add_argument("--source", choices=("toy", "flame"), default="toy", help="head model, as for head-model")
+    p.add_argument("--model")
+    p.add_argument("--masks")
+    p.add_argument("--template")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_synth)
     return parser
 
 

@@ -112,8 +112,13 @@ class UnionWriter:
         return {**shared, "frames": frames, "timestep_indices": list(range(len(timesteps))),
                 "camera_indices": sorted({f.camera_index for f in self._frames if f.sequence == sequence})}
 
-    def finish(self, sequences: list[str], test_sequences: list[str], canonical: dict[str, np.ndarray]) -> Path:
-        """Write per-sequence JSONs, the canonical parameters and the UNION folder; return it."""
+    def finish(self, sequences: list[str], test_sequences: list[str], canonical: dict[str, np.ndarray],
+               onef_timestep: int | None = None) -> Path:
+        """Write per-sequence JSONs, the canonical parameters and the UNION folder; return it.
+
+        ``onef_timestep`` (a global train timestep) also writes ``transforms_onef.json``: that one
+        timestep seen by all train cameras, the split MeGA's canonical-hair stage trains on.
+        """
         union = self.union_dir
         union.mkdir(parents=True, exist_ok=True)
         offset = 0
@@ -150,6 +155,13 @@ class UnionWriter:
                "frames": [f for f in trainval["frames"] if f["camera_index"] in val_cams]}
         write_json(union / "transforms_train.json", train, indent=4)
         write_json(union / "transforms_val.json", val, indent=4)
+        if onef_timestep is not None:
+            onef_frames = [f for f in train["frames"] if f["timestep_index"] == onef_timestep]
+            if not onef_frames:
+                raise ValueError(f"onef_timestep {onef_timestep} is not a train timestep")
+            write_json(union / "transforms_onef.json",
+                       {**base, "camera_indices": train["camera_indices"], "timestep_indices": [onef_timestep],
+                        "frames": onef_frames}, indent=4)
         write_flame_params(union / "canonical_flame_param.npz", canonical, self.n_static_offset_vertices)
         write_text(union / "sequences_trainval.txt",
                    "".join(self.sequence_dir(s).name + "\n" for s in sequences if s not in test_sequences))

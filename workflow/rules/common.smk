@@ -45,7 +45,25 @@ def parent_dir(wildcards, output):
     return str(Path(output[0]).parent)
 
 
+SYNTHETIC = "synthetic"
+
+
+def synth_args():
+    """Command-line options of `mega synth` from the config's synthetic and head_model sections."""
+    s = config.get("synthetic", {})
+    return (
+        f"--seed {s.get('seed', 0)} --width {s.get('width', 138)} --height {s.get('height', 200)} "
+        f"--frames {s.get('frames_per_sequence', 3)} --hair {s.get('hair', 'short')} "
+        f"--supersample {s.get('supersample', 2)} {head_model_args()}"
+    )
+
+
 def default_targets():
     targets = [f"{HEAD_MODEL_DIR}/summary.json", f"{HEAD_MODEL_DIR}/preview.png"]
+    if config.get("synthetic", {}).get("enabled", True):
+        targets += [
+            f"results/data/{SYNTHETIC}/summary.json",
+            f"results/data/{SYNTHETIC}/contact_sheet.png",
+        ]
     targets += expand("results/data/{subject}/summary.json", subject=real_subjects())
     return targets

@@ -1,3 +1,30 @@
+rule synthesize:
+    output:
+        summary=f"results/data/{SYNTHETIC}/summary.json",
+        sheet=f"results/data/{SYNTHETIC}/contact_sheet.png",
+    log:
+        f"logs/synthesize/{SYNTHETIC}.log",
+    benchmark:
+        f"results/benchmarks/synthesize/{SYNTHETIC}.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        mega=MEGA,
+        args=synth_args(),
+        subject=SYNTHETIC,
+        out=parent_dir,
+    shell:
+        "{params.mega} synth {params.out} --subject {params.subject} {params.args} --quiet > {log} 2>&1"
+
+
+# The synthetic subject's folder also matches inspect_subject's output pattern.
+ruleorder: synthesize > inspect_subject
+
+
 rule inspect_subject:
     input:
         union=union_dir,

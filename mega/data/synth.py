@@ -1,0 +1,423 @@
+"""The synthetic subject: a procedural head with hair, filmed by a NeRSemble-like rig and written
+in GaussianAvatars' exact layout with MeGA's extras (parsing labels, depth maps, a one-frame
+split for the canonical-hair stage).
+
+What it exercises:
+
+* skin detail that changes with expression: forehead wrinkles that deepen with ``brow_raise``
+  and crow's feet with ``smile``, drawn in the head's canonical space so they move with the skin,
+  over a UV-space pore/freckle texture;
+* a view-dependent highlight (Blinn-Phong under a light fixed in the world);
+* volumetric hair: strands of small elongated Gaussians rooted on the scalp, moving rigidly with
+  the head (a Procrustes fit of the posed scalp) plus a small non-rigid sway;
+* eyes, brows, lips, teeth, ears and neck, each with its CelebAMask-HQ parsing label.
+
+Ground truth is rendered at ``supersample``× the output size and box-filtered down (so it is not
+a copy of what a model renders at the output size), while depth and parsing come from an exact
+render at the output size: depth is the camera z of the mesh at each pixel centre, in metres.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mega.data.camera import Camera
+from mega.data.parsing import LABEL
+from mega.data.rig import (DEFAULT_SYNTHETIC_HEIGHT, DEFAULT_SYNTHETIC_WIDTH, FRONTAL_CAMERA, NERSEMBLE_SERIALS,
+                           nersemble_like_rig)
+from mega.data.union_writer import UnionWriter
+from mega.flame import enhance
+from mega.flame.geometry import vertex_normals
+from mega.flame.head_model import HeadModel
+from mega.flame.model import FlameModel
+from mega.flame.toy import EXPRESSIONS
+from mega.render.gaussians import rasterize_gaussians
+from mega.render.mesh import interpolate, rasterize, texture
+from mega.render.projection import world_to_clip
+
+# NeRSemble's ten sequences, in the order GaussianAvatars lists them.
+SEQUENCES = ("EMO-1", "EMO-2", "EMO-3", "EMO-4", "EXP-2", "EXP-3", "EXP-4", "EXP-5", "EXP-8", "EXP-9")
+HairStyle = Literal["short", "long", "none"]
+WHITE = 1.0
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    seed: int = 0
+    """Everything random (identity, motion, hair, textures) follows from it."""
+    width: int = DEFAULT_SYNTHETIC_WIDTH
+    height: int = DEFAULT_SYNTHETIC_HEIGHT
+    n_cameras: int = 16
+    n_sequences: int = 10
+    """The last sequence is the test sequence."""
+    frames_per_sequence: int = 3
+    hair: HairStyle = "short"
+    supersample: int = 2
+    """Ground truth is rendered at this factor and box-filtered down."""
+    subject: str = "synthetic"
+
+
+# ----------------------------------------------------------------------------- motion
+def sequence_parameters(options: SynthOptions, head: HeadModel) -> dict[str, list[dict[str, np.ndarray]]]:
+    """FLAME parameters per sequence and frame. Each sequence has a theme (which expression it
+    plays, how the head turns); frames sample it at evenly spaced times, never all neutral."""
+    rng = np.random.default_rng(options.seed)
+    shape = np.zeros(300)
+    shape[: min(20, head.n_shape)] = rng.normal(size=min(20, head.n_shape)) * 0.8
+    themes = list(EXPRESSIONS) + ["talk", "turn"]
+    out = {}
+    for k, sequence in enumerate(SEQUENCES[: options.n_sequences]):
+        theme = themes[k % len(themes)]
+        yaw_amplitude = rng.uniform(0.1, 0.3) * (2.0 if theme == "turn" else 1.0)
+        pitch_amplitude = rng.uniform(0.03, 0.12)
+        phase = rng.uniform(0, 2 * np.pi)
+        frames = []
+        n = options.frames_per_sequence
+        for t in range(n):
+            s = (t + 0.5) / n  # in (0, 1)
+            strength = np.sin(np.pi * s)  # 0 at both ends, 1 in the middle
+            expr = np.zeros(100)
+            expr[4:20] = rng.normal(size=16) * 0.15  # small unnamed components
+            jaw = np.zeros(3)
+            if theme in EXPRESSIONS:
+                expr[EXPRESSIONS[theme]] = 1.6 * strength if theme != "jaw_open" else 0.5 * strength
+                if theme == "jaw_open":
+                    jaw[0] = 0.25 * strength
+            elif theme == "talk":
+                jaw[0] = 0.12 * (1 + np.sin(2 * np.pi * 2 * s + phase)) / 2
+                expr[EXPRESSIONS["smile"]] = 0.6 * strength
+            rotation = np.array([pitch_amplitude * np.sin(2 * np.pi * s + phase),
+                                 yaw_amplitude * np.sin(2 * np.pi * s + 0.5 * phase), 0.02 * np.sin(phase)])
+            frames.append({
+                "shape": shape, "expr": expr, "jaw_pose": jaw, "rotation": rotation,
+                "neck_pose": np.array([0.05 * strength, 0.0, 0.0]), "eyes_pose": np.zeros(6),
+                "translation": rng.normal(size=3) * 0.002,
+            })
+        out[sequence] = frames
+    return out
+
+
+def canonical_parameters(shape: np.ndarray) -> dict[str, np.ndarray]:
+    """GaussianAvatars' canonical frame: zero pose and expression, jaw open by 0.3 rad."""
+    return {"shape": shape, "jaw_pose": np.array([0.3, 0.0, 0.0])}
+
+
+def posed_vertices(model: FlameModel, params: dict[str, np.ndarray]) -> torch.Tensor:
+    tensors = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None] for k, v in params.items()}
+    return model(**tensors)[0]
+
+
+# ----------------------------------------------------------------------------- appearance
+@dataclass
+class Appearance:
+    """Per-vertex albedo [V, 3], label [V] (CelebAMask-HQ), masks for wrinkles and shine [V],
+    canonical positions [V, 3] and a UV detail texture [1, T, T, 1]."""
+
+    albedo: torch.Tensor
+    label: torch.Tensor
+    forehead: torch.Tensor
+    eye_corners: torch.Tensor
+    shine: torch.Tensor
+    canonical: torch.Tensor
+    detail: torch.Tensor
+
+
+def build_appearance(head: HeadModel, seed: int, hair_colour: np.ndarray) -> Appearance:
+    rng = np.random.default_rng(seed + 1)
+    v = head.v_template
+    V = len(v)
+    regions = {name: head.region_mask(name) if name in head.regions else np.zeros(V, bool)
+               for name in ("face", "scalp", "neck", "nose", "lips", "teeth", "left_eyeball", "right_eyeball",
+                            "left_ear", "right_ear", "forehead", "left_eye_region", "right_eye_region")}
+    skin = np.array([0.78, 0.58, 0.47]) * rng.uniform(0.9, 1.1, 3)
+    albedo = np.tile(skin, (V, 1))
+    # Low-frequency blotches (cheeks a little redder).
+    albedo *= 1 + 0.06 * np.sin(v[:, :1] * 40 + rng.uniform(0, 6)) * np.sin(v[:, 1:2] * 33 + rng.uniform(0, 6))
+    cheeks = np.exp(-(((np.abs(v[:, 0]) - 0.045) / 0.02) ** 2 + ((v[:, 1] + 0.01) / 0.02) ** 2)) * (v[:, 2] > 0.03)
+    albedo += cheeks[:, None] * np.array([0.08, -0.04, -0.04])
+    label = np.full(V, LABEL["skin"])
+
+    mouth_y = v[head.lip_ring_upper].mean(0)[1] if head.lip_ring_upper.size else 0.0
+    lips = regions["lips"]
+    albedo[lips] = [0.66, 0.33, 0.33]
+    label[lips & (v[:, 1] >= mouth_y)] = LABEL["u_lip"]
+    label[lips & (v[:, 1] < mouth_y)] = LABEL["l_lip"]
+    label[regions["nose"]] = LABEL["nose"]
+    label[regions["neck"]] = LABEL["neck"]
+    label[regions["left_ear"]] = LABEL["l_ear"]
+    label[regions["right_ear"]] = LABEL["r_ear"]
+    albedo[regions["teeth"]] = [0.92, 0.9, 0.82]
+    label[regions["teeth"]] = LABEL["mouth"]
+    # The scalp under the hair is hair-coloured, so gaps between strands do not flash skin.
+    if hair_colour is not None:
+        albedo[regions["scalp"]] = hair_colour * 0.8
+    for side, name in ((0, "left"), (1, "right")):
+        eyeball = regions[f"{name}_eyeball"]
+        if not eyeball.any():
+            continue
+        centre = v[eyeball].mean(0)
+        albedo[eyeball] = [0.92, 0.92, 0.9]
+        front = eyeball & (v[:, 2] > centre[2] + 0.0075)
+        albedo[front] = [0.28, 0.2, 0.13]
+        pupil = eyeball & (v[:, 2] > centre[2] + 0.0105)
+        albedo[pupil] = [0.05, 0.05, 0.05]
+        label[eyeball] = LABEL["l_eye" if side == 0 else "r_eye"]
+        # A brow: a band above the eye on the face.
+        brow = (regions["face"] & (np.abs(v[:, 0] - centre[0]) < 0.022) & (v[:, 1] > centre[1] + 0.016)
+                & (v[:, 1] < centre[1] + 0.026 - 0.1 * np.abs(v[:, 0] - centre[0]) ** 1.5 * 30))
+        albedo[brow] = [0.22, 0.16, 0.12]
+        label[brow] = LABEL["l_brow" if side == 0 else "r_brow"]
+
+    eye_corner = np.zeros(V)
+    for name in ("left_eyeball", "right_eyeball"):
+        if regions[name].any():
+            centre = head.v_template[regions[name]].mean(0)
+            lateral = centre + np.array([np.sign(centre[0]) * 0.022, 0, -0.008])
+            eye_corner = np.maximum(eye_corner, np.exp(-np.sum(((v - lateral) / 0.008) ** 2, axis=1)))
+    forehead = regions["forehead"] & ~regions["scalp"]
+    shine = (regions["face"] | regions["nose"]) & ~lips
+    texture_size = 256
+    noise = torch.as_tensor(rng.normal(size=(1, 1, texture_size, texture_size)), dtype=torch.float32)
+    freckles = F.avg_pool2d(noise, 3, 1, 1) * 3
+    detail = (1 + 0.06 * freckles.clamp(-2, 2)).permute(0, 2, 3, 1).contiguous()
+    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return Appearance(as_t(np.clip(albedo, 0, 1)), torch.as_tensor(label), as_t(forehead), as_t(eye_corner),
+                      as_t(shine), as_t(v), detail)
+
+
+# ----------------------------------------------------------------------------- hair
+@dataclass
+class Hair:
+    """Strand Gaussians in the canonical head frame. means [N, 3], quats [N, 4], scales [N, 3],
+    opacities [N], colors [N, 3], sway [N] (0 at the root, 1 at the tip)."""
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor
+    sway: torch.Tensor
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """Rotation matrices [N, 3, 3] → unit quaternions [N, 4] (w, x, y, z)."""
+    m = R
+    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    candidates = np.stack([
+        np.stack([1 + trace, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], 1),
+        np.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0],
+                  m[:, 0, 2] + m[:, 2, 0]], 1),
+        np.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
+                  m[:, 1, 2] + m[:, 2, 1]], 1),
+        np.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1],
+                  1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], 1),
+    ], 1)  # [N, 4 candidates, 4]
+    best = np.argmax(np.stack([1 + trace, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                               1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], 1), 1)
+    q = candidates[np.arange(len(m)), best]
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q * np.where(q[:, :1] < 0, -1, 1)
+
+
+def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray) -> Hair | None:
+    if style == "none":
+        return None
+    rng = np.random.default_rng(seed + 2)
+    length_m, n_strands, n_segments = {"short": (0.03, 2500, 6), "long": (0.14, 2500, 16)}[style]
+    v, faces = head.v_template, head.faces
+    normals = vertex_normals(v, faces)
+    scalp = head.region_mask("scalp")
+    scalp_faces = faces[scalp[faces].all(1)]
+    area = np.linalg.norm(np.cross(v[scalp_faces[:, 1]] - v[scalp_faces[:, 0]], v[scalp_faces[:, 2]] - v[scalp_faces[:, 0]]), axis=1)
+    pick = rng.choice(len(scalp_faces), n_strands, p=area / area.sum())
+    bary = rng.dirichlet(np.ones(3), n_strands)
+    roots = np.einsum("nk,nkd->nd", bary, v[scalp_faces[pick]])
+    root_normals = np.einsum("nk,nkd->nd", bary, normals[scalp_faces[pick]])
+    root_normals /= np.linalg.norm(root_normals, axis=1, keepdims=True)
+    lengths = length_m * rng.uniform(0.7, 1.2, n_strands)
+    segment = lengths / n_segments
+    # Short hair is combed back and up; long hair falls under gravity after leaving the scalp.
+    comb = np.array([0.0, 0.15, -1.0]) if style == "short" else np.array([0.0, -1.0, -0.15])
+    stiffness = 5.0 if style == "short" else 2.0
+    points = [roots + root_normals * 0.0015]
+    directions = []
+    for k in range(n_segments):
+        s = (k + 0.5) / n_segments
+        keep = np.exp(-stiffness * s) if style == "long" else 0.75 - 0.5 * s
+        d = root_normals * keep + comb * (1 - keep) + rng.normal(size=(n_strands, 3)) * 0.15
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        directions.append(d)
+        points.append(points[-1] + d * segment[:, None])
+    P = np.stack(points, 1)  # [S, K+1, 3]
+    D = np.stack(directions, 1)  # [S, K, 3]
+    centres = 0.5 * (P[:, 1:] + P[:, :-1])
+    # Each Gaussian's x axis runs along its segment.
+    x = D.reshape(-1, 3)
+    helper = np.where(np.abs(x[:, 1:2]) < 0.9, np.array([[0, 1.0, 0]]), np.array([[1.0, 0, 0]]))
+    y = np.cross(x, helper)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    z = np.cross(x, y)
+    quats = matrix_to_quaternion(np.stack([x, y, z], axis=2))
+    n = len(x)
+    scales = np.stack([np.repeat(segment, n_segments) * 0.55, np.full(n, 0.0004), np.full(n, 0.0004)], 1)
+    tint = rng.uniform(0.75, 1.3, (n_strands, 1)) * colour
+    tip = np.linspace(0.0, 0.35, n_segments)[None, :, None]
+    colors = np.clip(tint[:, None, :] * (1 + tip), 0, 1).reshape(-1, 3)
+    sway = np.tile(((np.arange(n_segments) + 0.5) / n_segments) ** 2, n_strands)
+    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return Hair(as_t(centres.reshape(-1, 3)), as_t(quats), as_t(scales), torch.full((n,), 0.85),
+                as_t(colors), as_t(sway))
+
+
+def rigid_fit(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares rotation and translation with R·source + t ≈ target (Kabsch)."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    U, _, Vt = torch.linalg.svd((source - mu_s).T @ (target - mu_t))
+    d = torch.sign(torch.linalg.det(Vt.T @ U.T))
+    R = Vt.T @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ U.T
+    return R, mu_t - R @ mu_s
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
+
+
+def posed_hair(hair: Hair, R: torch.Tensor, t: torch.Tensor, sway_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means and quaternions of the hair after the sway (in the head frame) and the head's motion."""
+    means = hair.means + hair.sway[:, None] * sway_m
+    q_R = torch.as_tensor(matrix_to_quaternion(R[None].double().numpy()), dtype=torch.float32)
+    return means @ R.T + t, quaternion_multiply(q_R.expand(len(hair.quats), 4), hair.quats)
+
+
+# ----------------------------------------------------------------------------- rendering
+def vertex_attributes(vertices: torch.Tensor, faces: torch.Tensor, appearance: Appearance) -> torch.Tensor:
+    """Everything shading interpolates, per posed vertex [V, 15]: position, normal, albedo,
+    canonical position, forehead and eye-corner wrinkle masks, shine."""
+    normals = torch.as_tensor(vertex_normals(vertices.numpy(), faces.numpy()), dtype=torch.float32)
+    return torch.cat([vertices, normals, appearance.albedo, appearance.canonical, appearance.forehead[:, None],
+                      appearance.eye_corners[:, None], appearance.shine[:, None]], 1)
+
+
+def render_view(camera: Camera, vertices: torch.Tensor, attrs: torch.Tensor, faces: torch.Tensor,
+                faces_uv: torch.Tensor, uvs: torch.Tensor, appearance: Appearance, expr: np.ndarray, hair_state,
+                supersample: int, light_dir: torch.Tensor):
+    """One ground-truth view: image [H, W, 3] in [0, 1], foreground alpha [H, W], parsing [H, W]
+    uint8, depth [H, W] metres (0 = background). ``attrs`` from :func:`vertex_attributes`."""
+    H, W = camera.height, camera.width
+    big = Camera(camera.intrinsics * torch.tensor([[supersample], [supersample], [1.0]]), camera.world_to_camera,
+                 W * supersample, H * supersample)
+    pos = world_to_clip(vertices, big)[None]
+    rast = rasterize(pos, faces, (big.height, big.width))
+    covered = rast[0, ..., 3] > 0
+    g = interpolate(attrs[None], rast, faces)[0]
+    point, normal, albedo, canonical = g[..., 0:3], F.normalize(g[..., 3:6], dim=-1), g[..., 6:9], g[..., 9:12]
+    forehead, eye_corner, shine = g[..., 12], g[..., 13], g[..., 14]
+    uv = interpolate(uvs[None], rast, faces_uv)
+    detail = texture(appearance.detail, uv, boundary_mode="wrap")[0, ..., 0]
+    # Wrinkles: stripes in the canonical frame, as deep as the expression is strong.
+    brow = max(float(expr[EXPRESSIONS["brow_raise"]]), 0.0)
+    smile = max(float(expr[EXPRESSIONS["smile"]]), 0.0)
+    stripes = (0.5 + 0.5 * torch.sin(canonical[..., 1] * (2 * math.pi / 0.008))) ** 6
+    fan = (0.5 + 0.5 * torch.sin((canonical[..., 1] + 0.3 * canonical[..., 2]) * (2 * math.pi / 0.005))) ** 6
+    wrinkles = (1 - 0.3 * min(brow, 1.5) * forehead * stripes) * (1 - 0.35 * min(smile, 1.5) * eye_corner * fan)
+    to_camera = F.normalize(big.center[None, None] - point, dim=-1)
+    lambert = (normal * light_dir).sum(-1).clamp_min(0)
+    half = F.normalize(light_dir + to_camera, dim=-1)
+    specular = 0.35 * shine * (normal * half).sum(-1).clamp_min(0) ** 40
+    shaded = albedo * detail[..., None] * wrinkles[..., None] * (0.35 + 0.75 * lambert[..., None]) + specular[..., None]
+    mesh_rgb = torch.where(covered[..., None], shaded, torch.full_like(shaded, WHITE))
+
+    hair_alpha_big = torch.zeros(big.height, big.width)
+    rgb_big = mesh_rgb
+    if hair_state is not None:
+        means, quats, hair = hair_state
+        mesh_depth = interpolate(big.world_to_camera_points(vertices)[None, :, 2:], rast, faces)[0, ..., 0]
+        mesh_depth = torch.where(covered, mesh_depth, torch.full_like(mesh_depth, math.inf))
+        with torch.no_grad():
+            out = rasterize_gaussians(means, quats, hair.scales, hair.opacities, big, colors=hair.colors,
+                                      mesh_depth=mesh_depth)
+        hair_alpha_big = out["alpha"]
+        rgb_big = out["color"] + (1 - hair_alpha_big[..., None]) * mesh_rgb
+    fg_big = 1 - (1 - covered.float()) * (1 - hair_alpha_big)
+    # Box filter down to the output size: supersampled anti-aliasing.
+    down = lambda x: F.avg_pool2d(x.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)  # noqa: E731
+    image = down(rgb_big).clamp(0, 1)
+    fg = down(fg_big[..., None])[..., 0]
+    hair_alpha = down(hair_alpha_big[..., None])[..., 0]
+
+    # Exact depth and parsing at the output size.
+    rast1 = rasterize(world_to_clip(vertices, camera)[None], faces, (H, W))
+    on_mesh = rast1[0, ..., 3] > 0
+    depth = interpolate(camera.world_to_camera_points(vertices)[None, :, 2:], rast1, faces)[0, ..., 0]
+    depth = torch.where(on_mesh, depth, torch.zeros_like(depth))
+    face_label = appearance.label[faces[:, 0]]
+    parsing = torch.where(on_mesh, face_label[(rast1[0, ..., 3].long() - 1).clamp_min(0)], torch.zeros_like(depth).long())
+    parsing = torch.where(hair_alpha > 0.5, torch.full_like(parsing, LABEL["hair"]), parsing)
+    return image, fg, parsing.to(torch.uint8), depth
+
+
+# ----------------------------------------------------------------------------- the subject
+def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = SynthOptions(),
+               progress: bool = True) -> Path:
+    """Write the subject under ``parent``; return its UNION folder."""
+    torch.manual_seed(options.seed)
+    enhanced = enhance(head)
+    model = FlameModel(enhanced)
+    hair_colour = np.array([0.2, 0.13, 0.08])
+    appearance = build_appearance(enhanced, options.seed, hair_colour if options.hair != "none" else None)
+    hair = build_hair(enhanced, options.hair, options.seed, hair_colour)
+    faces = torch.as_tensor(enhanced.faces, dtype=torch.int64)
+    faces_uv = torch.as_tensor(enhanced.faces_uv, dtype=torch.int64)
+    uvs = torch.as_tensor(enhanced.uvs, dtype=torch.float32)
+    scalp = torch.as_tensor(enhanced.region_mask("scalp"))
+    cameras = nersemble_like_rig(options.width, options.height, options.n_cameras)
+    writer = UnionWriter(Path(parent), options.subject, cameras, list(NERSEMBLE_SERIALS[: options.n_cameras]))
+    params = sequence_parameters(options, head)
+    sequences = list(params)
+    shape = params[sequences[0]][0]["shape"]
+    rest = posed_vertices(model, {"shape": shape})
+    light_dir = F.normalize(torch.tensor([0.35, 0.55, 0.75]), dim=0)
+    total = sum(len(frames) for frames in params.values()) * len(cameras)
+    bar = tqdm(total=total, desc="synth", unit="img", disable=not progress)
+    global_t = 0
+    with torch.no_grad():
+        for sequence, frames in params.items():
+            for t, frame in enumerate(frames):
+                writer.write_flame(sequence, t, frame)
+                vertices = posed_vertices(model, frame)
+                attrs = vertex_attributes(vertices, faces, appearance)
+                hair_state = None
+                if hair is not None:
+                    R, trans = rigid_fit(rest[scalp], vertices[scalp])
+                    sway = torch.tensor([0.004 * math.sin(0.9 * global_t + options.seed), 0.0,
+                                         0.002 * math.cos(0.7 * global_t)])
+                    means, quats = posed_hair(hair, R, trans, sway)
+                    hair_state = (means, quats, hair)
+                for index, camera in enumerate(cameras):
+                    image, fg, parsing, depth = render_view(camera, vertices, attrs, faces, faces_uv, uvs, appearance,
+                                                            frame["expr"], hair_state, options.supersample, light_dir)
+                    writer.write_frame(sequence, t, index, _to_uint8(image), _to_uint8(fg), parsing.numpy(),
+                                       depth.numpy())
+                    bar.update()
+                global_t += 1
+    bar.close()
+    return writer.finish(sequences, sequences[-1:], canonical_parameters(shape), onef_timestep=0)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def options_summary(options: SynthOptions) -> dict:
+    return {**asdict(options), "frontal_camera": FRONTAL_CAMERA}

@@ -1,0 +1,120 @@
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mega.cli import main
+from mega.data.depth import read_depth
+from mega.data.fixtures import write_fixture_subject
+from mega.data.gaussian_avatars import SubjectDataset
+from mega.data.parsing import LABEL
+from mega.data.validate import validate_union
+
+TINY = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
+
+
+def make_subject(out: Path, *extra: str) -> Path:
+    assert main(["synth", str(out), *TINY, *extra]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    return out / summary["union"]
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory) -> Path:
+    return make_subject(tmp_path_factory.mktemp("synth") / "synthetic")
+
+
+def test_passes_the_validator_with_every_split(subject):
+    assert validate_union(subject) == []
+    for name in ("transforms_train.json", "transforms_val.json", "transforms_test.json", "transforms_onef.json",
+                 "canonical_flame_param.npz", "sequences_trainval.txt", "sequences_test.txt"):
+        assert (subject / name).is_file()
+    train = json.loads((subject / "transforms_train.json").read_text())
+    assert len(train["frames"]) == 1 * 15  # one train sequence × one frame × 15 cameras
+    assert (subject.parent / "contact_sheet.png").is_file()
+    with Image.open(subject.parent / "contact_sheet.png") as sheet:
+        assert sheet.width >= 16 * 28
+
+
+def test_images_masks_parsing_and_depth_agree(subject):
+    frames = json.loads((subject / "transforms_test.json").read_text())["frames"]
+    saw_hair = False
+    for frame in frames:
+        image = np.array(Image.open(subject / frame["file_path"])).astype(float) / 255
+        fg = np.array(Image.open(subject / frame["fg_mask_path"])).astype(float) / 255
+        seq = (subject / frame["file_path"]).parent.parent
+        stem = Path(frame["file_path"]).stem
+        parsing = np.array(Image.open(seq / "parsing" / f"{stem}_labels.png"))
+        depth = read_depth(seq / "depths" / f"{stem}.npz")
+        assert image.shape == (40, 28, 3) and fg.shape == parsing.shape == depth.shape == (40, 28)
+        # White background wherever nothing is in front.
+        assert np.all(image[fg == 0] == 1.0)
+        # Depth only on the foreground, at head distance (the rig is 1 m away).
+        assert np.all(fg[depth > 0] > 0.25)
+        assert np.all((depth[depth > 0] > 0.8) & (depth[depth > 0] < 1.2))
+        # Labels on the foreground; hair where hair is (dark), skin on the face.
+        labelled = parsing > 0
+        assert np.mean(fg[labelled] > 0.25) > 0.97
+        hair = parsing == LABEL["hair"]
+        if hair.any():
+            saw_hair = True
+            assert image[hair].mean() < 0.45
+        assert (parsing == LABEL["skin"]).any()
+    assert saw_hair
+
+
+def test_frontal_camera_sees_eyes_nose_lips(subject):
+    frame = next(f for f in json.loads((subject / "transforms_val.json").read_text())["frames"])
+    assert frame["camera_index"] == 8
+    seq = (subject / frame["file_path"]).parent.parent
+    parsing = np.array(Image.open(seq / "parsing" / f"{Path(frame['file_path']).stem}_labels.png"))
+    assert {LABEL["nose"], LABEL["u_lip"], LABEL["neck"]} <= set(np.unique(parsing).tolist())
+
+
+def test_the_reader_reads_every_split(subject):
+    for split in ("train", "val", "test", "onef"):
+        ds = SubjectDataset(subject, split, parsing="require", depth="require")
+        sample = ds[0]
+        assert sample["image"].shape == (3, 40, 28)
+        assert sample["depth"].shape == (1, 40, 28)
+
+
+def test_same_seed_same_files_other_seed_other_files(subject, tmp_path):
+    again = make_subject(tmp_path / "again")
+    other = make_subject(tmp_path / "other", "--seed", "1")
+
+    def digests(union: Path) -> dict[str, str]:
+        root = union.parent
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file() and p.name != "summary.json"}
+
+    first = digests(subject)
+    assert digests(again) == first
+    different = digests(other)
+    assert different.keys() == first.keys()
+    assert sum(different[k] != first[k] for k in first) > len(first) // 2
+
+
+def test_validator_names_file_and_field(tmp_path):
+    union = write_fixture_subject(tmp_path / "fixture", n_sequences=3, n_timesteps=1, width=12, height=16)
+    assert validate_union(union) == []
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "fixture", broken, symlinks=True)
+    union = broken / union.name
+    train = json.loads((union / "transforms_train.json").read_text())
+    del train["frames"][0]["fl_x"]
+    val = json.loads((union / "transforms_val.json").read_text())
+    train["frames"].append(val["frames"][0])  # camera 8 leaks into train
+    (union / "transforms_train.json").write_text(json.dumps(train))
+    problems = validate_union(union)
+    assert any("transforms_train.json" in p and "fl_x" in p for p in problems)
+    assert any("holds camera 8" in p for p in problems)
+
+
+def test_bad_options_are_refused(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "x"), "--cameras", "4", "--quiet"]) == 2
+    assert "9 cameras" in capsys.readouterr().err
