@@ -5,7 +5,7 @@ import torch
 
 from gaussian_reference import reference_render
 from mega.data.camera import Camera
-from mega.render.gaussians import project_gaussians, rasterize_gaussians
+from mega.render.gaussians import rasterize_gaussians
 from mega.render.sh import eval_sh, rgb_to_sh_dc
 
 H, W = 12, 16

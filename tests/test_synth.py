@@ -118,3 +118,17 @@ def test_validator_names_file_and_field(tmp_path):
 def test_bad_options_are_refused(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "x"), "--cameras", "4", "--quiet"]) == 2
     assert "9 cameras" in capsys.readouterr().err
+
+
+def test_hair_quaternions_round_trip():
+    import torch
+
+    from mega.data.synth import matrix_to_quaternion, quaternion_multiply
+    from mega.render.gaussians import quaternion_to_matrix
+
+    q = torch.nn.functional.normalize(torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=1)
+    R = quaternion_to_matrix(q)
+    back = torch.as_tensor(matrix_to_quaternion(R.numpy()))
+    torch.testing.assert_close(quaternion_to_matrix(back), R)
+    # Composition of quaternions is composition of rotations.
+    torch.testing.assert_close(quaternion_to_matrix(quaternion_multiply(q[:25], q[25:])), R[:25] @ R[25:])
