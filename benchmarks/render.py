@@ -80,13 +80,6 @@ def timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def scaled(camera: Camera, width: int, height: int) -> Camera:
-    K = camera.intrinsics.clone()
-    K[0] *= width / camera.width
-    K[1] *= height / camera.height
-    return Camera(K, camera.world_to_camera, width, height)
-
-
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -128,7 +121,7 @@ def main() -> None:
 
     sizes = [(550, 802, n) for n in counts] + [(DEFAULT_SYNTHETIC_WIDTH, DEFAULT_SYNTHETIC_HEIGHT, 20_000)]
     for width, height, n in sizes:
-        cam = scaled(nersemble_like_rig(550, 802)[8], width, height).to(device)
+        cam = nersemble_like_rig(550, 802)[8].resized(width, height).to(device)
         scene = [t.to(device).requires_grad_() for t in hair_gaussians(n, vertices, faces, scalp)]
 
         def gaussians_forward():

@@ -43,3 +43,18 @@ def test_round_trip_through_json_convention():
     batch = Camera.stack([cam, again])
     assert batch.intrinsics.shape == (2, 3, 3)
     assert batch.project(torch.zeros(2, 5, 3))[0].shape == (2, 5, 2)
+
+
+def test_resized_camera_scales_pixel_positions():
+    import torch
+
+    from mega.data.rig import nersemble_like_rig
+
+    camera = nersemble_like_rig(550, 802)[3]
+    small = camera.resized(138, 200)
+    assert (small.width, small.height) == (138, 200)
+    points = torch.tensor([[0.03, 0.05, 0.02], [-0.04, -0.1, 0.06]])
+    big_px, big_z = camera.project(points)
+    small_px, small_z = small.project(points)
+    torch.testing.assert_close(small_px, big_px * torch.tensor([138 / 550, 200 / 802]))
+    torch.testing.assert_close(small_z, big_z)

@@ -254,3 +254,11 @@ def test_nvdiffrast_matches_torch_backend():
     uv = torch.rand(1, 8, 8, 2)
     torch.testing.assert_close(texture(tex.cuda(), uv.cuda(), backend="cuda").cpu(), texture(tex, uv, backend="torch"),
                                atol=1e-5, rtol=1e-4)
+
+
+def test_expand_ranges():
+    from mega.render.ranges import expand_ranges
+
+    owner, offset = expand_ranges(torch.tensor([2, 0, 3]))
+    assert owner.tolist() == [0, 0, 2, 2, 2]
+    assert offset.tolist() == [0, 1, 0, 1, 2]

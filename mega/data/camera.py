@@ -88,6 +88,11 @@ class Camera:
         y = K[..., None, 1, 1] * cam[..., 1] / z + K[..., None, 1, 2]
         return torch.stack([x, y], dim=-1), z
 
+    def resized(self, width: int, height: int) -> "Camera":
+        """The same camera imaging the same field of view at another resolution (intrinsics scaled)."""
+        scale = self.intrinsics.new_tensor([[width / self.width], [height / self.height], [1.0]])
+        return Camera(self.intrinsics * scale, self.world_to_camera, int(width), int(height))
+
     def to(self, device=None, dtype=None) -> "Camera":
         return Camera(self.intrinsics.to(device=device, dtype=dtype),
                       self.world_to_camera.to(device=device, dtype=dtype), self.width, self.height)

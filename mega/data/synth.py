@@ -315,8 +315,7 @@ def render_view(camera: Camera, vertices: torch.Tensor, attrs: torch.Tensor, fac
     """One ground-truth view: image [H, W, 3] in [0, 1], foreground alpha [H, W], parsing [H, W]
     uint8, depth [H, W] metres (0 = background). ``attrs`` from :func:`vertex_attributes`."""
     H, W = camera.height, camera.width
-    big = Camera(camera.intrinsics * torch.tensor([[supersample], [supersample], [1.0]]), camera.world_to_camera,
-                 W * supersample, H * supersample)
+    big = camera.resized(W * supersample, H * supersample)
     pos = world_to_clip(vertices, big)[None]
     rast = rasterize(pos, faces, (big.height, big.width))
     covered = rast[0, ..., 3] > 0

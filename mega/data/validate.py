@@ -13,6 +13,7 @@ import numpy as np
 
 from mega.data.flame_params import FLAME_PARAM_SIZES
 from mega.data.rig import FRONTAL_CAMERA
+from mega.errors import shape_mismatch
 
 TOP_LEVEL_FIELDS = ("frames", "cx", "cy", "fl_x", "fl_y", "h", "w", "camera_angle_x", "camera_angle_y",
                     "timestep_indices", "camera_indices")
@@ -35,7 +36,7 @@ def _flame_problems(path: Path) -> list[str]:
             if key not in npz:
                 problems.append(f"{path}: key '{key}' missing")
             elif npz[key].shape != expected:
-                problems.append(f"{path}: '{key}' has shape {npz[key].shape}, expected {expected}")
+                problems.append(shape_mismatch(path, key, npz[key].shape, str(expected)))
         if "static_offset" not in npz or npz["static_offset"].ndim != 3 or npz["static_offset"].shape[::2] != (1, 3):
             problems.append(f"{path}: 'static_offset' must be [1, V, 3]")
     return problems

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from mega.data.camera import Camera
+from mega.render.ranges import expand_ranges
 from mega.render.sh import eval_sh
 
 MIN_ALPHA = 1.0 / 255.0
@@ -195,10 +196,8 @@ def _row_spans(means2d: Tensor, conic: Tensor, level: Tensor, extent_y: Tensor, 
     A, B, Cc = conic.unbind(-1)
     row0 = torch.ceil(my - extent_y - 0.5).clamp(0, H - 1).long()
     row1 = torch.floor(my + extent_y - 0.5).clamp(-1, H - 1).long()
-    n_rows = (row1 - row0 + 1).clamp_min(0)
-    rank = torch.repeat_interleave(torch.arange(means2d.shape[0], device=means2d.device), n_rows)
-    row = row0[rank] + torch.arange(rank.numel(), device=means2d.device) - torch.repeat_interleave(
-        torch.cumsum(n_rows, 0) - n_rows, n_rows)
+    rank, row_offset = expand_ranges((row1 - row0 + 1).clamp_min(0))
+    row = row0[rank] + row_offset
     dy = row.to(means2d.dtype) + 0.5 - my[rank]
     a_r, b_r = A[rank], B[rank]
     # A·dx² + 2B·dy·dx + (C·dy² − k²) ≤ 0  ⇔  dx ∈ centre ± half.
@@ -293,11 +292,9 @@ class _Composite(torch.autograd.Function):
         near_z = torch.full((3, HW), math.inf, dtype=dtype, device=device)
         saved = []
         for start, stop in _span_chunks(span_length, settings.pair_budget):
-            length = span_length[start:stop]
-            span = torch.repeat_interleave(torch.arange(stop - start, device=device), length)
-            col = (span_col0[start:stop] - (torch.cumsum(length, 0) - length)).index_select(0, span)
-            col += torch.arange(span.numel(), device=device)
-            pix = span_row[start:stop].index_select(0, span) * W + col
+            span, col_offset = expand_ranges(span_length[start:stop])
+            first_pixel = span_row[start:stop] * W + span_col0[start:stop]
+            pix = first_pixel.index_select(0, span) + col_offset
             live = torch.nonzero(alive.index_select(0, pix)).squeeze(1)
             if live.numel() == 0:
                 continue
@@ -321,8 +318,8 @@ class _Composite(torch.autograd.Function):
             stop_here = torch.zeros_like(contributes)
             if settings.min_transmittance is not None:
                 stop_here |= contributes & (transmittance * (1 - alpha) < settings.min_transmittance)
+            index = torch.arange(pix.numel(), device=device)
             if settings.early_stop_gap_m is not None:
-                index = torch.arange(pix.numel(), device=device)
                 last = torch.cummax(torch.where(significant, index, torch.full_like(index, -1)), 0).values
                 previous = torch.cat([last.new_full((1,), -1), last[:-1]])
                 in_chunk = previous >= first
@@ -333,7 +330,6 @@ class _Composite(torch.autograd.Function):
             if mesh_depth is not None:
                 surface = mesh_depth.index_select(0, pix)
                 stop_here |= contributes & torch.isfinite(surface) & (surface > 0) & (z > surface)
-            index = torch.arange(pix.numel(), device=device)
             first_stop = torch.cummax(torch.where(stop_here, index, torch.full_like(index, -1)), 0).values
             included = first_stop < first
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mega.render.ranges import expand_ranges
+
 Backend = Literal["auto", "torch", "cuda"]
 
 # Upper bound on (triangle, pixel) candidate pairs held at once by the torch rasterizer; each
@@ -157,9 +159,8 @@ def _visible_triangle_per_pixel(pos: Tensor, tri: Tensor, height: int, width: in
         stop = int(torch.searchsorted(ends, base + pair_budget, right=True))
         stop = max(stop, start + 1)
         ids = candidates[start:stop]
-        n = counts[ids]
-        tid = torch.repeat_interleave(ids, n)
-        local = torch.arange(int(n.sum()), device=device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        owner, local = expand_ranges(counts[ids])
+        tid = ids.index_select(0, owner)
         bw = box_w[tid]
         px = x0[tid] + local % bw
         py = y0[tid] + local // bw
