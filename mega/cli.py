@@ -113,6 +113,30 @@ def _synth(args) -> None:
     log.info("wrote %d images in %.1f s: %s", n_images, seconds, union)
 
 
+def _train_face(args) -> None:
+    import json
+
+    from mega.errors import ConfigError
+    from mega.face.config import FaceConfig, variant_config
+    from mega.flame.head_model import load_head_model
+    from mega.train.face import train_face
+
+    try:
+        settings = json.loads(args.settings) if args.settings else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--settings is not valid JSON ({e}): {args.settings!r}") from e
+    if args.iterations is not None:
+        settings["iterations"] = args.iterations
+    config = variant_config(FaceConfig.from_dict(settings, where="--settings"), args.variant)
+    folder = Path(args.head_model)
+    head = load_head_model(folder / "head_model.pkl", folder / "head_masks.pkl", folder / "head_template.obj")
+    metrics = train_face(args.union, head, args.out, config, variant=args.variant, device=args.device,
+                         progress=not args.quiet, restart=args.restart)
+    for split in ("val", "test"):
+        if split in metrics:
+            log.info("%s: %s", split, ", ".join(f"{k} {v}" for k, v in metrics[split].items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mega", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -152,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("train-face", help="stage 1: train the neural mesh face of a subject (resumes if interrupted)")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, loss log, face.pt, metrics, renders)")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--variant", default="mega", help="mega (full) or a Table 2 ablation: noview, nodyn, "
+                   "nosubdiv, nodisp")
+    p.add_argument("--settings", help="face settings as JSON, e.g. '{\"tex_size\": 128}' (see mega/face/config.py)")
+    p.add_argument("--iterations", type=int, help="overrides the settings' iterations")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_face)
     return parser
 
 

@@ -24,3 +24,7 @@ class ConfigError(MegaError):
 def shape_mismatch(path: str | Path, key: str, found: tuple, expected: str) -> str:
     """One sentence naming the file, the key, the shape found and the shape expected."""
     return f"{path}: '{key}' has shape {tuple(found)}, expected {expected}"
+
+
+class TrainingError(MegaError):
+    """Training cannot go on (a non-finite loss or gradient, an incompatible checkpoint)."""

@@ -8,6 +8,9 @@ What it exercises:
   and crow's feet with ``smile``, drawn in the head's canonical space so they move with the skin,
   over a UV-space pore/freckle texture;
 * a view-dependent highlight (Blinn-Phong under a light fixed in the world);
+* geometry beyond the head model: personal bumps of a few millimetres (cheekbones, brow ridge,
+  chin) and cheeks that bulge with ``smile``, along the surface normal, so the written FLAME
+  parameters explain the shape only up to that detail (as a tracked FLAME fit does real heads);
 * volumetric hair: strands of small elongated Gaussians rooted on the scalp, moving rigidly with
   the head (a Procrustes fit of the posed scalp) plus a small non-rigid sway;
 * eyes, brows, lips, teeth, ears and neck, each with its CelebAMask-HQ parsing label.
@@ -27,6 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from mega.data.camera import Camera
@@ -191,6 +195,46 @@ def build_appearance(head: HeadModel, seed: int, hair_colour: np.ndarray) -> App
     as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     return Appearance(as_t(np.clip(albedo, 0, 1)), torch.as_tensor(label), as_t(forehead), as_t(eye_corner),
                       as_t(shine), as_t(v), detail)
+
+
+@dataclass
+class GeometricDetail:
+    """Offsets along the posed vertex normal, metres: ``static [V] + smile · smile_bulge [V]``."""
+
+    static: torch.Tensor
+    smile_bulge: torch.Tensor
+
+    def apply(self, vertices: torch.Tensor, faces: torch.Tensor, expr: np.ndarray) -> torch.Tensor:
+        smile = float(np.clip(expr[EXPRESSIONS["smile"]], 0.0, 1.5))
+        normals = torch.as_tensor(vertex_normals(vertices.numpy(), faces.numpy()), dtype=vertices.dtype)
+        return vertices + normals * (self.static + smile * self.smile_bulge)[:, None]
+
+
+def build_geometric_detail(head: HeadModel, seed: int, amplitude_m: float = 0.0045) -> GeometricDetail:
+    """Smooth personal bumps on the face (none on eyeballs, teeth, scalp or neck), fading to zero
+    1.5 cm inside the face region's border, so the surface stays continuous."""
+    rng = np.random.default_rng(seed + 2)
+    v = head.v_template
+    face = head.region_mask("face")
+    for name in ("left_eyeball", "right_eyeball", "teeth"):
+        if name in head.regions:
+            face &= ~head.region_mask(name)
+    if not face.any():
+        zeros = torch.zeros(len(v))
+        return GeometricDetail(zeros, zeros)
+    distance_to_border, _ = cKDTree(v[~face]).query(v)
+    fade = np.clip(distance_to_border / 0.015, 0.0, 1.0) * face
+    centres = v[face][rng.choice(int(face.sum()), size=16, replace=False)]
+    signs = rng.choice([-1.0, 1.0], size=16) * rng.uniform(0.5, 1.0, size=16)
+    bumps = sum(s * np.exp(-np.sum((v - c) ** 2, axis=1) / (2 * 0.015 ** 2)) for s, c in zip(signs, centres))
+    static = amplitude_m * bumps * fade
+    # Cheeks swell when smiling: two bumps beside the nose, below the eyes.
+    mouth = v[head.lip_ring_upper].mean(0) if head.lip_ring_upper.size else v[face].mean(0)
+    cheek = sum(np.exp(-np.sum((v - (mouth + np.array([side * 0.03, 0.02, -0.005]))) ** 2, axis=1) / (2 * 0.014 ** 2))
+                for side in (-1.0, 1.0))
+    smile_bulge = 0.002 * cheek * fade
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    return GeometricDetail(as_t(static), as_t(smile_bulge))
 
 
 # ----------------------------------------------------------------------------- hair
@@ -376,6 +420,7 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
     hair_colour = np.array([0.2, 0.13, 0.08])
     appearance = build_appearance(enhanced, options.seed, hair_colour if options.hair != "none" else None)
     hair = build_hair(enhanced, options.hair, options.seed, hair_colour)
+    detail = build_geometric_detail(enhanced, options.seed)
     faces = torch.as_tensor(enhanced.faces, dtype=torch.int64)
     faces_uv = torch.as_tensor(enhanced.faces_uv, dtype=torch.int64)
     uvs = torch.as_tensor(enhanced.uvs, dtype=torch.float32)
@@ -394,7 +439,7 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
         for sequence, frames in params.items():
             for t, frame in enumerate(frames):
                 writer.write_flame(sequence, t, frame)
-                vertices = posed_vertices(model, frame)
+                vertices = detail.apply(posed_vertices(model, frame), faces, frame["expr"])
                 attrs = vertex_attributes(vertices, faces, appearance)
                 hair_state = None
                 if hair is not None:

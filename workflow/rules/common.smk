@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ else:
 
 wildcard_constraints:
     subject=r"[A-Za-z0-9_\-]+",
+    variant=r"mega|noview|nodyn|nosubdiv|nodisp|gsdepth|allgs",
 
 
 def real_subjects():
@@ -58,12 +60,31 @@ def synth_args():
     )
 
 
+def subject_union(wildcards):
+    """The UNION folder of a subject: the synthetic one's, or the config's."""
+    if wildcards.subject == SYNTHETIC:
+        return f"results/data/{SYNTHETIC}/UNION10_{SYNTHETIC}_v16_synthetic"
+    return config["subjects"][wildcards.subject]["union"]
+
+
+def face_settings(wildcards):
+    """Face settings as JSON: the config's face section, then the subject's own overrides."""
+    settings = dict(config.get("face", {}))
+    if wildcards.subject == SYNTHETIC:
+        settings.update(config.get("synthetic", {}).get("face", {}))
+    else:
+        settings.update(config["subjects"][wildcards.subject].get("face", {}))
+    settings.setdefault("backend", config.get("backend", "auto"))
+    return json.dumps(settings, separators=(",", ":"))
+
+
 def default_targets():
     targets = [f"{HEAD_MODEL_DIR}/summary.json", f"{HEAD_MODEL_DIR}/preview.png"]
     if config.get("synthetic", {}).get("enabled", True):
         targets += [
             f"results/data/{SYNTHETIC}/summary.json",
             f"results/data/{SYNTHETIC}/contact_sheet.png",
+            f"results/train/{SYNTHETIC}/mega/metrics.json",
         ]
     targets += expand("results/data/{subject}/summary.json", subject=real_subjects())
     return targets

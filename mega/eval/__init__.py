@@ -1,0 +1,1 @@
+"""Metrics under the paper's protocol."""

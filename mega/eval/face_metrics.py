@@ -1,0 +1,41 @@
+"""Metrics of the face branch on one image (paper §1.11 protocol, restricted to the head).
+
+Images [3, H, W] in [0, 1], masks [H, W] bool, depths [H, W] metres (0 = unknown).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def psnr_masked(pred: Tensor, target: Tensor, mask: Tensor) -> float:
+    """PSNR (dB, peak 1) of the mean squared error over the pixels of ``mask`` only."""
+    n = int(mask.sum())
+    if n == 0:
+        return math.nan
+    mse = float(((pred - target) ** 2)[:, mask].mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def psnr_frame(pred: Tensor, target: Tensor, mask: Tensor) -> float:
+    """The paper's PSNR: render and ground truth multiplied by the mask, error over the full frame."""
+    m = mask.to(pred.dtype)[None]
+    mse = float(((pred * m - target * m) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def depth_mae_mm(pred_m: Tensor, target_m: Tensor, mask: Tensor) -> float:
+    """Mean absolute depth error in mm over ``mask`` where both depths are known."""
+    valid = mask & (pred_m > 0) & (target_m > 0)
+    if not bool(valid.any()):
+        return math.nan
+    return float((pred_m - target_m).abs()[valid].mean()) * 1000.0
+
+
+@torch.no_grad()
+def summarize(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan

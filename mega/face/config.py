@@ -1,0 +1,135 @@
+"""Settings of the neural mesh face and its training stage, with the Table 2 variants."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from mega.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """Defaults are the authors' for real data (550 × 802 images, 1024² textures).
+
+    The synthetic default subject overrides the sizes in the workflow config (``synthetic.face``).
+    """
+
+    # Geometry
+    subdivision: bool = True
+    """Four-way subdivision of the head model (off in the ``nosubdiv`` variant)."""
+    teeth: bool = True
+    displacement: bool = True
+    """UV displacement map (off in the ``nodisp`` variant)."""
+    disp_size: int = 256
+    """Side of the displacement map, texels (8 · 2^k)."""
+    disp_scale_m: float = 0.001
+    """Decoder output × this = offset in metres."""
+    # Appearance
+    tex_size: int = 1024
+    """Side of the neural textures, texels (8 · 2^k)."""
+    tex_channels: int = 12
+    view_texture: bool = True
+    """View-conditioned texture T_v (off in the ``noview`` variant)."""
+    dynamic_texture: bool = True
+    """Expression-conditioned texture T_dy (off in the ``nodyn`` variant)."""
+    uv_encoding_size: int = 10000
+    """Entries of each learned 1-D UV encoding (the authors' LPE)."""
+    # Optimisation
+    iterations: int = 100000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    """Textures, decoders and the UV encoding."""
+    lr_pixel_decoder: float = 1e-3
+    """The SIREN pixel decoder (its sine layers do not tolerate the larger rates textures do)."""
+    lr_final_ratio: float = 1.0
+    """Every rate decays exponentially to this fraction of itself at the last step (1 = constant,
+    as the authors train)."""
+    lr_shape: float = 1e-5
+    lr_expr: float = 1e-3
+    lr_pose: float = 1e-5
+    lr_translation: float = 1e-6
+    optimize_flame: bool = True
+    seed: int = 42
+    # Loss weights (eq. 11) and the depth gate
+    w_rgb: float = 1.0
+    w_ssim: float = 0.2
+    w_diffuse_rgb: float = 3.0
+    w_depth: float = 1.0
+    w_normal: float = 2.0
+    w_laplacian: float = 150.0
+    w_normal_consistency: float = 0.1
+    w_edges: float = 300.0
+    w_scalp_shrink: float = 1.0
+    depth_gate_mm: float = 5.0
+    # Bookkeeping
+    checkpoint_every: int = 500
+    val_views: int = 4
+    """Validation views saved as images at the end."""
+    cache_mb: int = 2048
+    """Decoded training samples kept in memory up to this size; the rest is read from disk."""
+    backend: str = "auto"
+    """Mesh rasterizer: auto | torch | cuda."""
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "face settings") -> "FaceConfig":
+        """Build from a mapping, naming the unknown key or the wrongly typed value."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: expected a mapping of face settings, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        out = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+            default = known[key].default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                value = float(value) if ok else value
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise ConfigError(f"{where}: setting '{key}' = {value!r} should be a {type(default).__name__}")
+            out[key] = value
+        config = cls(**out)
+        config.check(where)
+        return config
+
+    def check(self, where: str = "face settings") -> None:
+        for name in ("tex_size", "disp_size"):
+            size = getattr(self, name)
+            if size < 16 or size % 8 or (size // 8) & (size // 8 - 1):
+                raise ConfigError(f"{where}: '{name}' = {size} must be 8 · 2^k with k ≥ 1 (16, 32, ..., 1024)")
+        for name in ("iterations", "batch_size", "checkpoint_every", "uv_encoding_size", "tex_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: '{name}' must be at least 1, got {getattr(self, name)}")
+        if self.backend not in ("auto", "torch", "cuda"):
+            raise ConfigError(f"{where}: 'backend' must be auto, torch or cuda, got {self.backend!r}")
+
+    def replace(self, **changes) -> "FaceConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Table 2's variants as overrides of the face settings. The blending variants (gsdepth, allgs)
+# change nothing in the face stage.
+VARIANTS: dict[str, dict] = {
+    "mega": {},
+    "noview": {"view_texture": False},
+    "nodyn": {"dynamic_texture": False},
+    "nosubdiv": {"subdivision": False},
+    "nodisp": {"displacement": False},
+    "gsdepth": {},
+    "allgs": {},
+}
+
+
+def variant_config(base: FaceConfig, variant: str) -> FaceConfig:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
+    return base.replace(**VARIANTS[variant])

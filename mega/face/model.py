@@ -1,0 +1,114 @@
+"""The neural mesh face (paper §3.1): enhanced FLAME + UV displacement, disentangled neural
+textures, deferred per-pixel decoding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mega.data.camera import Camera
+from mega.face.config import FaceConfig
+from mega.face.decoders import DRIVING_SIZE, DisplacementDecoder, DynamicDecoder, ViewDecoder
+from mega.face.mesh import FaceMesh
+from mega.face.pixel_decoder import UV_CODE_SIZE, LearnedUVEncoding, PixelDecoder
+from mega.flame.head_model import HeadModel
+from mega.flame.model import POSE_PARTS
+from mega.render.mesh import interpolate, rasterize, texture
+from mega.render.projection import world_to_clip
+
+BACKGROUND = 1.0  # the data's white background
+
+
+def driving_signal(flame: dict[str, Tensor]) -> Tensor:
+    """[B, 115]: expression (first 100, zero-padded) and the 15 pose numbers."""
+    expr = flame["expr"][:, :100]
+    if expr.shape[1] < 100:
+        expr = F.pad(expr, (0, 100 - expr.shape[1]))
+    signal = torch.cat([expr] + [flame[name] for name in POSE_PARTS], dim=1)
+    assert signal.shape[1] == DRIVING_SIZE
+    return signal
+
+
+class NeuralFace(nn.Module):
+    """Renders the face branch for a batch of frames.
+
+    ``forward(flame, cameras)`` with ``flame`` a dict of [B, n] tensors (shape, expr, rotation,
+    neck_pose, jaw_pose, eyes_pose, translation) and a batched :class:`Camera` returns a dict:
+
+        rgb          [B, 3, H, W] decoded from the full neural texture, white off the mesh
+        rgb_diffuse  [B, 3, H, W] decoded from the diffuse texture alone
+        mask         [B, 1, H, W] bool, the mesh covers the pixel
+        depth        [B, 1, H, W] camera z, metres (0 off the mesh)
+        vertices     [B, V, 3] refined (displaced) vertices, metres
+        vertices_flame [B, V, 3] before displacement
+        rast         [B, H, W, 4] the G-buffer
+    """
+
+    def __init__(self, head: HeadModel, config: FaceConfig):
+        super().__init__()
+        self.config = config
+        self.mesh = FaceMesh(head, subdivision=config.subdivision, teeth=config.teeth)
+        C, T = config.tex_channels, config.tex_size
+        self.diffuse_texture = nn.Parameter(torch.empty(1, C, T, T).uniform_(-1, 1))
+        self.view_decoder = ViewDecoder(C, T) if config.view_texture else None
+        self.dynamic_decoder = DynamicDecoder(C, T) if config.dynamic_texture else None
+        self.displacement_decoder = (DisplacementDecoder(config.disp_size, config.disp_scale_m)
+                                     if config.displacement else None)
+        self.uv_encoding = LearnedUVEncoding(config.uv_encoding_size)
+        self.pixel_decoder = PixelDecoder(UV_CODE_SIZE + C)
+
+    # ---- geometry
+    def displacement(self, driving: Tensor) -> Tensor:
+        """Per-vertex offsets [B, V, 3] in metres sampled from the UV displacement map (0 on eyeballs)."""
+        B = driving.shape[0]
+        if self.displacement_decoder is None:
+            return driving.new_zeros(B, self.mesh.n_vertices, 3)
+        disp_map = self.displacement_decoder(driving)  # [B, 3, S, S]
+        grid = (self.mesh.vertex_uv * 2 - 1).to(disp_map.dtype)[None, None].expand(B, 1, -1, 2)
+        offsets = F.grid_sample(disp_map, grid, mode="bilinear", align_corners=True)[:, :, 0].transpose(1, 2)
+        return offsets * (~self.mesh.no_displacement)[None, :, None].to(offsets.dtype)
+
+    def geometry(self, flame: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(refined vertices, FLAME vertices), each [B, V, 3] metres (eq. 2)."""
+        vertices = self.mesh.flame(**{k: flame[k] for k in ("shape", "expr", *POSE_PARTS, "translation")})
+        return vertices + self.displacement(driving_signal(flame)), vertices
+
+    # ---- appearance
+    def neural_texture(self, flame: dict[str, Tensor], view_dir: Tensor) -> Tensor:
+        """T = T_di + T_v + T_dy (eq. 3), [B, C, T, T]."""
+        B = view_dir.shape[0]
+        tex = self.diffuse_texture.expand(B, -1, -1, -1)
+        if self.view_decoder is not None:
+            tex = tex + self.view_decoder(view_dir)
+        if self.dynamic_decoder is not None:
+            tex = tex + self.dynamic_decoder(driving_signal(flame))
+        return tex
+
+    def forward(self, flame: dict[str, Tensor], cameras: Camera) -> dict[str, Tensor]:
+        vertices, vertices_flame = self.geometry(flame)
+        B, H, W = vertices.shape[0], cameras.height, cameras.width
+        cameras = cameras.to(device=vertices.device, dtype=vertices.dtype)
+        rast = rasterize(world_to_clip(vertices, cameras), self.mesh.faces, (H, W), backend=self.config.backend)
+        mask = rast[..., 3] > 0
+        depth = interpolate(cameras.world_to_camera_points(vertices)[..., 2:], rast, self.mesh.faces,
+                            backend=self.config.backend)[..., 0]
+        uv = interpolate(self.mesh.uvs[None], rast, self.mesh.faces_uv, backend=self.config.backend)
+
+        # The view vector points from the head to the camera (the authors assume the head at the origin).
+        view_dir = F.normalize(cameras.center - vertices_flame.detach().mean(1), dim=-1)
+        features = torch.cat([self.neural_texture(flame, view_dir), self.diffuse_texture.expand(B, -1, -1, -1)], 1)
+        sampled = texture(features.permute(0, 2, 3, 1), uv, boundary_mode="clamp", backend=self.config.backend)
+        # Decode only the covered pixels; the background stays white.
+        pixel_uv, pixel_features = uv[mask], sampled[mask]
+        code = self.uv_encoding(pixel_uv)
+        C = self.config.tex_channels
+        both = self.pixel_decoder(torch.cat([torch.cat([code, pixel_features[:, :C]], 1),
+                                             torch.cat([code, pixel_features[:, C:]], 1)], 0))
+        n = pixel_uv.shape[0]
+        images = []
+        for colours in (both[:n], both[n:]):
+            image = colours.new_full((B, H, W, 3), BACKGROUND).index_put((mask,), colours)
+            images.append(image.permute(0, 3, 1, 2))
+        return {"rgb": images[0], "rgb_diffuse": images[1], "mask": mask[:, None], "depth": depth[:, None],
+                "vertices": vertices, "vertices_flame": vertices_flame, "rast": rast}

@@ -1,0 +1,48 @@
+"""Checkpoints written atomically and the CSV loss log that resumes with them."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from mega.atomic import atomic_path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save through a temporary file: a kill mid-write leaves the previous checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+class CsvLog:
+    """One row per step. Opening with ``resume_step`` keeps the rows up to that step, so a
+    resumed run's log reads as one uninterrupted run."""
+
+    def __init__(self, path: str | Path, columns: list[str], resume_step: int | None = None):
+        self.path = Path(path)
+        self.columns = ["step"] + columns
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            with self.path.open(newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, self.columns, extrasaction="ignore")
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        self._writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,229 @@
+"""The neural mesh face: architecture, ablation switches, and stage-1 training on a tiny subject."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mega import losses
+from mega.cli import main
+from mega.data.camera import Camera
+from mega.errors import ConfigError, TrainingError
+from mega.face.config import FaceConfig, variant_config
+from mega.face.decoders import DisplacementDecoder, DynamicDecoder, ViewDecoder
+from mega.face.model import NeuralFace
+from mega.face.pixel_decoder import PixelDecoder
+from mega.flame.head_model import load_head_model
+from mega.losses import dssim
+from mega.train.face import batch_indices, load_face, train_face
+
+TINY_SUBJECT = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
+TINY_FACE = FaceConfig(tex_size=16, disp_size=16, uv_encoding_size=32, batch_size=15, iterations=2,
+                       learning_rate=0.01, checkpoint_every=1, val_views=2)
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory) -> tuple[Path, Path]:
+    """(UNION folder, head-model folder) of a 28 × 40 synthetic subject: 15 train images."""
+    root = tmp_path_factory.mktemp("face")
+    assert main(["head-model", "--out", str(root / "head_model")]) == 0
+    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
+    summary = json.loads((root / "synthetic" / "summary.json").read_text())
+    return root / "synthetic" / summary["union"], root / "head_model"
+
+
+def head_of(folder: Path):
+    return load_head_model(folder / "head_model.pkl", folder / "head_masks.pkl", folder / "head_template.obj")
+
+
+def frame_batch(model: NeuralFace, batch: int = 2) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {"shape": torch.zeros(batch, 300), "expr": torch.randn(batch, 100) * 0.3,
+            "rotation": torch.randn(batch, 3) * 0.05, "neck_pose": torch.zeros(batch, 3),
+            "jaw_pose": torch.zeros(batch, 3), "eyes_pose": torch.zeros(batch, 6), "translation": torch.zeros(batch, 3)}
+
+
+def cameras(batch: int = 2, size: tuple[int, int] = (28, 40)) -> Camera:
+    from mega.data.rig import nersemble_like_rig
+    rig = nersemble_like_rig(*size, 16)
+    return Camera.stack([rig[8], rig[3]][:batch])
+
+
+# ----------------------------------------------------------------------------- architecture
+def test_pixel_decoder_has_307_parameters():
+    decoder = PixelDecoder()
+    assert sum(p.numel() for p in decoder.parameters()) == 307
+    rgb = decoder(torch.randn(10, 16))
+    assert rgb.shape == (10, 3) and bool(((rgb > 0) & (rgb < 1)).all())
+
+
+def test_decoder_shapes_follow_the_authors_architecture():
+    driving = torch.randn(2, 115)
+    assert ViewDecoder(12, 64)(torch.randn(2, 3)).shape == (2, 12, 64, 64)
+    assert DynamicDecoder(12, 32)(driving).shape == (2, 12, 32, 32)
+    assert DisplacementDecoder(64, 0.001)(driving).shape == (2, 3, 64, 64)
+    # 1024² textures: seven blocks with the authors' widths; the 256² displacement map: five.
+    view = ViewDecoder(12, 1024)
+    widths = [(b.conv.in_channels, b.conv.out_channels, b.bias.shape[-1]) for b in view.blocks]
+    assert widths == [(3, 64, 8), (64, 32, 16), (32, 32, 32), (32, 16, 64), (16, 16, 128), (16, 8, 256), (8, 12, 512)]
+    disp = DisplacementDecoder(256, 0.001)
+    assert [b.conv.out_channels for b in disp.blocks] == [64, 32, 32, 16, 3]
+    with pytest.raises(ValueError, match="8 · 2\\^k"):
+        ViewDecoder(12, 100)
+
+
+def test_model_outputs(subject):
+    _, head_dir = subject
+    model = NeuralFace(head_of(head_dir), TINY_FACE)
+    out = model(frame_batch(model), cameras())
+    assert out["rgb"].shape == out["rgb_diffuse"].shape == (2, 3, 40, 28)
+    assert out["mask"].shape == out["depth"].shape == (2, 1, 40, 28)
+    assert 0.1 < out["mask"].float().mean() < 0.9
+    depth = out["depth"][out["mask"]]
+    assert bool((depth > 0.5).all() and (depth < 2.0).all())  # metres, the rig is ~1 m away
+    # Off the mesh: white and no depth.
+    assert bool((out["rgb"][:, :, ~out["mask"][0, 0]][0] == 1).all())
+    assert out["vertices"].shape == out["vertices_flame"].shape == (2, model.mesh.n_vertices, 3)
+
+
+def texture_of(model: NeuralFace, expr_scale: float, view: torch.Tensor) -> torch.Tensor:
+    flame = frame_batch(model, 1)
+    flame["expr"] = flame["expr"] * expr_scale
+    return model.neural_texture(flame, view)
+
+
+def as_if_trained(model: NeuralFace) -> NeuralFace:
+    """Decoders start as no-ops (last layer zero); move them off zero as training would."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for decoder in (model.view_decoder, model.dynamic_decoder, model.displacement_decoder):
+            if decoder is not None:
+                decoder.blocks[-1].expand.weight.normal_()
+                decoder.blocks[-1].expand.bias.normal_()
+    return model.eval()
+
+
+def test_decoders_start_as_no_ops(subject):
+    model = NeuralFace(head_of(subject[1]), TINY_FACE).requires_grad_(False)
+    assert float(model.displacement(torch.randn(2, 115)).abs().max()) == 0.0
+    view = torch.tensor([[0.0, 0.0, 1.0]])
+    assert torch.equal(model.neural_texture(frame_batch(model, 1), view), model.diffuse_texture)
+
+
+@pytest.mark.parametrize("variant", ["noview", "nodyn", "nodisp", "nosubdiv"])
+def test_each_ablation_removes_its_component(subject, variant):
+    _, head_dir = subject
+    head = head_of(head_dir)
+    full = as_if_trained(NeuralFace(head, TINY_FACE)).requires_grad_(False)
+    ablated = as_if_trained(NeuralFace(head, variant_config(TINY_FACE, variant))).requires_grad_(False)
+    front, side = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.8, 0.0, 0.6]])
+    view_changes = lambda m: not torch.allclose(texture_of(m, 1, front), texture_of(m, 1, side))  # noqa: E731
+    expr_changes = lambda m: not torch.allclose(texture_of(m, 1, front), texture_of(m, 2, front))  # noqa: E731
+    assert view_changes(full) and expr_changes(full)
+    if variant == "noview":
+        assert ablated.view_decoder is None and not view_changes(ablated) and expr_changes(ablated)
+    elif variant == "nodyn":
+        assert ablated.dynamic_decoder is None and not expr_changes(ablated) and view_changes(ablated)
+    elif variant == "nodisp":
+        assert ablated.displacement_decoder is None
+        assert float(ablated.displacement(torch.randn(2, 115)).abs().max()) == 0.0
+        # The full model's mesh moves; eyeballs never do.
+        offsets = full.displacement(torch.randn(2, 115))
+        assert float(offsets.abs().max()) > 1e-4
+        assert float(offsets[:, full.mesh.no_displacement].abs().max()) == 0.0
+    else:
+        assert ablated.mesh.n_vertices < full.mesh.n_vertices / 2
+        assert ablated.mesh.faces.shape[0] < full.mesh.faces.shape[0] / 3
+
+
+def test_unknown_or_mistyped_settings_are_named():
+    with pytest.raises(ConfigError, match="unknown setting 'tex_sise'"):
+        FaceConfig.from_dict({"tex_sise": 128})
+    with pytest.raises(ConfigError, match="'batch_size' = 'four' should be a int"):
+        FaceConfig.from_dict({"batch_size": "four"})
+    with pytest.raises(ConfigError, match="'tex_size' = 100"):
+        FaceConfig.from_dict({"tex_size": 100})
+    with pytest.raises(ConfigError, match="unknown variant 'nohair'"):
+        variant_config(FaceConfig(), "nohair")
+
+
+def test_batches_cover_each_epoch_and_depend_on_the_step_alone():
+    epoch = [i for step in range(5) for i in batch_indices(step, 10, 2, seed=3)]
+    assert sorted(epoch) == list(range(10))
+    assert batch_indices(7, 10, 2, seed=3) == batch_indices(7, 10, 2, seed=3)
+    assert batch_indices(5, 10, 2, seed=3) != batch_indices(0, 10, 2, seed=3)
+
+
+# ----------------------------------------------------------------------------- training
+def test_two_iterations_change_the_parameters_and_lower_the_loss(subject, tmp_path):
+    union, head_dir = subject
+    head = head_of(head_dir)
+    metrics = train_face(union, head, tmp_path / "run", TINY_FACE, progress=False)
+    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    assert list(log["step"]) == [1, 2]
+    # One batch holds all 15 train images, so both steps see the same images.
+    assert log["total"][1] < log["total"][0]
+    torch.manual_seed(TINY_FACE.seed)
+    initial = NeuralFace(head, TINY_FACE)
+    trained, _ = load_face(tmp_path / "run" / "face.pt", head)
+    for name in ("diffuse_texture", "pixel_decoder.out.weight", "uv_encoding.table_u"):
+        before, after = initial.state_dict()[name], trained.state_dict()[name]
+        assert not torch.allclose(before, after), name
+    for name in ("face.pt", "loss.png", "metrics.json", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert len(list((tmp_path / "run" / "val").glob("*.png"))) == min(TINY_FACE.val_views, metrics["val"]["n_images"])
+    for split in ("val", "test"):
+        assert metrics[split]["psnr_head"] > 5 and metrics[split]["depth_mae_face_mm"] >= 0
+
+
+def test_resume_after_interruption_matches_the_uninterrupted_run(subject, tmp_path):
+    union, head_dir = subject
+    head = head_of(head_dir)
+    config = TINY_FACE.replace(iterations=4, batch_size=4, checkpoint_every=2)
+    train_face(union, head, tmp_path / "straight", config, progress=False)
+    assert train_face(union, head, tmp_path / "resumed", config, progress=False, stop_after=3) == {"stopped_at": 3}
+    assert not (tmp_path / "resumed" / "face.pt").exists()
+    train_face(union, head, tmp_path / "resumed", config, progress=False)
+    a = torch.load(tmp_path / "straight" / "face.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "face.pt", weights_only=False)
+    for part in ("model", "frames"):
+        for name, value in a[part].items():
+            assert torch.allclose(value.float(), b[part][name].float(), rtol=0, atol=1e-6), name
+    log_a = pd.read_csv(tmp_path / "straight" / "loss.csv")
+    log_b = pd.read_csv(tmp_path / "resumed" / "loss.csv")
+    assert list(log_b["step"]) == [1, 2, 3, 4]
+    assert log_a["total"].tolist() == pytest.approx(log_b["total"].tolist(), rel=1e-5)
+    # Other settings than the checkpoint's are refused, with what changed.
+    with pytest.raises(TrainingError, match="tex_size: 16 → 32"):
+        train_face(union, head, tmp_path / "resumed", config.replace(tex_size=32), progress=False)
+
+
+def test_non_finite_loss_stops_and_names_step_and_loss(subject, tmp_path, monkeypatch):
+    union, head_dir = subject
+    config = TINY_FACE.replace(iterations=3)
+    calls = []
+
+    def dssim_nan_at_step_3(pred, target):
+        calls.append(1)
+        value = dssim(pred, target)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(losses, "dssim", dssim_nan_at_step_3)
+    with pytest.raises(TrainingError, match="step 3: loss 'ssim' is nan.*last good checkpoint .* \\(step 2\\)"):
+        train_face(union, head_of(head_dir), tmp_path / "run", config, progress=False)
+    assert not (tmp_path / "run" / "face.pt").exists()
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_cli_trains_and_reports(subject, tmp_path, capsys):
+    union, head_dir = subject
+    settings = json.dumps({"tex_size": 16, "disp_size": 16, "uv_encoding_size": 32, "batch_size": 8})
+    args = ["train-face", str(union), "--out", str(tmp_path / "run"), "--head-model", str(head_dir),
+            "--variant", "nodisp", "--iterations", "2", "--quiet"]
+    assert main([*args, "--settings", settings]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["variant"] == "nodisp" and metrics["iterations"] == 2
+    assert main([*args, "--settings", '{"tex_size": 16,}']) == 2
+    assert "--settings is not valid JSON" in capsys.readouterr().err
