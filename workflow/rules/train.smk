@@ -21,7 +21,7 @@ rule train_face:
     params:
         mega=MEGA,
         union=subject_union,
-        head_model=HEAD_MODEL_DIR,
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
         settings=face_settings,
         out=parent_dir,
     shell:
