@@ -262,3 +262,18 @@ def test_expand_ranges():
     owner, offset = expand_ranges(torch.tensor([2, 0, 3]))
     assert owner.tolist() == [0, 0, 2, 2, 2]
     assert offset.tolist() == [0, 1, 0, 1, 2]
+
+
+def test_texture_at_matches_texture_at_covered_pixels():
+    from mega.render.mesh import texture, texture_at
+    g = torch.Generator().manual_seed(0)
+    tex = torch.rand(2, 5, 7, 9, dtype=torch.float64, generator=g)  # [B, C, Ht, Wt]
+    uv = torch.rand(2, 4, 6, 2, dtype=torch.float64, generator=g) * 1.2 - 0.1  # some off the border
+    covered = torch.rand(2, 4, 6, generator=g) > 0.4
+    full = texture(tex.permute(0, 2, 3, 1), uv, boundary_mode="clamp")
+    points = texture_at(tex, uv[covered], torch.nonzero(covered)[:, 0])
+    torch.testing.assert_close(points, full[covered])
+    tex.requires_grad_(True)
+    uv_pts = uv[covered].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t, u: texture_at(t, u, torch.nonzero(covered)[:, 0]),
+                                    (tex, uv_pts), eps=1e-6, atol=1e-5)

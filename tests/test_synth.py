@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mega.cli import main
@@ -12,7 +13,9 @@ from mega.data.depth import read_depth
 from mega.data.fixtures import write_fixture_subject
 from mega.data.gaussian_avatars import SubjectDataset
 from mega.data.parsing import LABEL
+from mega.data.synth import build_geometric_detail
 from mega.data.validate import validate_union
+from mega.flame.toy import EXPRESSIONS
 
 TINY = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
 
@@ -132,3 +135,22 @@ def test_hair_quaternions_round_trip():
     torch.testing.assert_close(quaternion_to_matrix(back), R)
     # Composition of quaternions is composition of rotations.
     torch.testing.assert_close(quaternion_to_matrix(quaternion_multiply(q[:25], q[25:])), R[:25] @ R[25:])
+
+
+def test_geometric_detail_stays_on_the_face(toy_enhanced):
+    detail = build_geometric_detail(toy_enhanced, seed=0)
+    face = torch.as_tensor(toy_enhanced.region_mask("face"))
+    off_face = ~face
+    assert float(detail.static[off_face].abs().max()) == 0.0
+    assert float(detail.smile_bulge[off_face].abs().max()) == 0.0
+    assert 0.002 < float(detail.static.abs().max()) < 0.008  # metres: millimetres of detail
+    assert float(detail.smile_bulge.max()) > 0.001
+    # The bulge follows the smile coefficient; other expressions leave the static detail.
+    vertices = torch.as_tensor(toy_enhanced.v_template, dtype=torch.float32)
+    faces = torch.as_tensor(toy_enhanced.faces)
+    expr = np.zeros(100)
+    neutral = detail.apply(vertices, faces, expr)
+    expr[EXPRESSIONS["smile"]] = 1.0
+    smiling = detail.apply(vertices, faces, expr)
+    moved = (smiling - neutral).norm(dim=1)
+    assert torch.allclose(moved, detail.smile_bulge, atol=1e-6)

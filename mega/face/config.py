@@ -35,6 +35,8 @@ class FaceConfig:
     """Expression-conditioned texture T_dy (off in the ``nodyn`` variant)."""
     uv_encoding_size: int = 10000
     """Entries of each learned 1-D UV encoding (the authors' LPE)."""
+    pixel_decoder_omega: float = 30.0
+    """ω0 of the SIREN pixel decoder's sine layers (SIREN's and the authors' 30)."""
     # Optimisation
     iterations: int = 100000
     batch_size: int = 16

@@ -14,7 +14,7 @@ from mega.face.mesh import FaceMesh
 from mega.face.pixel_decoder import UV_CODE_SIZE, LearnedUVEncoding, PixelDecoder
 from mega.flame.head_model import HeadModel
 from mega.flame.model import POSE_PARTS
-from mega.render.mesh import interpolate, rasterize, texture
+from mega.render.mesh import interpolate, rasterize, texture_at
 from mega.render.projection import world_to_clip
 
 BACKGROUND = 1.0  # the data's white background
@@ -56,7 +56,7 @@ class NeuralFace(nn.Module):
         self.displacement_decoder = (DisplacementDecoder(config.disp_size, config.disp_scale_m)
                                      if config.displacement else None)
         self.uv_encoding = LearnedUVEncoding(config.uv_encoding_size)
-        self.pixel_decoder = PixelDecoder(UV_CODE_SIZE + C)
+        self.pixel_decoder = PixelDecoder(UV_CODE_SIZE + C, omega_0=config.pixel_decoder_omega)
 
     # ---- geometry
     def displacement(self, driving: Tensor) -> Tensor:
@@ -98,9 +98,9 @@ class NeuralFace(nn.Module):
         # The view vector points from the head to the camera (the authors assume the head at the origin).
         view_dir = F.normalize(cameras.center - vertices_flame.detach().mean(1), dim=-1)
         features = torch.cat([self.neural_texture(flame, view_dir), self.diffuse_texture.expand(B, -1, -1, -1)], 1)
-        sampled = texture(features.permute(0, 2, 3, 1), uv, boundary_mode="clamp", backend=self.config.backend)
-        # Decode only the covered pixels; the background stays white.
-        pixel_uv, pixel_features = uv[mask], sampled[mask]
+        # Sample and decode only the covered pixels; the background stays white.
+        pixel_uv = uv[mask]
+        pixel_features = texture_at(features, pixel_uv, torch.nonzero(mask)[:, 0])
         code = self.uv_encoding(pixel_uv)
         C = self.config.tex_channels
         both = self.pixel_decoder(torch.cat([torch.cat([code, pixel_features[:, :C]], 1),

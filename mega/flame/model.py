@@ -21,18 +21,20 @@ class FlameModel(nn.Module):
     to avoid copies on every call.
     """
 
-    def __init__(self, head: HeadModel):
+    def __init__(self, head: HeadModel, persistent: bool = True):
+        """``persistent=False`` keeps the model's arrays out of ``state_dict()`` (a trained
+        model that rebuilds them from the head model need not save 60 MB of blendshapes)."""
         super().__init__()
         self.n_shape = head.n_shape
         self.n_expr = head.n_expr
         self.parents = [int(p) for p in head.parents]
         as_buffer = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-        self.register_buffer("v_template", as_buffer(head.v_template))
-        self.register_buffer("shapedirs", as_buffer(head.shapedirs))
-        self.register_buffer("posedirs", as_buffer(head.posedirs))
-        self.register_buffer("J_regressor", as_buffer(head.J_regressor))
-        self.register_buffer("lbs_weights", as_buffer(head.lbs_weights))
-        self.register_buffer("faces", torch.as_tensor(head.faces, dtype=torch.int64))
+        self.register_buffer("v_template", as_buffer(head.v_template), persistent)
+        self.register_buffer("shapedirs", as_buffer(head.shapedirs), persistent)
+        self.register_buffer("posedirs", as_buffer(head.posedirs), persistent)
+        self.register_buffer("J_regressor", as_buffer(head.J_regressor), persistent)
+        self.register_buffer("lbs_weights", as_buffer(head.lbs_weights), persistent)
+        self.register_buffer("faces", torch.as_tensor(head.faces, dtype=torch.int64), persistent)
 
     @property
     def n_vertices(self) -> int:

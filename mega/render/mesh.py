@@ -265,3 +265,26 @@ def texture(tex: Tensor, uv: Tensor, boundary_mode: Literal["wrap", "clamp", "ze
     padding = "border" if boundary_mode == "clamp" else "zeros"
     out = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode=padding, align_corners=False)
     return out.permute(0, 2, 3, 1)
+
+
+def texture_at(tex: Tensor, uv: Tensor, batch_index: Tensor) -> Tensor:
+    """Bilinear lookup at scattered points, clamped at the border: what :func:`texture` with
+    ``boundary_mode="clamp"`` gives at those pixels, without sampling the uncovered rest.
+
+    tex          [B, C, Ht, Wt] channels first (a decoder's output)
+    uv           [N, 2] in [0, 1], v along the rows (row 0 at v = 0)
+    batch_index  [N] int, which texture each point reads
+    returns      [N, C]
+    """
+    if tex.ndim != 4 or uv.ndim != 2 or uv.shape[-1] != 2 or batch_index.shape != uv.shape[:1]:
+        raise ValueError(f"texture_at needs tex [B, C, Ht, Wt], uv [N, 2], batch_index [N], got "
+                         f"{tuple(tex.shape)}, {tuple(uv.shape)}, {tuple(batch_index.shape)}")
+    out = uv.new_zeros(uv.shape[0], tex.shape[1]).to(tex.dtype)
+    for b in range(tex.shape[0]):
+        rows = torch.nonzero(batch_index == b).squeeze(1)
+        if rows.numel() == 0:
+            continue
+        grid = (uv[rows] * 2 - 1).to(tex.dtype).view(1, 1, -1, 2)
+        sampled = F.grid_sample(tex[b:b + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = out.index_put((rows,), sampled[0, :, 0].transpose(0, 1))
+    return out

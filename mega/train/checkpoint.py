@@ -31,6 +31,7 @@ class CsvLog:
         if resume_step is not None and self.path.is_file():
             with self.path.open(newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+        self.last_row = kept[-1] if kept else None
         with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
             writer.writeheader()

@@ -21,10 +21,6 @@ rule synthesize:
         "{params.mega} synth {params.out} --subject {params.subject} {params.args} --quiet > {log} 2>&1"
 
 
-# The synthetic subject's folder also matches inspect_subject's output pattern.
-ruleorder: synthesize > inspect_subject
-
-
 rule inspect_subject:
     input:
         union=union_dir,
@@ -34,6 +30,9 @@ rule inspect_subject:
         "logs/inspect_subject/{subject}.log",
     benchmark:
         "results/benchmarks/inspect_subject/{subject}.tsv"
+    wildcard_constraints:
+        # The synthetic subject's summary comes from synthesize.
+        subject=rf"(?!{SYNTHETIC}/)[A-Za-z0-9_\-]+",
     conda:
         "../../envs/mega.yaml"
     threads: 1
