@@ -36,6 +36,16 @@ class FrameParameters(nn.Module):
         self.register_buffer("known", torch.zeros(n, dtype=torch.bool))
         self.known[list(per_timestep)] = True
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> "FrameParameters":
+        """Rebuild saved parameters (``state_dict()`` of a trained instance)."""
+        n = state["known"].shape[0]
+        placeholder = {"shape": np.zeros(state["shape"].shape[1]),
+                       **{k: np.zeros(state[f"tables.{k}"].shape[1]) for k in FRAME_GROUPS}}
+        frames = cls({t: placeholder for t in range(n)})
+        frames.load_state_dict(state)
+        return frames
+
     def forward(self, timestep: Tensor) -> dict[str, Tensor]:
         timestep = timestep.to(self.known.device)
         if not bool(self.known[timestep].all()):

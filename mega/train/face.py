@@ -352,13 +352,7 @@ def load_face(path: str | Path, head: HeadModel, device: str = "cpu") -> tuple[N
     model = NeuralFace(head, config).to(device)
     # The mesh's arrays are rebuilt from the head model (files of older versions saved them).
     model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("mesh.")})
-    frames_state = state["frames"]
-    n = frames_state["known"].shape[0]
-    frames = FrameParameters({t: {"shape": np.zeros(frames_state["shape"].shape[1]),
-                                  **{k: np.zeros(frames_state[f"tables.{k}"].shape[1]) for k in
-                                     ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")}}
-                              for t in range(n)}).to(device)
-    frames.load_state_dict(frames_state)
+    frames = FrameParameters.from_state_dict(state["frames"]).to(device)
     model.eval()
     return model, frames
 
