@@ -1,6 +1,7 @@
 """The neural mesh face: architecture, ablation switches, and stage-1 training on a tiny subject."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -227,3 +228,16 @@ def test_cli_trains_and_reports(subject, tmp_path, capsys):
     assert metrics["variant"] == "nodisp" and metrics["iterations"] == 2
     assert main([*args, "--settings", '{"tex_size": 16,}']) == 2
     assert "--settings is not valid JSON" in capsys.readouterr().err
+
+
+def test_without_depth_maps_the_depth_terms_switch_off(subject, tmp_path):
+    union, head_dir = subject
+    copy = tmp_path / "subject"
+    shutil.copytree(union.parent, copy, symlinks=True)
+    for depths in copy.glob("*/depths"):
+        shutil.rmtree(depths)
+    metrics = train_face(copy / union.name, head_of(head_dir), tmp_path / "run", TINY_FACE, progress=False)
+    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    assert log["depth"].isna().all() and log["normal"].isna().all()
+    assert log["rgb"].notna().all() and log["total"].notna().all()
+    assert "depth_mae_face_mm" not in metrics["val"] and metrics["val"]["psnr_head"] > 5
