@@ -26,7 +26,8 @@ from tqdm import tqdm
 from mega.atomic import atomic_path, write_json
 from mega.data.cache import MemoryCachedDataset
 from mega.data.camera import Camera
-from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+from mega.data.flame_params import read_flame_params
+from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames, collate_samples
 from mega.data.parsing import face_mask, hair_mask, head_mask
 from mega.errors import TrainingError
 from mega.eval.face_metrics import depth_mae_mm, psnr_frame, psnr_masked, summarize
@@ -55,13 +56,13 @@ def frame_parameters_of(union_dir: Path) -> dict[int, dict[str, np.ndarray]]:
     for split in ("train", "val", "test"):
         if not (union_dir / f"transforms_{split}.json").is_file():
             continue
-        ds = SubjectDataset(union_dir, split, parsing="off", depth="off", check_files=False)
+        frames = SubjectFrames(union_dir, split)
         seen = {}
-        for i, t in enumerate(ds.frames.timestep):
+        for i, t in enumerate(frames.timestep):
             seen.setdefault(int(t), i)
         for t, i in seen.items():
-            if t not in out:
-                out[t] = {k: v.numpy() for k, v in ds[i]["flame"].items()}
+            if t not in out:  # read the parameter file only, not the images
+                out[t] = read_flame_params(frames.resolve(frames.flame_paths[i]))
     return out
 
 
@@ -219,7 +220,7 @@ def train_face(union_dir: str | Path, head: HeadModel, out_dir: str | Path, conf
         if changes or state.get("variant") != variant:
             raise TrainingError(f"{checkpoint_path} was written with other settings ({'; '.join(changes) or 'variant'}"
                                 f"); delete it or pass --restart to start over")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(model_weights(state))
         frames.load_state_dict(state["frames"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
@@ -261,7 +262,7 @@ def train_face(union_dir: str | Path, head: HeadModel, out_dir: str | Path, conf
         optimizer.step()
 
         with torch.no_grad():
-            hair, head_region, _ = region_masks(batch)
+            _, head_region, _ = region_masks(batch)
             train_psnr = psnr_masked(out["rgb"][0], batch["image"][0], (head_region & out["mask"])[0, 0])
         values = {name: float(v.detach()) for name, v in terms.items()}
         csv_log.write(step + 1, {"total": float(total.detach()), **values, "psnr_train": train_psnr,
@@ -345,13 +346,18 @@ def write_comparison(path: Path, batch: dict, out: dict, b: int, region: Tensor)
         Image.fromarray((strip * 255 + 0.5).clip(0, 255).astype(np.uint8)).save(tmp)
 
 
+def model_weights(state: dict) -> dict[str, Tensor]:
+    """The model's weights from a checkpoint or face.pt. The mesh's arrays are rebuilt from the
+    head model; files of earlier versions saved them too, and those entries are skipped."""
+    return {k: v for k, v in state["model"].items() if not k.startswith("mesh.")}
+
+
 def load_face(path: str | Path, head: HeadModel, device: str = "cpu") -> tuple[NeuralFace, FrameParameters]:
     """A trained face from ``face.pt`` (settings, weights, per-frame FLAME parameters)."""
     state = load_checkpoint(path, device)
     config = FaceConfig.from_dict(state["config"], where=str(path))
     model = NeuralFace(head, config).to(device)
-    # The mesh's arrays are rebuilt from the head model (files of older versions saved them).
-    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("mesh.")})
+    model.load_state_dict(model_weights(state))
     frames = FrameParameters.from_state_dict(state["frames"]).to(device)
     model.eval()
     return model, frames
