@@ -215,10 +215,7 @@ def build_geometric_detail(head: HeadModel, seed: int, amplitude_m: float = 0.00
     1.5 cm inside the face region's border, so the surface stays continuous."""
     rng = np.random.default_rng(seed + 2)
     v = head.v_template
-    face = head.region_mask("face")
-    for name in ("left_eyeball", "right_eyeball", "teeth"):
-        if name in head.regions:
-            face &= ~head.region_mask(name)
+    face = head.region_mask("face") & ~head.regions_mask(("left_eyeball", "right_eyeball", "teeth"))
     if not face.any():
         zeros = torch.zeros(len(v))
         return GeometricDetail(zeros, zeros)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 
@@ -35,7 +34,7 @@ def depth_mae_mm(pred_m: Tensor, target_m: Tensor, mask: Tensor) -> float:
     return float((pred_m - target_m).abs()[valid].mean()) * 1000.0
 
 
-@torch.no_grad()
 def summarize(values: list[float]) -> float:
+    """Mean of the values that are not NaN (an image with an empty mask gives NaN)."""
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mega.flame.enhance import EYEBALL_REGIONS, enhance
+from mega.flame.geometry import mesh_edges
 from mega.flame.head_model import HeadModel
 from mega.flame.model import FlameModel
 
@@ -14,26 +15,18 @@ MOUTH_REGIONS = ("lips", "teeth")
 """Edges with both ends here stretch with every word; the edge-length loss leaves them out."""
 
 
-def unique_edges(faces: np.ndarray) -> np.ndarray:
-    """[E, 2] sorted vertex pairs, each edge once."""
-    pairs = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    return np.unique(np.sort(pairs, axis=1), axis=0)
-
-
 def adjacent_face_pairs(faces: np.ndarray) -> np.ndarray:
     """[P, 2] faces sharing an edge (edges with exactly two faces: the manifold part)."""
-    pairs = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    owner = np.tile(np.arange(len(faces)), 3)
-    _, inverse, counts = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    manifold = counts[inverse] == 2
-    order = np.argsort(inverse[manifold], kind="stable")
-    owners = owner[manifold][order]
-    return owners.reshape(-1, 2)
+    _, face_edges = mesh_edges(faces)
+    edge_of_corner = face_edges.reshape(-1)
+    owner = np.repeat(np.arange(len(faces)), 3)
+    manifold = np.bincount(edge_of_corner)[edge_of_corner] == 2
+    order = np.argsort(edge_of_corner[manifold], kind="stable")
+    return owner[manifold][order].reshape(-1, 2)
 
 
 def vertex_uvs(n_vertices: int, faces: np.ndarray, faces_uv: np.ndarray, uvs: np.ndarray) -> np.ndarray:
-    """[V, 2] one UV per vertex (its first corner's; seams pick one side), OBJ convention (v up)."""
+    """[V, 2] one UV per vertex (its first corner's; seams pick one side), in the convention of ``uvs``."""
     out = np.zeros((n_vertices, 2))
     out[faces[::-1].reshape(-1)] = uvs[faces_uv[::-1].reshape(-1)]  # reversed: the first corner wins
     return out
@@ -55,24 +48,17 @@ class FaceMesh(nn.Module):
         self.flame = FlameModel(h, persistent=False)
         as_long = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64)  # noqa: E731
         as_float = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-        flip_v = np.array([0.0, 1.0]) + np.array([1.0, -1.0]) * h.uvs  # texture images have row 0 at the top
+        # OBJ UVs have v up; texture images have row 0 at the top.
+        uvs = h.uvs * np.array([1.0, -1.0]) + np.array([0.0, 1.0])
         self.register_buffer("faces", as_long(h.faces), persistent=False)
         self.register_buffer("faces_uv", as_long(h.faces_uv), persistent=False)
-        self.register_buffer("uvs", as_float(flip_v), persistent=False)
-        vertex_uv = np.array([0.0, 1.0]) + np.array([1.0, -1.0]) * vertex_uvs(h.n_vertices, h.faces, h.faces_uv, h.uvs)
-        self.register_buffer("vertex_uv", as_float(vertex_uv), persistent=False)
-        eyes = np.zeros(h.n_vertices, bool)
-        for name in EYEBALL_REGIONS:
-            if name in h.regions:
-                eyes |= h.region_mask(name)
-        self.register_buffer("no_displacement", torch.as_tensor(eyes), persistent=False)
-        scalp = h.region_mask("scalp") if "scalp" in h.regions else np.zeros(h.n_vertices, bool)
-        self.register_buffer("scalp", torch.as_tensor(scalp), persistent=False)
-        mouth = np.zeros(h.n_vertices, bool)
-        for name in MOUTH_REGIONS:
-            if name in h.regions:
-                mouth |= h.region_mask(name)
-        edges = unique_edges(h.faces)
+        self.register_buffer("uvs", as_float(uvs), persistent=False)
+        self.register_buffer("vertex_uv", as_float(vertex_uvs(h.n_vertices, h.faces, h.faces_uv, uvs)),
+                             persistent=False)
+        self.register_buffer("no_displacement", torch.as_tensor(h.regions_mask(EYEBALL_REGIONS)), persistent=False)
+        self.register_buffer("scalp", torch.as_tensor(h.regions_mask(["scalp"])), persistent=False)
+        mouth = h.regions_mask(MOUTH_REGIONS)
+        edges, _ = mesh_edges(h.faces)
         self.register_buffer("edges", as_long(edges[~(mouth[edges[:, 0]] & mouth[edges[:, 1]])]), persistent=False)
         self.register_buffer("face_pairs", as_long(adjacent_face_pairs(h.faces)), persistent=False)
 

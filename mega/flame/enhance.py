@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mega.flame.geometry import face_normals
+from mega.flame.geometry import face_normals, mesh_edges
 from mega.flame.head_model import HeadModel
 
 EYEBALL_REGIONS = ("left_eyeball", "right_eyeball")
@@ -25,15 +25,6 @@ EYEBALL_REGIONS = ("left_eyeball", "right_eyeball")
 TEETH_UV_U = (0.348, 0.085)  # across the ring, corner to corner
 TEETH_UV_V = (0.757, 0.791)  # across the six rows
 NECK_JOINT, JAW_JOINT = 1, 2
-
-
-def _edge_midpoints(faces: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique edges of ``faces`` [F,3] and, per face corner pair (01, 12, 20), the index of the
-    midpoint vertex (numbered from ``n_vertices``). Returns edges [E,2] and mids [F,3]."""
-    pairs = np.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], axis=1)  # [F,3,2]
-    keys = np.sort(pairs, axis=-1).reshape(-1, 2)
-    edges, inverse = np.unique(keys, axis=0, return_inverse=True)
-    return edges, n_vertices + inverse.reshape(-1, 3)
 
 
 def _split_faces(faces: np.ndarray, mids: np.ndarray) -> np.ndarray:
@@ -47,20 +38,18 @@ def _split_faces(faces: np.ndarray, mids: np.ndarray) -> np.ndarray:
 
 def subdivide(head: HeadModel, exclude_regions: tuple[str, ...] = EYEBALL_REGIONS) -> HeadModel:
     """One 4-way midpoint subdivision of every face not wholly inside ``exclude_regions``."""
-    excluded_vertices = np.zeros(head.n_vertices, dtype=bool)
-    for name in exclude_regions:
-        if name in head.regions:
-            excluded_vertices[head.regions[name]] = True
-    keep_face = excluded_vertices[head.faces].all(axis=1)
+    keep_face = head.regions_mask(exclude_regions)[head.faces].all(axis=1)
     split = ~keep_face
-    edges, mids = _edge_midpoints(head.faces[split], head.n_vertices)
+    edges, face_edges = mesh_edges(head.faces[split])
+    mids = head.n_vertices + face_edges  # the midpoint vertex of each face's corner pairs
     kept = head.faces[keep_face]
     kept_edges = np.sort(np.concatenate([kept[:, [0, 1]], kept[:, [1, 2]], kept[:, [2, 0]]]), axis=1)
     as_key = lambda e: e[:, 0] * head.n_vertices + e[:, 1]  # noqa: E731
     if np.isin(as_key(kept_edges), as_key(edges)).any():
         raise ValueError("excluded regions share edges with subdivided faces; subdivision would crack the mesh")
 
-    uv_edges, uv_mids = _edge_midpoints(head.faces_uv[split], head.uvs.shape[0])
+    uv_edges, uv_face_edges = mesh_edges(head.faces_uv[split])
+    uv_mids = head.uvs.shape[0] + uv_face_edges
 
     def extend(values: np.ndarray) -> np.ndarray:
         return np.concatenate([values, 0.5 * (values[edges[:, 0]] + values[edges[:, 1]])])

@@ -66,6 +66,14 @@ class HeadModel:
         mask[self.regions[name]] = True
         return mask
 
+    def regions_mask(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
+        """[V] bool union of the named regions; names the model lacks add nothing."""
+        mask = np.zeros(self.n_vertices, dtype=bool)
+        for name in names:
+            if name in self.regions:
+                mask[self.regions[name]] = True
+        return mask
+
     def region_labels(self) -> np.ndarray:
         """[V] int64 label per vertex, indexing :data:`REGION_NAMES`."""
         labels = np.zeros(self.n_vertices, dtype=np.int64)
