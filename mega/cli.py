@@ -118,7 +118,7 @@ def _train_face(args) -> None:
 
     from mega.errors import ConfigError
     from mega.face.config import FaceConfig, variant_config
-    from mega.flame.head_model import load_head_model
+    from mega.flame.head_model import load_head_model_folder
     from mega.train.face import train_face
 
     try:
@@ -128,8 +128,7 @@ def _train_face(args) -> None:
     if args.iterations is not None:
         settings["iterations"] = args.iterations
     config = variant_config(FaceConfig.from_dict(settings, where="--settings"), args.variant)
-    folder = Path(args.head_model)
-    head = load_head_model(folder / "head_model.pkl", folder / "head_masks.pkl", folder / "head_template.obj")
+    head = load_head_model_folder(args.head_model)
     metrics = train_face(args.union, head, args.out, config, variant=args.variant, device=args.device,
                          progress=not args.quiet, restart=args.restart)
     for split in ("val", "test"):

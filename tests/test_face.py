@@ -16,7 +16,7 @@ from mega.face.config import FaceConfig, variant_config
 from mega.face.decoders import DisplacementDecoder, DynamicDecoder, ViewDecoder
 from mega.face.model import NeuralFace
 from mega.face.pixel_decoder import PixelDecoder
-from mega.flame.head_model import load_head_model
+from mega.flame.head_model import load_head_model_folder
 from mega.losses import dssim
 from mega.train.face import batch_indices, load_face, train_face
 
@@ -36,7 +36,7 @@ def subject(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def head_of(folder: Path):
-    return load_head_model(folder / "head_model.pkl", folder / "head_masks.pkl", folder / "head_template.obj")
+    return load_head_model_folder(folder)
 
 
 def frame_batch(model: NeuralFace, batch: int = 2) -> dict[str, torch.Tensor]:

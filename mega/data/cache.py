@@ -39,9 +39,3 @@ class MemoryCachedDataset(Dataset):
             self._cache[i] = sample
             self.used_bytes += size
         return sample
-
-    def __getattr__(self, name):
-        # camera(), image_path(), has_depth ... of the wrapped dataset
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)

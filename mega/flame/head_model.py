@@ -144,17 +144,25 @@ def _lip_rings(masks: dict, n_vertices: int, masks_path) -> tuple[np.ndarray, np
                      f"not FLAME's {FLAME_N_VERTICES}; name the lip rings (corner to corner) in the masks pickle")
 
 
+def head_model_paths(folder: str | Path) -> dict[str, Path]:
+    """The three files of a head-model folder (what `mega head-model` writes)."""
+    folder = Path(folder)
+    return {"model": folder / "head_model.pkl", "masks": folder / "head_masks.pkl",
+            "template": folder / "head_template.obj"}
+
+
+def load_head_model_folder(folder: str | Path) -> HeadModel:
+    """Read a folder written by :func:`write_head_model`."""
+    paths = head_model_paths(folder)
+    return load_head_model(paths["model"], paths["masks"], paths["template"])
+
+
 def write_head_model(folder: str | Path, head: HeadModel) -> dict[str, Path]:
     """Write ``head`` as a FLAME-format pickle, masks pickle and template OBJ into ``folder``.
 
     The template OBJ carries the model's own faces and UVs. Returns the three paths.
     """
-    folder = Path(folder)
-    paths = {
-        "model": folder / "head_model.pkl",
-        "masks": folder / "head_masks.pkl",
-        "template": folder / "head_template.obj",
-    }
+    paths = head_model_paths(folder)
     # Pad the identity block to FLAME's 300 components so the file has FLAME's exact layout.
     identity = head.shapedirs[:, :, : head.n_shape]
     pad = np.zeros((head.n_vertices, 3, max(0, 300 - head.n_shape)))
