@@ -116,6 +116,8 @@ def _synth(args) -> None:
 def _train_face(args) -> None:
     import json
 
+    import torch
+
     from mega.errors import ConfigError
     from mega.face.config import FaceConfig, variant_config
     from mega.flame.head_model import load_head_model_folder
@@ -128,10 +130,12 @@ def _train_face(args) -> None:
     if args.iterations is not None:
         settings["iterations"] = args.iterations
     config = variant_config(FaceConfig.from_dict(settings, where="--settings"), args.variant)
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
     head = load_head_model_folder(args.head_model)
     metrics = train_face(args.union, head, args.out, config, variant=args.variant, device=args.device,
-                         progress=not args.quiet, restart=args.restart)
-    for split in ("val", "test"):
+                         progress=not args.quiet, restart=args.restart, on_settings_change=args.on_settings_change)
+    for split in ("val", "val_refined", "test"):
         if split in metrics:
             log.info("%s: %s", split, ", ".join(f"{k} {v}" for k, v in metrics[split].items()))
 
@@ -178,14 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-face", help="stage 1: train the neural mesh face of a subject (resumes if interrupted)")
     p.add_argument("union", help="the subject's UNION folder")
-    p.add_argument("--out", required=True, help="run folder (checkpoint, loss log, face.pt, metrics, renders)")
+    p.add_argument("--out", required=True, help="run folder: face.pt, and face/ with the checkpoint, loss log, "
+                                                "metrics and renders")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
     p.add_argument("--variant", default="mega", help="mega (full) or a Table 2 ablation: noview, nodyn, "
                    "nosubdiv, nodisp")
     p.add_argument("--settings", help="face settings as JSON, e.g. '{\"tex_size\": 128}' (see mega/face/config.py)")
-    p.add_argument("--iterations", type=int, help="overrides the settings' iterations")
+    p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' epochs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
+                   help="a checkpoint written with other settings: stop and say what differs (fail), or "
+                        "discard it and start over (restart; the workflow's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_face)
     return parser

@@ -15,16 +15,11 @@ from torch import Tensor
 MM_PER_M = 1000.0
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` [B, 1|C, H, W] over the pixels where ``mask`` [B, 1, H, W] is set (0 if none)."""
-    weight = mask.to(values.dtype).expand_as(values)
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def photometric_l2(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean per-pixel Euclidean RGB distance over ``mask`` (the authors' L2)."""
-    distance = ((pred - target) ** 2).sum(1, keepdim=True).add(1e-12).sqrt()
-    return _masked_mean(distance, mask)
+def photometric_l2(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean per-pixel Euclidean RGB distance over the whole frame (the authors' L2: every one
+    of the B·H·W pixels counts, the background included)."""
+    d = pred - target
+    return (d[:, 0] ** 2 + d[:, 1] ** 2 + d[:, 2] ** 2).add(1e-12).sqrt().mean()
 
 
 def dssim(pred: Tensor, target: Tensor) -> Tensor:
@@ -32,46 +27,101 @@ def dssim(pred: Tensor, target: Tensor) -> Tensor:
     return 1.0 - kornia_ssim(pred, target, window_size=11).mean()
 
 
-def depth_l1_mm(pred_m: Tensor, target_m: Tensor, mask: Tensor, gate_mm: float) -> Tensor:
-    """L1 in mm over ``mask`` where the target is known and the error is below the gate (eq. 9)."""
-    error_mm = (pred_m - target_m).abs() * MM_PER_M
-    valid = mask & (target_m > 0) & (error_mm.detach() < gate_mm)
-    return _masked_mean(error_mm, valid)
+def target_without_hair(image: Tensor, hair: Tensor) -> Tensor:
+    """The face stage's ground truth: hair pixels set to white, the rest as captured.
+
+    image [B, 3, H, W], hair [B, 1, H, W] bool. The scalp under the hair then learns white,
+    which the blend relies on where hair is thin."""
+    return torch.where(hair, torch.ones_like(image), image)
 
 
-def depth_normals(depth_m: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor]:
-    """Screen-space normals of a depth map: back-project, cross the finite differences.
+def _flat_ids(triangle_id: Tensor, n_faces: int) -> Tensor:
+    """[B, H, W] indices into one table of B · (F + 1) entries (row b holds image b's ids)."""
+    B = triangle_id.shape[0]
+    return triangle_id.long() + torch.arange(B, device=triangle_id.device).view(B, 1, 1) * (n_faces + 1)
 
-    depth [B, 1, H, W] metres (0 = none), intrinsics [B, 3, 3] → normals [B, 3, H, W] (unit,
-    camera frame) and valid [B, 1, H, W] (the pixel and its right and lower neighbours have depth).
+
+def _triangles_seen(region: Tensor, flat: Tensor, size: int) -> Tensor:
+    """[size] bool: the table entries seen at the pixels of ``region`` [B, H, W]. A scatter into
+    a spare last entry instead of boolean indexing, so the device never waits for the host."""
+    index = torch.where(region, flat, torch.full_like(flat, size)).view(-1)
+    seen = torch.zeros(size + 1, dtype=torch.bool, device=flat.device)
+    return seen.scatter(0, index, True)[:size]
+
+
+def seam_free_mask(region: Tensor, triangle_id: Tensor, n_faces: int) -> Tensor:
+    """``region`` [B, 1, H, W] bool without the pixels of triangles that the region's border
+    cuts: a triangle seen both inside and outside the region (the authors' "seams") mixes
+    surfaces in its depth, so none of its pixels supervises depth.
+
+    triangle_id [B, H, W] int: the rasterizer's ``triangle_id + 1``, 0 = no triangle.
     """
-    B, _, H, W = depth_m.shape
-    ys, xs = torch.meshgrid(torch.arange(H, device=depth_m.device, dtype=depth_m.dtype),
-                            torch.arange(W, device=depth_m.device, dtype=depth_m.dtype), indexing="ij")
-    fx, fy = intrinsics[:, 0, 0].view(B, 1, 1), intrinsics[:, 1, 1].view(B, 1, 1)
-    cx, cy = intrinsics[:, 0, 2].view(B, 1, 1), intrinsics[:, 1, 2].view(B, 1, 1)
-    z = depth_m[:, 0]
-    points = torch.stack([(xs + 0.5 - cx) / fx * z, (ys + 0.5 - cy) / fy * z, z], dim=1)  # [B, 3, H, W]
-    dx = F.pad(points[..., :, 1:] - points[..., :, :-1], (0, 1))
-    dy = F.pad(points[..., 1:, :] - points[..., :-1, :], (0, 0, 0, 1))
-    normals = F.normalize(torch.cross(dy, dx, dim=1), dim=1)
-    has = z > 0
-    valid = has.clone()
-    valid[:, :, :-1] &= has[:, :, 1:]
-    valid[:, :-1, :] &= has[:, 1:, :]
-    valid[:, :, -1] = False
-    valid[:, -1, :] = False
-    return normals, valid[:, None]
+    B = triangle_id.shape[0]
+    flat = _flat_ids(triangle_id, n_faces)
+    size = B * (n_faces + 1)
+    inside = region[:, 0]
+    seam = _triangles_seen(inside, flat, size) & _triangles_seen(~inside, flat, size)
+    seam[::n_faces + 1] = False  # "no triangle" is never a seam
+    return region & ~seam[flat][:, None]
 
 
-def normal_loss(pred_m: Tensor, target_m: Tensor, intrinsics: Tensor, mask: Tensor, gate_mm: float) -> Tensor:
-    """Mean L1 between the screen-space normals of two depth maps over ``mask``, where both are
-    defined and the depth error is below the gate."""
-    n_pred, valid_pred = depth_normals(pred_m, intrinsics)
-    n_true, valid_true = depth_normals(target_m, intrinsics)
-    gate = (pred_m - target_m).abs().detach() * MM_PER_M < gate_mm
-    valid = mask & valid_pred & valid_true & gate
-    return _masked_mean((n_pred - n_true).abs().sum(1, keepdim=True), valid)
+def depth_l1_mm(pred_m: Tensor, target_m: Tensor, supervised: Tensor, gate_mm: float) -> tuple[Tensor, Tensor]:
+    """Eq. 9's depth term as the authors compute it: L1 in mm between the rendered depth and
+    the target depth restricted to ``supervised`` (0 elsewhere), kept where the two differ by
+    less than the gate, averaged over all B·H·W pixels.
+
+    Off the region the target is 0, so a pixel the mesh covers there is far outside the gate
+    and drops out; so does a pixel whose target depth is unknown (0).
+    Returns (loss, gate [B, 1, H, W] bool) — the normal term uses the same gate.
+    """
+    target_mm = target_m * supervised.to(target_m.dtype) * MM_PER_M
+    error_mm = (pred_m * MM_PER_M - target_mm).abs()
+    gate = error_mm.detach() < gate_mm
+    return (error_mm * gate).mean(), gate
+
+
+def depth_normals_mm(depth_mm: Tensor) -> Tensor:
+    """The authors' screen-space normals: n = normalise(−∂z/∂x, −∂z/∂y, 1) from central pixel
+    differences of a depth map in mm (one-sided at the border); where both differences are
+    exactly 0 (an empty background) the normal is (1, 1, 1).
+
+    depth_mm [B, 1, H, W] → normals [B, 3, H, W]. The scale is the pixel's: these are not
+    metric normals, which is what the authors supervise."""
+    dz_dy, dz_dx = torch.gradient(depth_mm[:, 0], dim=(1, 2))
+    # Written out per component: a norm across the channel dimension is a strided reduction,
+    # several times slower on the CPU.
+    inverse_length = torch.rsqrt(dz_dx * dz_dx + dz_dy * dz_dy + 1)
+    normals = torch.stack([-dz_dx * inverse_length, -dz_dy * inverse_length, inverse_length], 1)
+    flat = ((dz_dx == 0) & (dz_dy == 0))[:, None]
+    return torch.where(flat, torch.ones_like(normals), normals)
+
+
+def stencil_inside(valid: Tensor) -> Tensor:
+    """[B, 1, H, W] bool: the pixel and its four neighbours are all ``valid`` (the central
+    differences of :func:`depth_normals_mm` read only valid depths there)."""
+    padded = F.pad(valid.float(), (1, 1, 1, 1))
+    neighbours = torch.stack([padded[..., 1:-1, 2:], padded[..., 1:-1, :-2], padded[..., 2:, 1:-1],
+                              padded[..., :-2, 1:-1]]).amin(0)
+    return valid & (neighbours > 0)
+
+
+def normal_loss(pred_m: Tensor, target_m: Tensor, supervised: Tensor, gate: Tensor) -> Tensor:
+    """Eq. 9's normal term: the Euclidean norm of the difference of the two depth maps'
+    screen-space normals (depth in mm, target restricted to ``supervised``), where the depth
+    gate holds and the normal's stencil lies inside the supervised region, averaged over all
+    B·H·W pixels."""
+    target_mm = target_m * supervised.to(target_m.dtype) * MM_PER_M
+    difference = (depth_normals_mm(pred_m * MM_PER_M) - depth_normals_mm(target_mm)) * keep_of(gate, supervised,
+                                                                                              target_m)
+    squared = difference[:, 0] ** 2 + difference[:, 1] ** 2 + difference[:, 2] ** 2
+    # The norm's gradient at 0 (every pixel left out) would be NaN: those pixels get none.
+    return torch.where(squared > 0, squared.clamp_min(1e-30).sqrt(), torch.zeros_like(squared)).mean()
+
+
+def keep_of(gate: Tensor, supervised: Tensor, target_m: Tensor) -> Tensor:
+    """Pixels the normal term keeps: the depth gate holds and the normal's stencil lies where
+    the target is known and supervised."""
+    return gate & stencil_inside(supervised & (target_m > 0))
 
 
 def cotangent_weights(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -112,18 +162,35 @@ def normal_consistency(vertices: Tensor, faces: Tensor, face_pairs: Tensor) -> T
     return (1 - (n[:, face_pairs[:, 0]] * n[:, face_pairs[:, 1]]).sum(-1)).mean()
 
 
-def edge_length(vertices: Tensor, reference: Tensor, edges: Tensor) -> Tensor:
-    """Mean squared difference of edge lengths against a reference mesh (metres²)."""
+def edge_length(vertices: Tensor, reference: Tensor, edges: Tensor, keep: Tensor) -> Tensor:
+    """The authors' edge term: |length − reference length| in metres, averaged over all edges
+    of all meshes; edges not in ``keep`` [E] bool (the mouth's) count as 0 but stay in the mean.
+    vertices, reference [B, V, 3], edges [E, 2]."""
     length = (vertices[:, edges[:, 0]] - vertices[:, edges[:, 1]]).norm(dim=-1)
     reference_length = (reference[:, edges[:, 0]] - reference[:, edges[:, 1]]).norm(dim=-1)
-    return ((length - reference_length) ** 2).mean()
+    return ((length - reference_length).abs() * keep.to(length.dtype)).mean()
 
 
-def scalp_shrink(vertices: Tensor, reference: Tensor, selected: Tensor) -> Tensor:
-    """Mean distance (metres) of the selected scalp vertices to the centroid of the same vertices
-    on the reference (un-displaced) mesh (eq. 10). selected [B, V] bool; 0 when none is."""
+def vertices_seen_in(region: Tensor, triangle_id: Tensor, faces: Tensor, n_vertices: int) -> Tensor:
+    """[B, V] bool: the vertices of the triangles seen at the pixels of ``region`` [B, 1, H, W]
+    (the back-projection of a 2-D mask onto the mesh). triangle_id [B, H, W]: ``id + 1``, 0 = none;
+    faces [F, 3]."""
+    B, F_ = triangle_id.shape[0], faces.shape[0]
+    seen_faces = _triangles_seen(region[:, 0], _flat_ids(triangle_id, F_), B * (F_ + 1)).view(B, F_ + 1)[:, 1:]
+    corners = seen_faces.repeat_interleave(3, dim=1).float()  # [B, 3F], face-major like faces.view(-1)
+    seen = torch.zeros(B, n_vertices, device=faces.device)
+    return seen.scatter_reduce(1, faces.reshape(1, -1).expand(B, -1), corners, reduce="amax") > 0
+
+
+def scalp_shrink(vertices: Tensor, scalp_reference: Tensor, selected: Tensor) -> Tensor:
+    """Eq. 10 as the authors compute it: per image, the mean distance (metres) of the selected
+    vertices to the centroid of the scalp on the un-displaced mesh; then the mean over images
+    (an image with nothing selected adds 0).
+
+    vertices [B, V, 3]; scalp_reference [B, S, 3] (all scalp vertices before displacement);
+    selected [B, V] bool."""
+    centroid = scalp_reference.detach().mean(1, keepdim=True)
     weight = selected.to(vertices.dtype)
-    count = weight.sum(1, keepdim=True).clamp_min(1.0)
-    centroid = (reference.detach() * weight[..., None]).sum(1, keepdim=True) / count[..., None]
     distance = (vertices - centroid).norm(dim=-1)
-    return (distance * weight).sum() / weight.sum().clamp_min(1.0)
+    per_image = (distance * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+    return per_image.mean()

@@ -11,18 +11,19 @@ import torch
 from mega import losses
 from mega.cli import main
 from mega.data.camera import Camera
-from mega.errors import ConfigError, TrainingError
+from mega.errors import ConfigError, DataError, TrainingError
 from mega.face.config import FaceConfig, variant_config
 from mega.face.decoders import DisplacementDecoder, DynamicDecoder, ViewDecoder
 from mega.face.model import NeuralFace
 from mega.face.pixel_decoder import PixelDecoder
 from mega.flame.head_model import load_head_model_folder
 from mega.losses import dssim
-from mega.train.face import batch_indices, load_face, train_face
+from mega.train.face import load_face, train_face
+from mega.train.loop import batch_indices
 
 TINY_SUBJECT = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
 TINY_FACE = FaceConfig(tex_size=16, disp_size=16, uv_encoding_size=32, batch_size=15, iterations=2,
-                       learning_rate=0.01, checkpoint_every=1, val_views=2)
+                       learning_rate=0.01, checkpoint_every=1, val_views=2, data_workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_two_iterations_change_the_parameters_and_lower_the_loss(subject, tmp_pa
     union, head_dir = subject
     head = head_of(head_dir)
     metrics = train_face(union, head, tmp_path / "run", TINY_FACE, progress=False)
-    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    log = pd.read_csv(tmp_path / "run" / "face" / "loss.csv")
     assert list(log["step"]) == [1, 2]
     # One batch holds all 15 train images, so both steps see the same images.
     assert log["total"][1] < log["total"][0]
@@ -172,9 +173,10 @@ def test_two_iterations_change_the_parameters_and_lower_the_loss(subject, tmp_pa
     for name in ("diffuse_texture", "pixel_decoder.out.weight", "uv_encoding.table_u"):
         before, after = initial.state_dict()[name], trained.state_dict()[name]
         assert not torch.allclose(before, after), name
-    for name in ("face.pt", "loss.png", "metrics.json", "checkpoint.pt"):
+    for name in ("face.pt", "face/loss.png", "face/metrics.json", "face/checkpoint.pt"):
         assert (tmp_path / "run" / name).is_file(), name
-    assert len(list((tmp_path / "run" / "val").glob("*.png"))) == min(TINY_FACE.val_views, metrics["val"]["n_images"])
+    assert len(list((tmp_path / "run" / "face" / "val").glob("*.png"))) == min(TINY_FACE.val_views,
+                                                                              metrics["val"]["n_images"])
     for split in ("val", "test"):
         assert metrics[split]["psnr_head"] > 5 and metrics[split]["depth_mae_face_mm"] >= 0
 
@@ -192,8 +194,8 @@ def test_resume_after_interruption_matches_the_uninterrupted_run(subject, tmp_pa
     for part in ("model", "frames"):
         for name, value in a[part].items():
             assert torch.allclose(value.float(), b[part][name].float(), rtol=0, atol=1e-6), name
-    log_a = pd.read_csv(tmp_path / "straight" / "loss.csv")
-    log_b = pd.read_csv(tmp_path / "resumed" / "loss.csv")
+    log_a = pd.read_csv(tmp_path / "straight" / "face" / "loss.csv")
+    log_b = pd.read_csv(tmp_path / "resumed" / "face" / "loss.csv")
     assert list(log_b["step"]) == [1, 2, 3, 4]
     assert log_a["total"].tolist() == pytest.approx(log_b["total"].tolist(), rel=1e-5)
     # Other settings than the checkpoint's are refused, with what changed.
@@ -215,7 +217,7 @@ def test_non_finite_loss_stops_and_names_step_and_loss(subject, tmp_path, monkey
     with pytest.raises(TrainingError, match="step 3: loss 'ssim' is nan.*last good checkpoint .* \\(step 2\\)"):
         train_face(union, head_of(head_dir), tmp_path / "run", config, progress=False)
     assert not (tmp_path / "run" / "face.pt").exists()
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "run" / "face" / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
 def test_cli_trains_and_reports(subject, tmp_path, capsys):
@@ -224,7 +226,7 @@ def test_cli_trains_and_reports(subject, tmp_path, capsys):
     args = ["train-face", str(union), "--out", str(tmp_path / "run"), "--head-model", str(head_dir),
             "--variant", "nodisp", "--iterations", "2", "--quiet"]
     assert main([*args, "--settings", settings]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "face" / "metrics.json").read_text())
     assert metrics["variant"] == "nodisp" and metrics["iterations"] == 2
     assert main([*args, "--settings", '{"tex_size": 16,}']) == 2
     assert "--settings is not valid JSON" in capsys.readouterr().err
@@ -237,7 +239,125 @@ def test_without_depth_maps_the_depth_terms_switch_off(subject, tmp_path):
     for depths in copy.glob("*/depths"):
         shutil.rmtree(depths)
     metrics = train_face(copy / union.name, head_of(head_dir), tmp_path / "run", TINY_FACE, progress=False)
-    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    log = pd.read_csv(tmp_path / "run" / "face" / "loss.csv")
     assert log["depth"].isna().all() and log["normal"].isna().all()
     assert log["rgb"].notna().all() and log["total"].notna().all()
     assert "depth_mae_face_mm" not in metrics["val"] and metrics["val"]["psnr_head"] > 5
+
+
+# ----------------------------------------------------------------------------- the shared loop, data policy
+def test_changed_settings_restart_when_the_workflow_asks(subject, tmp_path):
+    union, head_dir = subject
+    head = head_of(head_dir)
+    train_face(union, head, tmp_path / "run", TINY_FACE, progress=False)
+    first = torch.load(tmp_path / "run" / "face.pt", weights_only=False)
+    changed = TINY_FACE.replace(w_ssim=0.5, iterations=3)
+    with pytest.raises(TrainingError, match="w_ssim: 0.2 → 0.5"):
+        train_face(union, head, tmp_path / "run", changed, progress=False)
+    metrics = train_face(union, head, tmp_path / "run", changed, progress=False, on_settings_change="restart")
+    log = pd.read_csv(tmp_path / "run" / "face" / "loss.csv")
+    assert list(log["step"]) == [1, 2, 3] and metrics["iterations"] == 3
+    # Started over: step 1 of the new run is step 1 of the old one (same seed and batch), not a resumption.
+    second = torch.load(tmp_path / "run" / "face.pt", weights_only=False)
+    assert second["config"]["w_ssim"] == 0.5 and first["config"]["w_ssim"] == 0.2
+
+
+def test_steps_follow_the_epochs_and_the_subjects_size():
+    config = FaceConfig(epochs=49, batch_size=16)
+    assert config.steps_for(2000) == 49 * 125
+    assert FaceConfig(epochs=15, batch_size=4).steps_for(405) == 15 * 101
+    assert FaceConfig(iterations=7).steps_for(405) == 7
+
+
+def test_frozen_groups_keep_their_values(subject, tmp_path):
+    from mega.data.gaussian_avatars import SubjectDataset
+    from mega.face.frames import FrameParameters
+    from mega.train.face import FaceStage, frame_parameters_of
+    from mega.train.loop import LoopSettings, train
+
+    union, head_dir = subject
+    torch.manual_seed(0)
+    model = NeuralFace(head_of(head_dir), TINY_FACE)
+    frames = FrameParameters(frame_parameters_of(union))
+    stage = FaceStage(model, frames, TINY_FACE, frozen=("displacement", "flame_expr", "flame_shape"))
+    before = {k: v.clone() for k, v in {**model.state_dict(), **frames.state_dict()}.items()}
+    settings = LoopSettings(steps=2, batch_size=4, seed=1, checkpoint_every=2)
+    train(stage, SubjectDataset(union, "train"), tmp_path / "work", settings, {}, torch.device("cpu"), progress=False)
+    after = {**model.state_dict(), **frames.state_dict()}
+    for name, value in before.items():
+        frozen = name.startswith("displacement_decoder.") or name in ("tables.expr", "shape")
+        if value.is_floating_point() and "running" not in name:
+            assert torch.equal(value, after[name]) == frozen, name
+    with pytest.raises(ConfigError, match="unknown face parameter groups \\['hair'\\]"):
+        FaceStage(model, frames, TINY_FACE, frozen=("hair",))
+
+
+def test_workers_draw_the_same_batches_as_the_main_process(subject, tmp_path):
+    union, head_dir = subject
+    head = head_of(head_dir)
+    config = TINY_FACE.replace(batch_size=4, iterations=2, val_views=0)
+    train_face(union, head, tmp_path / "main", config, progress=False)
+    train_face(union, head, tmp_path / "workers", config.replace(data_workers=1), progress=False)
+    a = pd.read_csv(tmp_path / "main" / "face" / "loss.csv")
+    b = pd.read_csv(tmp_path / "workers" / "face" / "loss.csv")
+    assert a["total"].tolist() == pytest.approx(b["total"].tolist(), rel=1e-5)
+
+
+def copy_subject(union: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "subject"
+    shutil.copytree(union.parent, copy, symlinks=True)
+    return copy / union.name
+
+
+def test_missing_parsing_is_an_error_unless_allowed(subject, tmp_path, caplog):
+    union, head_dir = subject
+    copy = copy_subject(union, tmp_path)
+    head = head_of(head_dir)
+    sequences = sorted(p for p in copy.parent.glob("*/parsing"))
+    shutil.rmtree(sequences[0])  # one sequence without parsing: an error, allowed or not
+    allowed = TINY_FACE.replace(require_parsing=False)
+    for config in (TINY_FACE, allowed):
+        with pytest.raises(DataError, match=f"{sequences[0]}: folder not found, while other sequences"):
+            train_face(copy, head, tmp_path / "run", config, progress=False)
+    for parsing in sequences[1:]:
+        shutil.rmtree(parsing)
+    with pytest.raises(DataError, match="parsing: folder not found.*require_parsing: false"):
+        train_face(copy, head, tmp_path / "run", TINY_FACE, progress=False)
+    with caplog.at_level("WARNING"):
+        metrics = train_face(copy, head, tmp_path / "run", allowed, progress=False)
+    assert "has no face parsing" in caplog.text and metrics["val"]["n_images"] > 0
+
+
+def test_val_is_rendered_with_the_tracked_expression_and_pose(subject):
+    from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+    from mega.eval.face import driving_parameters
+    from mega.face.frames import FrameParameters
+    from mega.train.face import frame_parameters_of
+
+    union, _ = subject
+    frames = FrameParameters(frame_parameters_of(union))
+    with torch.no_grad():
+        frames.tables["expr"].add_(1.0)  # as if training had refined every expression
+        frames.shape.add_(0.5)
+    batch = collate_samples([SubjectDataset(union, "val")[0]])
+    tracked = driving_parameters(frames, batch, refined=False)
+    refined = driving_parameters(frames, batch, refined=True)
+    assert torch.equal(tracked["expr"], batch["flame"]["expr"])
+    assert torch.equal(refined["expr"], batch["flame"]["expr"] + 1.0)
+    assert torch.equal(tracked["shape"], frames.shape) and torch.equal(refined["shape"], frames.shape)
+
+
+def test_sixty_steps_learn_the_face(subject, tmp_path):
+    """End to end on the tiny subject: 60 steps against a 1-step baseline of the same seed. On
+    this subject training reaches about +6 dB on the val view, +5.4 dB on the held-out sequence,
+    and 39% (val) and 19% (test) less depth error (measured); a model whose loss misses the
+    textures or the mesh stays near the baseline."""
+    union, head_dir = subject
+    head = head_of(head_dir)
+    config = TINY_FACE.replace(batch_size=5, lr_pixel_decoder=0.003, checkpoint_every=1000, val_views=0)
+    baseline = train_face(union, head, tmp_path / "one", config.replace(iterations=1), progress=False)
+    trained = train_face(union, head, tmp_path / "sixty", config.replace(iterations=60), progress=False)
+    for split, depth_ratio in (("val", 0.75), ("test", 0.9)):
+        assert trained[split]["psnr_head"] > baseline[split]["psnr_head"] + 4.0, split
+        assert trained[split]["depth_mae_face_mm"] < depth_ratio * baseline[split]["depth_mae_face_mm"], split
+    assert trained["test"]["psnr_head"] > 16.5

@@ -39,7 +39,7 @@ from mega.errors import DataError
 _REQUIRED_FRAME_FIELDS = ("file_path", "fg_mask_path", "flame_param_path", "transform_matrix",
                           "timestep_index", "camera_index")
 _INTRINSIC_FIELDS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
-Extra = Literal["auto", "require", "off"]
+Extra = Literal["auto", "require", "all_or_none", "off"]
 
 
 def _read_json(path: Path) -> dict:
@@ -137,7 +137,9 @@ class SubjectDataset(Dataset):
         timestep_index, camera_index, frame_index   int
 
     ``parsing`` and ``depth``: ``"auto"`` loads them when every sequence of the split has the
-    folder, ``"require"`` fails when one lacks it, ``"off"`` never loads them. Use
+    folder, ``"require"`` fails when one lacks it, ``"all_or_none"`` loads them when every
+    sequence has the folder, goes without when none has, and fails naming the sequence when
+    only some have it; ``"off"`` never loads them. Use
     :func:`collate_samples` as the DataLoader's ``collate_fn``.
     """
 
@@ -162,6 +164,10 @@ class SubjectDataset(Dataset):
         missing = [d for d in seq_dirs if not (d / folder).is_dir()]
         if mode == "require" and missing:
             raise DataError(f"{missing[0] / folder}: folder not found, and {folder} were required")
+        if mode == "all_or_none" and missing and len(missing) < len(seq_dirs):
+            raise DataError(f"{missing[0] / folder}: folder not found, while other sequences of the split have "
+                            f"{folder} ({len(missing)} of {len(seq_dirs)} sequences lack it); add it to every "
+                            f"sequence or remove it from all")
         return not missing
 
     def _check_files(self) -> None:
@@ -262,4 +268,20 @@ def collate_samples(samples: list[dict]) -> dict:
             out[key] = {k: torch.stack([v[k] for v in values]) for k in first}
         else:
             out[key] = torch.as_tensor(values)
+    return out
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A collated batch with its tensors, cameras and nested dicts on ``device`` (asynchronously
+    from pinned memory)."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=True)
+        elif isinstance(value, Camera):
+            out[key] = value.to(device=device)
+        elif isinstance(value, dict):
+            out[key] = to_device(value, device)
+        else:
+            out[key] = value
     return out

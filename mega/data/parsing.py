@@ -30,6 +30,18 @@ def head_mask(labels: Tensor) -> Tensor:
 
 
 def face_mask(labels: Tensor) -> Tensor:
-    """The facial area MeGA measures depth error on (no hair, hat, ears or mouth interior)."""
+    """The facial area MeGA measures depth error on: labels 1–15 without hair, hat, ears and
+    mouth interior. Earrings (15) stay in, as in the authors' evaluation."""
     excluded = torch.tensor([LABEL[n] for n in ("hair", "hat", "l_ear", "r_ear", "mouth")], device=labels.device)
-    return (labels > 0) & (labels < LABEL["ear_r"]) & ~torch.isin(labels, excluded)
+    return (labels > 0) & (labels <= LABEL["ear_r"]) & ~torch.isin(labels, excluded)
+
+
+def batch_regions(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """(hair, head, face) [B, 1, H, W] bool of a collated batch, from its parsing labels; without
+    parsing (a subject trained with ``require_parsing: false``) the foreground is head and face,
+    and nothing is hair."""
+    if "parsing" in batch:
+        labels = batch["parsing"]
+        return hair_mask(labels)[:, None], head_mask(labels)[:, None], face_mask(labels)[:, None]
+    fg = batch["fg_mask"] > 0.5
+    return torch.zeros_like(fg), fg, fg

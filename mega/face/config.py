@@ -38,7 +38,11 @@ class FaceConfig:
     pixel_decoder_omega: float = 30.0
     """ω0 of the SIREN pixel decoder's sine layers (SIREN's and the authors' 30)."""
     # Optimisation
-    iterations: int = 100000
+    epochs: int = 49
+    """Passes over the training images: the authors' stage boundary at epoch 50 leaves 49 epochs
+    to stage 1 (the steps follow from the subject's size: epochs × ⌊images / batch⌋)."""
+    iterations: int = 0
+    """A fixed number of steps instead (0: from ``epochs``)."""
     batch_size: int = 16
     learning_rate: float = 1e-3
     """Textures, decoders and the UV encoding."""
@@ -53,6 +57,9 @@ class FaceConfig:
     lr_translation: float = 1e-6
     optimize_flame: bool = True
     seed: int = 42
+    require_parsing: bool = True
+    """Without face parsing the hair cannot be told from the head, and the mesh is fitted to the
+    hair's silhouette. False trains such a subject anyway, with a warning."""
     # Loss weights (eq. 11) and the depth gate
     w_rgb: float = 1.0
     w_ssim: float = 0.2
@@ -69,7 +76,10 @@ class FaceConfig:
     val_views: int = 4
     """Validation views saved as images at the end."""
     cache_mb: int = 2048
-    """Decoded training samples kept in memory up to this size; the rest is read from disk."""
+    """Without data workers, decoded training samples kept in memory up to this size; the rest
+    is read from disk."""
+    data_workers: int = 4
+    """DataLoader processes decoding images ahead of the step (0: decode in the training process)."""
     backend: str = "auto"
     """Mesh rasterizer: auto | torch | cuda."""
 
@@ -105,11 +115,20 @@ class FaceConfig:
             size = getattr(self, name)
             if size < 16 or size % 8 or (size // 8) & (size // 8 - 1):
                 raise ConfigError(f"{where}: '{name}' = {size} must be 8 · 2^k with k ≥ 1 (16, 32, ..., 1024)")
-        for name in ("iterations", "batch_size", "checkpoint_every", "uv_encoding_size", "tex_channels"):
+        for name in ("epochs", "batch_size", "checkpoint_every", "uv_encoding_size", "tex_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}: '{name}' must be at least 1, got {getattr(self, name)}")
+        for name in ("iterations", "data_workers", "cache_mb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}: '{name}' must be 0 or more, got {getattr(self, name)}")
         if self.backend not in ("auto", "torch", "cuda"):
             raise ConfigError(f"{where}: 'backend' must be auto, torch or cuda, got {self.backend!r}")
+
+    def steps_for(self, n_images: int) -> int:
+        """Training steps for a subject of ``n_images`` training images."""
+        if self.iterations:
+            return self.iterations
+        return self.epochs * max(n_images // min(self.batch_size, n_images), 1)
 
     def replace(self, **changes) -> "FaceConfig":
         return dataclasses.replace(self, **changes)

@@ -12,7 +12,7 @@ from mega.flame.head_model import HeadModel
 from mega.flame.model import FlameModel
 
 MOUTH_REGIONS = ("lips", "teeth")
-"""Edges with both ends here stretch with every word; the edge-length loss leaves them out."""
+"""Edges with both ends here stretch with every word; the edge-length loss masks them out."""
 
 
 def adjacent_face_pairs(faces: np.ndarray) -> np.ndarray:
@@ -37,8 +37,8 @@ class FaceMesh(nn.Module):
     ``state_dict()``: they are rebuilt from the head model.
 
     faces [F, 3], faces_uv [F, 3], uvs [T, 2] (image convention: v down), vertex_uv [V, 2],
-    no_displacement [V] (eyeballs), scalp [V], edges [E, 2] (mouth edges removed),
-    face_pairs [P, 2].
+    no_displacement [V] (eyeballs), scalp [V] bool, scalp_index [S], edges [E, 2] (every unique
+    edge), edge_keep [E] bool (False on mouth edges), face_pairs [P, 2].
     """
 
     def __init__(self, head: HeadModel, subdivision: bool = True, teeth: bool = True):
@@ -56,10 +56,14 @@ class FaceMesh(nn.Module):
         self.register_buffer("vertex_uv", as_float(vertex_uvs(h.n_vertices, h.faces, h.faces_uv, uvs)),
                              persistent=False)
         self.register_buffer("no_displacement", torch.as_tensor(h.regions_mask(EYEBALL_REGIONS)), persistent=False)
-        self.register_buffer("scalp", torch.as_tensor(h.regions_mask(["scalp"])), persistent=False)
+        scalp = h.regions_mask(["scalp"])
+        self.register_buffer("scalp", torch.as_tensor(scalp), persistent=False)
+        self.register_buffer("scalp_index", as_long(np.flatnonzero(scalp)), persistent=False)
         mouth = h.regions_mask(MOUTH_REGIONS)
         edges, _ = mesh_edges(h.faces)
-        self.register_buffer("edges", as_long(edges[~(mouth[edges[:, 0]] & mouth[edges[:, 1]])]), persistent=False)
+        self.register_buffer("edges", as_long(edges), persistent=False)
+        self.register_buffer("edge_keep", torch.as_tensor(~(mouth[edges[:, 0]] & mouth[edges[:, 1]])),
+                             persistent=False)
         self.register_buffer("face_pairs", as_long(adjacent_face_pairs(h.faces)), persistent=False)
 
     @property

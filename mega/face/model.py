@@ -75,15 +75,21 @@ class NeuralFace(nn.Module):
         return vertices + self.displacement(driving_signal(flame)), vertices
 
     # ---- appearance
+    def texture_offsets(self, flame: dict[str, Tensor], view_dir: Tensor) -> Tensor | None:
+        """T_v + T_dy [B, C, T, T], or None when both are ablated."""
+        offsets = None
+        if self.view_decoder is not None:
+            offsets = self.view_decoder(view_dir)
+        if self.dynamic_decoder is not None:
+            dynamic = self.dynamic_decoder(driving_signal(flame))
+            offsets = dynamic if offsets is None else offsets + dynamic
+        return offsets
+
     def neural_texture(self, flame: dict[str, Tensor], view_dir: Tensor) -> Tensor:
         """T = T_di + T_v + T_dy (eq. 3), [B, C, T, T]."""
-        B = view_dir.shape[0]
-        tex = self.diffuse_texture.expand(B, -1, -1, -1)
-        if self.view_decoder is not None:
-            tex = tex + self.view_decoder(view_dir)
-        if self.dynamic_decoder is not None:
-            tex = tex + self.dynamic_decoder(driving_signal(flame))
-        return tex
+        offsets = self.texture_offsets(flame, view_dir)
+        tex = self.diffuse_texture.expand(view_dir.shape[0], -1, -1, -1)
+        return tex if offsets is None else tex + offsets
 
     def forward(self, flame: dict[str, Tensor], cameras: Camera) -> dict[str, Tensor]:
         vertices, vertices_flame = self.geometry(flame)
@@ -97,14 +103,16 @@ class NeuralFace(nn.Module):
 
         # The view vector points from the head to the camera (the authors assume the head at the origin).
         view_dir = F.normalize(cameras.center - vertices_flame.detach().mean(1), dim=-1)
-        features = torch.cat([self.neural_texture(flame, view_dir), self.diffuse_texture.expand(B, -1, -1, -1)], 1)
-        # Sample and decode only the covered pixels; the background stays white.
+        # Sample and decode only the covered pixels; the background stays white. Bilinear
+        # lookup is linear, so T_di is read once from its single copy and T_v + T_dy per image:
+        # the diffuse texture is never copied to the batch.
         pixel_uv = uv[mask]
-        pixel_features = texture_at(features, pixel_uv, torch.nonzero(mask)[:, 0])
+        batch_index = torch.nonzero(mask)[:, 0]
+        diffuse = texture_at(self.diffuse_texture, pixel_uv, torch.zeros_like(batch_index))
+        offsets = self.texture_offsets(flame, view_dir)
+        full = diffuse if offsets is None else diffuse + texture_at(offsets, pixel_uv, batch_index)
         code = self.uv_encoding(pixel_uv)
-        C = self.config.tex_channels
-        both = self.pixel_decoder(torch.cat([torch.cat([code, pixel_features[:, :C]], 1),
-                                             torch.cat([code, pixel_features[:, C:]], 1)], 0))
+        both = self.pixel_decoder(torch.cat([torch.cat([code, full], 1), torch.cat([code, diffuse], 1)], 0))
         n = pixel_uv.shape[0]
         images = []
         for colours in (both[:n], both[n:]):

@@ -1,52 +1,47 @@
 """Stage 1: optimise the neural mesh face on a subject (paper §4, "Optimizing Facial Mesh").
 
-Outputs in the run folder:
-    checkpoint.pt   model, per-frame FLAME parameters, optimizer, step (written atomically every
-                    ``checkpoint_every`` steps; a rerun resumes from it)
-    loss.csv        every loss term at every step
-    face.pt         the trained face (model + frames + settings), at the end
-    loss.png        loss curves
-    metrics.json    val (novel view) and test (novel expression) metrics, time
-    val/*.png       a few validation views: ground truth | render | diffuse only | error | depth error
+The stage is its model, its parameter groups and its loss; :mod:`mega.train.loop` trains it.
+
+Outputs in the run folder (``results/train/{subject}/{variant}/``):
+    face.pt            the trained face (model + per-frame FLAME parameters + settings), at the end
+    face/              the stage's work folder: checkpoint.pt, loss.csv, loss.png (see the loop),
+                       metrics.json (val, val with refined parameters, test; time) and val/*.png
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
-from tqdm import tqdm
+from torch import Tensor, nn
 
-from mega.atomic import atomic_path, write_json
-from mega.data.cache import MemoryCachedDataset
-from mega.data.camera import Camera
+from mega import losses
+from mega.atomic import write_json
 from mega.data.flame_params import read_flame_params
-from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames, collate_samples
-from mega.data.parsing import face_mask, hair_mask, head_mask
-from mega.errors import TrainingError
-from mega.eval.face_metrics import depth_mae_mm, psnr_frame, psnr_masked, summarize
+from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames
+from mega.data.parsing import batch_regions
+from mega.errors import ConfigError, DataError
+from mega.eval.face import evaluate_face
 from mega.face.config import FaceConfig
 from mega.face.frames import LR_GROUP, FrameParameters
 from mega.face.model import NeuralFace
 from mega.flame.head_model import HeadModel
-from mega import losses
-from mega.report.training_figure import write_loss_figure
-from mega.train.checkpoint import CsvLog, load_checkpoint, save_checkpoint
+from mega.train.checkpoint import load_checkpoint, save_checkpoint
+from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
 log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("rgb", "ssim", "diffuse_rgb", "depth", "normal", "laplacian", "normal_consistency", "edges",
               "scalp_shrink")
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE = {"iterations", "checkpoint_every", "val_views", "cache_mb", "backend"}
-SCALP_VISIBLE_M = 0.005
-"""A scalp vertex counts as seen when it lies this close to the rendered depth at its pixel."""
+RESUMABLE = {"epochs", "iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers", "backend"}
+MODEL_GROUPS = ("textures", "uv_encoding", "pixel_decoder", "displacement")
+"""The face's parameter groups: the diffuse texture with the view and dynamic decoders; the
+learned UV encoding; the pixel decoder; the displacement decoder. The joint stage trains the
+first three and freezes the geometry (the displacement decoder and the FLAME tables)."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -66,284 +61,176 @@ def frame_parameters_of(union_dir: Path) -> dict[int, dict[str, np.ndarray]]:
     return out
 
 
-def batch_indices(step: int, n_samples: int, batch_size: int, seed: int) -> list[int]:
-    """The samples of ``step``: a fresh permutation per epoch, a function of (seed, step) alone,
-    so that a resumed run draws exactly the batches the uninterrupted one would have."""
-    batch_size = min(batch_size, n_samples)
-    per_epoch = n_samples // batch_size
-    epoch, position = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_samples, generator=generator)
-    return order[position * batch_size:(position + 1) * batch_size].tolist()
+def open_split(union_dir: Path, split: str, config: FaceConfig) -> SubjectDataset:
+    """A split with its parsing and depth maps; no silent fallback when they are missing.
 
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, Tensor):
-            out[key] = value.to(device)
-        elif isinstance(value, Camera):
-            out[key] = value.to(device=device)
-        elif isinstance(value, dict):
-            out[key] = to_device(value, device)
-        else:
-            out[key] = value
-    return out
-
-
-def region_masks(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-    """(hair, head, face) [B, 1, H, W] bool from the parsing labels; without parsing, the
-    foreground is head and face, and nothing is hair."""
-    if "parsing" in batch:
-        labels = batch["parsing"]
-        return hair_mask(labels)[:, None], head_mask(labels)[:, None], face_mask(labels)[:, None]
-    fg = batch["fg_mask"] > 0.5
-    return torch.zeros_like(fg), fg, fg
+    Parsing is required unless ``require_parsing`` is off; then a subject without any trains
+    with a warning, and one whose sequences disagree is an error naming the sequence. Depth
+    maps are all or none: without them the depth and normal terms are off (with a warning).
+    "All" means every sequence of the subject, whichever split it serves."""
+    sequences = sorted({d for s in ("train", "val", "test") if (union_dir / f"transforms_{s}.json").is_file()
+                        for d in SubjectFrames(union_dir, s).sequence_dirs()})
+    for folder, what in (("parsing", "face parsing"), ("depths", "depth maps")):
+        missing = [d for d in sequences if not (d / folder).is_dir()]
+        if missing and len(missing) < len(sequences):
+            raise DataError(f"{missing[0] / folder}: folder not found, while other sequences of the subject have "
+                            f"{what} ({len(missing)} of {len(sequences)} sequences lack it); add it to every "
+                            f"sequence or remove it from all")
+    try:
+        dataset = SubjectDataset(union_dir, split, parsing="require" if config.require_parsing else "all_or_none",
+                                 depth="all_or_none")
+    except DataError as e:
+        if config.require_parsing and "parsing were required" in str(e):
+            raise DataError(f"{e}. Face parsing tells the hair from the head; make it for this subject, or set "
+                            f"the face setting require_parsing: false to train without (the mesh then fits the "
+                            f"hair's silhouette)") from e
+        raise
+    if not dataset.has_parsing:
+        log.warning("%s split of %s has no face parsing: training without it (require_parsing is off); the mesh "
+                    "will be fitted to the hair's silhouette", split, union_dir)
+    if not dataset.has_depth:
+        log.warning("%s split of %s has no depth maps: the depth and normal terms are off", split, union_dir)
+    return dataset
 
 
 # ----------------------------------------------------------------------------- losses
-def scalp_under_hair(model: NeuralFace, vertices: Tensor, depth: Tensor, hair: Tensor, cameras: Camera) -> Tensor:
-    """[B, V] scalp vertices seen in this view where the parsing says hair (eq. 10's V_scalp)."""
-    with torch.no_grad():
-        pixels, z = cameras.project(vertices)
-        H, W = depth.shape[-2:]
-        col, row = pixels[..., 0].floor().long(), pixels[..., 1].floor().long()
-        inside = (col >= 0) & (col < W) & (row >= 0) & (row < H) & (z > 0)
-        flat = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1))
-        seen_depth = depth.flatten(1).gather(1, flat)
-        on_hair = hair.flatten(1).gather(1, flat)
-        visible = (seen_depth - z).abs() < SCALP_VISIBLE_M
-        return inside & visible & on_hair & model.mesh.scalp[None]
-
-
 def face_losses(model: NeuralFace, out: dict, batch: dict, config: FaceConfig) -> dict[str, Tensor]:
-    """Every term of eq. 11, unweighted. Hair pixels are white in the target and left out of
-    the photometric terms; depth and normal terms exist only when the subject has depth maps."""
-    hair, head, _ = region_masks(batch)
-    target = torch.where(hair, torch.ones_like(batch["image"]), batch["image"])
-    keep = ~hair
-    pred = torch.where(hair, torch.ones_like(out["rgb"]), out["rgb"])
+    """Every term of eq. 11, unweighted, as the authors compute them (see docs/face.md).
+
+    Photometric terms compare whole frames against the ground truth with hair pixels white;
+    depth and normal terms exist only when the subject has depth maps."""
+    hair, head, _ = batch_regions(batch)
+    target = losses.target_without_hair(batch["image"], hair)
+    triangle_id = out["rast"][..., 3]
+    mesh = model.mesh
     terms = {
-        "rgb": losses.photometric_l2(out["rgb"], target, keep),
-        "ssim": losses.dssim(pred, target),
-        "diffuse_rgb": losses.photometric_l2(out["rgb_diffuse"], target, keep),
+        "rgb": losses.photometric_l2(out["rgb"], target),
+        "ssim": losses.dssim(out["rgb"], target),
+        "diffuse_rgb": losses.photometric_l2(out["rgb_diffuse"], target),
     }
     if "depth" in batch:
-        region = head & out["mask"] & ~hair
-        terms["depth"] = losses.depth_l1_mm(out["depth"], batch["depth"], region, config.depth_gate_mm)
-        terms["normal"] = losses.normal_loss(out["depth"], batch["depth"], batch["camera"].intrinsics, region,
-                                             config.depth_gate_mm)
+        supervised = losses.seam_free_mask(head, triangle_id, mesh.faces.shape[0])
+        terms["depth"], gate = losses.depth_l1_mm(out["depth"], batch["depth"], supervised, config.depth_gate_mm)
+        terms["normal"] = losses.normal_loss(out["depth"], batch["depth"], supervised, gate)
     vertices, reference = out["vertices"], out["vertices_flame"]
-    faces = model.mesh.faces
-    terms["laplacian"] = losses.laplacian_smoothing(vertices, faces)
-    terms["normal_consistency"] = losses.normal_consistency(vertices, faces, model.mesh.face_pairs)
-    terms["edges"] = losses.edge_length(vertices, reference, model.mesh.edges)
-    selected = scalp_under_hair(model, vertices.detach(), out["depth"][:, 0].detach(), hair[:, 0], batch["camera"])
-    terms["scalp_shrink"] = losses.scalp_shrink(vertices, reference, selected)
+    terms["laplacian"] = losses.laplacian_smoothing(vertices, mesh.faces)
+    terms["normal_consistency"] = losses.normal_consistency(vertices, mesh.faces, mesh.face_pairs)
+    terms["edges"] = losses.edge_length(vertices, reference, mesh.edges, mesh.edge_keep)
+    selected = losses.vertices_seen_in(hair, triangle_id, mesh.faces, mesh.n_vertices)
+    terms["scalp_shrink"] = losses.scalp_shrink(vertices, reference[:, mesh.scalp_index], selected)
     return terms
 
 
+def loss_weights(config: FaceConfig) -> dict[str, float]:
+    """Eq. 11's weights; the diffuse-only term is 3 λ_p."""
+    return {"rgb": config.w_rgb, "ssim": config.w_ssim, "diffuse_rgb": config.w_diffuse_rgb * config.w_rgb,
+            "depth": config.w_depth, "normal": config.w_normal, "laplacian": config.w_laplacian,
+            "normal_consistency": config.w_normal_consistency, "edges": config.w_edges,
+            "scalp_shrink": config.w_scalp_shrink}
+
+
 def weighted_total(terms: dict[str, Tensor], config: FaceConfig) -> Tensor:
-    weights = {"rgb": config.w_rgb, "ssim": config.w_ssim, "diffuse_rgb": config.w_diffuse_rgb * config.w_rgb,
-               "depth": config.w_depth, "normal": config.w_normal, "laplacian": config.w_laplacian,
-               "normal_consistency": config.w_normal_consistency, "edges": config.w_edges,
-               "scalp_shrink": config.w_scalp_shrink}
+    weights = loss_weights(config)
     return sum(weights[name] * value for name, value in terms.items())
 
 
-# ----------------------------------------------------------------------------- setup
-def build_optimizer(model: NeuralFace, frames: FrameParameters, config: FaceConfig) -> torch.optim.Adam:
-    decoder = {id(p) for p in model.pixel_decoder.parameters()}
-    groups = [{"name": "face", "params": [p for p in model.parameters() if id(p) not in decoder],
-               "lr": config.learning_rate},
-              {"name": "pixel_decoder", "params": list(model.pixel_decoder.parameters()),
-               "lr": config.lr_pixel_decoder}]
-    if config.optimize_flame:
-        for name, params in frames.parameter_groups().items():
-            groups.append({"name": f"flame_{name}", "params": params, "lr": getattr(config, LR_GROUP[name])})
-    else:
-        frames.requires_grad_(False)
-    return torch.optim.Adam(groups, eps=1e-15)
+# ----------------------------------------------------------------------------- the stage
+class FaceStage:
+    """The face as the loop trains it. ``frozen`` names groups to keep fixed (of
+    :data:`MODEL_GROUPS` and ``flame_<table>``)."""
 
+    name = "face"
+    loss_terms = LOSS_TERMS
+    extra_columns = ("psnr_train",)
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    def __init__(self, model: NeuralFace, frames: FrameParameters, config: FaceConfig,
+                 frozen: Sequence[str] = ()):
+        self.model, self.frames, self.config = model, frames, config
+        known = set(MODEL_GROUPS) | {f"flame_{name}" for name in LR_GROUP}
+        unknown = sorted(set(frozen) - known)
+        if unknown:
+            raise ConfigError(f"unknown face parameter groups {unknown} (known: {', '.join(sorted(known))})")
+        self.frozen = set(frozen)
 
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "frames": self.frames}
 
-def _config_changes(saved: dict, config: FaceConfig) -> list[str]:
-    now = config.to_dict()
-    return [f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
+    def parameter_groups(self) -> list[ParameterGroup]:
+        m, c = self.model, self.config
+        decoders = [d for d in (m.view_decoder, m.dynamic_decoder) if d is not None]
+        groups = [
+            ParameterGroup("textures", [m.diffuse_texture] + [p for d in decoders for p in d.parameters()],
+                           c.learning_rate),
+            ParameterGroup("uv_encoding", list(m.uv_encoding.parameters()), c.learning_rate),
+            ParameterGroup("pixel_decoder", list(m.pixel_decoder.parameters()), c.lr_pixel_decoder),
+            ParameterGroup("displacement", list(m.displacement_decoder.parameters())
+                           if m.displacement_decoder is not None else [], c.learning_rate),
+        ]
+        for name, params in self.frames.parameter_groups().items():
+            groups.append(ParameterGroup(f"flame_{name}", params, getattr(c, LR_GROUP[name]),
+                                         trainable=c.optimize_flame))
+        covered = {id(p) for g in groups for p in g.params}
+        missing = [n for n, p in m.named_parameters() if id(p) not in covered]
+        assert not missing, f"parameters outside every group: {missing}"
+        for group in groups:
+            group.trainable = group.trainable and group.name not in self.frozen
+        return groups
 
-
-def _check_finite(step: int, terms: dict[str, Tensor], total: Tensor, last_good: str) -> None:
-    for name, value in list(terms.items()) + [("total", total)]:
-        if not torch.isfinite(value):
-            raise TrainingError(f"step {step}: loss '{name}' is {float(value.detach())}; stopped. {last_good}")
-
-
-def _check_gradients(step: int, named: list[tuple[str, torch.nn.Parameter]], last_good: str) -> None:
-    for name, p in named:
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-            raise TrainingError(f"step {step}: the gradient of '{name}' is not finite; stopped. {last_good}")
+    def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        out = self.model(self.frames(batch["timestep_index"]), batch["camera"])
+        terms = face_losses(self.model, out, batch, self.config)
+        with torch.no_grad():
+            _, head, _ = batch_regions(batch)
+            region = (head & out["mask"]).expand_as(out["rgb"])
+            mse = ((out["rgb"] - batch["image"]) ** 2 * region).sum() / region.sum().clamp_min(1)
+            psnr = -10 * torch.log10(mse.clamp_min(1e-12))
+        return weighted_total(terms, self.config), terms, {"psnr_train": psnr}
 
 
 # ----------------------------------------------------------------------------- training
-def train_face(union_dir: str | Path, head: HeadModel, out_dir: str | Path, config: FaceConfig,
+def train_face(union_dir: str | Path, head: HeadModel, run_dir: str | Path, config: FaceConfig,
                variant: str = "mega", device: str = "auto", progress: bool = True, restart: bool = False,
-               stop_after: int | None = None) -> dict:
-    """Train (or resume) and evaluate the face; returns the metrics written to metrics.json.
+               on_settings_change: OnSettingsChange = "fail", stop_after: int | None = None) -> dict:
+    """Train (or resume) and evaluate the face; returns the metrics written to face/metrics.json.
 
     ``stop_after`` ends the run after that many steps with only the checkpoint written, as an
-    interruption would (tests use it).
-    """
-    union_dir, out_dir = Path(union_dir).resolve(), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    interruption would (tests use it)."""
+    union_dir, run_dir = Path(union_dir).resolve(), Path(run_dir)
+    work_dir = run_dir / "face"
     device = pick_device(device)
-    checkpoint_path = out_dir / "checkpoint.pt"
 
     torch.manual_seed(config.seed)
-    dataset = SubjectDataset(union_dir, "train")
-    data = MemoryCachedDataset(dataset, config.cache_mb * 2**20)
+    dataset = open_split(union_dir, "train", config)
     frames = FrameParameters(frame_parameters_of(union_dir)).to(device)
     model = NeuralFace(head, config).to(device)
-    optimizer = build_optimizer(model, frames, config)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's decayed ones
-    named = [(f"face.{n}", p) for n, p in model.named_parameters()] + \
-            [(f"flame.{n}", p) for n, p in frames.named_parameters()]
+    stage = FaceStage(model, frames, config)
+    steps = config.steps_for(len(dataset))
+    settings = LoopSettings(steps=steps, batch_size=config.batch_size, seed=config.seed,
+                            checkpoint_every=config.checkpoint_every, lr_final_ratio=config.lr_final_ratio,
+                            data_workers=config.data_workers, cache_mb=config.cache_mb)
+    log.info("face stage: %d training images, batch %d, %d steps", len(dataset), config.batch_size, steps)
+    result = train(stage, dataset, work_dir, settings, fingerprint={**config.to_dict(), "variant": variant},
+                   device=device, resumable=RESUMABLE, progress=progress, restart=restart,
+                   on_settings_change=on_settings_change, stop_after=stop_after)
+    if not result.finished:
+        return {"stopped_at": result.steps_done}
 
-    start = 0
-    if checkpoint_path.is_file() and not restart:
-        state = load_checkpoint(checkpoint_path, device)
-        changes = _config_changes(state["config"], config)
-        if changes or state.get("variant") != variant:
-            raise TrainingError(f"{checkpoint_path} was written with other settings ({'; '.join(changes) or 'variant'}"
-                                f"); delete it or pass --restart to start over")
-        model.load_state_dict(model_weights(state))
-        frames.load_state_dict(state["frames"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        log.info("resuming %s from step %d", checkpoint_path, start)
-    columns = ["total", *LOSS_TERMS, "psnr_train", "seconds"]
-    csv_log = CsvLog(out_dir / "loss.csv", columns, resume_step=start if start else None)
-    last_good = (f"The last good checkpoint is {checkpoint_path} (step {start})." if start
-                 else "No checkpoint was written yet.")
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path, {"step": step, "model": model.state_dict(), "frames": frames.state_dict(),
-                                          "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-                                          "variant": variant})
-        csv_log.flush()
-
-    end = config.iterations if stop_after is None else min(config.iterations, stop_after)
-    # In a log file (a workflow job) a line every 30 s, not a redraw per step.
-    bar = tqdm(total=config.iterations, initial=start, desc=f"train-face {variant}", unit="it", disable=not progress,
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    model.train()
-    t0 = time.perf_counter()
-    # Training time across interruptions: what the log had reached at the checkpoint.
-    elapsed_before = float(csv_log.last_row["seconds"]) if csv_log.last_row else 0.0
-    for step in range(start, end):
-        # The rate is a function of the step alone, so a resumed run follows the same schedule.
-        decay = config.lr_final_ratio ** (step / max(config.iterations - 1, 1))
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * decay
-        indices = batch_indices(step, len(data), config.batch_size, config.seed)
-        batch = to_device(collate_samples([data[i] for i in indices]), device)
-        flame = frames(batch["timestep_index"])
-        out = model(flame, batch["camera"])
-        terms = face_losses(model, out, batch, config)
-        total = weighted_total(terms, config)
-        _check_finite(step + 1, terms, total, last_good)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        _check_gradients(step + 1, named, last_good)
-        optimizer.step()
-
-        with torch.no_grad():
-            _, head_region, _ = region_masks(batch)
-            train_psnr = psnr_masked(out["rgb"][0], batch["image"][0], (head_region & out["mask"])[0, 0])
-        values = {name: float(v.detach()) for name, v in terms.items()}
-        csv_log.write(step + 1, {"total": float(total.detach()), **values, "psnr_train": train_psnr,
-                                 "seconds": elapsed_before + time.perf_counter() - t0})
-        bar.update()
-        if (step + 1) % 10 == 0:
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}", psnr=f"{train_psnr:.1f}")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
-            checkpoint(step + 1)
-            last_good = f"The last good checkpoint is {checkpoint_path} (step {step + 1})."
-    bar.close()
-    csv_log.close()
-    train_seconds = time.perf_counter() - t0
-    if end < config.iterations:
-        return {"stopped_at": end}
-
-    face_path = out_dir / "face.pt"
-    save_checkpoint(face_path, {"model": model.state_dict(), "frames": frames.state_dict(),
-                                "config": config.to_dict(), "variant": variant, "iterations": config.iterations})
-    write_loss_figure(out_dir / "loss.csv", out_dir / "loss.png", f"face training, {variant}")
-    metrics = {"variant": variant, "iterations": config.iterations, "device": str(device),
-               "train_seconds": round(elapsed_before + train_seconds, 1),
-               "seconds_per_iteration": round(train_seconds / max(end - start, 1), 4)}
+    save_checkpoint(run_dir / "face.pt", {"model": model.state_dict(), "frames": frames.state_dict(),
+                                          "config": config.to_dict(), "variant": variant, "iterations": steps})
+    metrics = {"variant": variant, "iterations": steps, "epochs": round(steps * config.batch_size / len(dataset), 2),
+               "device": str(device), "train_seconds": round(result.seconds, 1),
+               "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4)}
     for split in ("val", "test"):
-        if (union_dir / f"transforms_{split}.json").is_file():
-            metrics[split] = evaluate_face(model, frames, SubjectDataset(union_dir, split), device,
-                                           out_dir / split if split == "val" else None, config.val_views)
-    write_json(out_dir / "metrics.json", metrics)
+        if not (union_dir / f"transforms_{split}.json").is_file():
+            continue
+        data = open_split(union_dir, split, config)
+        renders = work_dir / split if split == "val" else None
+        # The authors' protocol: the refined shape with the tracked expression and pose.
+        metrics[split] = evaluate_face(model, frames, data, device, renders, config.val_views, refined=False)
+        if split == "val":  # the same views with the per-frame parameters refined in training
+            metrics["val_refined"] = evaluate_face(model, frames, data, device, None, refined=True)
+    write_json(work_dir / "metrics.json", metrics)
     return metrics
-
-
-# ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_face(model: NeuralFace, frames: FrameParameters, dataset: SubjectDataset, device: torch.device,
-                  render_dir: Path | None = None, n_renders: int = 4, batch_size: int = 4) -> dict:
-    """Per-image PSNR on head pixels (mean squared error over them), the same without the
-    head's 1-pixel rim, the paper's masked full-frame PSNR, and depth MAE (mm) on the face
-    region; means over the split."""
-    model.eval()
-    per_image = {"psnr_head": [], "psnr_head_interior": [], "psnr_frame": [], "depth_mae_face_mm": []}
-    render_every = max(1, len(dataset) // max(n_renders, 1))
-    for first in range(0, len(dataset), batch_size):
-        indices = list(range(first, min(first + batch_size, len(dataset))))
-        batch = to_device(collate_samples([dataset[i] for i in indices]), device)
-        out = model(frames(batch["timestep_index"]), batch["camera"])
-        _, head, face = region_masks(batch)
-        for b, index in enumerate(indices):
-            region = (head & out["mask"])[b, 0]
-            per_image["psnr_head"].append(psnr_masked(out["rgb"][b], batch["image"][b], region))
-            per_image["psnr_head_interior"].append(
-                psnr_masked(out["rgb"][b], batch["image"][b], erode(region)))
-            per_image["psnr_frame"].append(psnr_frame(out["rgb"][b], batch["image"][b], region))
-            if "depth" in batch:
-                per_image["depth_mae_face_mm"].append(
-                    depth_mae_mm(out["depth"][b, 0], batch["depth"][b, 0], (face & out["mask"])[b, 0]))
-            if render_dir is not None and index % render_every == 0 and index // render_every < n_renders:
-                write_comparison(render_dir / f"{index:04d}.png", batch, out, b, region)
-    model.train()
-    summary = {k: round(summarize(v), 3) for k, v in per_image.items() if v}
-    summary["n_images"] = len(dataset)
-    return summary
-
-
-def erode(mask: Tensor) -> Tensor:
-    """[H, W] bool: the pixels whose 3 × 3 neighbourhood lies inside ``mask``. Drops the rim,
-    where the ground truth blends the head with hair or background and no face render can match."""
-    return ~torch.nn.functional.max_pool2d((~mask)[None, None].float(), 3, 1, 1)[0, 0].bool()
-
-
-def write_comparison(path: Path, batch: dict, out: dict, b: int, region: Tensor) -> None:
-    """ground truth | render | diffuse only | |error| × 4 on the head | depth error (0–5 mm)."""
-    gt, rgb, diffuse = batch["image"][b], out["rgb"][b], out["rgb_diffuse"][b]
-    error = ((rgb - gt).abs() * 4 * region).clamp(0, 1)
-    panels = [gt, rgb, diffuse, error]
-    if "depth" in batch:
-        d = ((out["depth"][b] - batch["depth"][b]).abs() * 1000 / 5).clamp(0, 1) * region
-        panels.append(torch.cat([d, 1 - d, 1 - d]) * region + (~region))
-    strip = torch.cat(panels, dim=2).permute(1, 2, 0).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Image.fromarray((strip * 255 + 0.5).clip(0, 255).astype(np.uint8)).save(tmp)
 
 
 def model_weights(state: dict) -> dict[str, Tensor]:
@@ -363,4 +250,4 @@ def load_face(path: str | Path, head: HeadModel, device: str = "cpu") -> tuple[N
     return model, frames
 
 
-__all__ = ["train_face", "evaluate_face", "load_face", "face_losses", "batch_indices", "LOSS_TERMS"]
+__all__ = ["train_face", "load_face", "face_losses", "FaceStage", "LOSS_TERMS", "MODEL_GROUPS", "open_split"]

@@ -84,7 +84,7 @@ def default_targets():
         targets += [
             f"results/data/{SYNTHETIC}/summary.json",
             f"results/data/{SYNTHETIC}/contact_sheet.png",
-            f"results/train/{SYNTHETIC}/mega/metrics.json",
+            f"results/train/{SYNTHETIC}/mega/face/metrics.json",
         ]
     targets += expand("results/data/{subject}/summary.json", subject=real_subjects())
     return targets

@@ -1,12 +1,13 @@
 rule train_face:
-    """Stage 1: the neural mesh face of one subject and variant (resumes from checkpoint.pt)."""
+    """Stage 1: the neural mesh face of one subject and variant. An interrupted job resumes from
+    face/checkpoint.pt; a job rerun because the settings changed starts over."""
     input:
         subject="results/data/{subject}/summary.json",
         head_model=f"{HEAD_MODEL_DIR}/summary.json",
     output:
         face="results/train/{subject}/{variant}/face.pt",
-        metrics="results/train/{subject}/{variant}/metrics.json",
-        curves="results/train/{subject}/{variant}/loss.png",
+        metrics="results/train/{subject}/{variant}/face/metrics.json",
+        curves="results/train/{subject}/{variant}/face/loss.png",
     log:
         "logs/train_face/{subject}/{variant}.log",
     benchmark:
@@ -23,7 +24,8 @@ rule train_face:
         union=subject_union,
         head_model=lambda wc, input: str(Path(input.head_model).parent),
         settings=face_settings,
-        out=parent_dir,
+        out=lambda wc, output: str(Path(output.face).parent),
     shell:
         "{params.mega} train-face {params.union} --out {params.out} --head-model {params.head_model} "
-        "--variant {wildcards.variant} --settings '{params.settings}' > {log} 2>&1"
+        "--variant {wildcards.variant} --settings '{params.settings}' --threads {threads} "
+        "--on-settings-change restart > {log} 2>&1"
