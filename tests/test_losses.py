@@ -201,3 +201,11 @@ def test_erode_drops_the_rim():
     mask[2:7, 2:7] = True
     inner = erode_mask(mask)
     assert int(inner.sum()) == 9 and bool(inner[3:6, 3:6].all())
+
+
+def test_face_region_keeps_earrings_as_the_authors_do():
+    from mega.data.parsing import LABEL, face_mask
+
+    labels = torch.arange(19)
+    inside = {int(i) for i in labels[face_mask(labels)]}
+    assert inside == {1, 2, 3, 4, 5, 6, 7, 11, 12, LABEL["ear_r"]}
