@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Protocol, Sequence
 
@@ -94,7 +94,7 @@ class LoopResult:
     seconds_this_run: float
     finished: bool
     started_at: int = 0
-    columns: list[str] = field(default_factory=list)
+    """The step this run resumed from (0 for a fresh one)."""
 
 
 class StepBatches(Sampler[list[int]]):
@@ -258,7 +258,7 @@ def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSe
     for module in modules.values():
         module.eval()
     return LoopResult(steps_done=end, seconds=elapsed_before + seconds_this_run, seconds_this_run=seconds_this_run,
-                      finished=finished, started_at=start, columns=columns)
+                      finished=finished, started_at=start)
 
 
 __all__ = ["LoopSettings", "ParameterGroup", "Stage", "LoopResult", "train", "batch_indices", "steps_per_epoch",
