@@ -225,7 +225,12 @@ def test_cli_trains_and_reports(subject, tmp_path, capsys):
     settings = json.dumps({"tex_size": 16, "disp_size": 16, "uv_encoding_size": 32, "batch_size": 8})
     args = ["train-face", str(union), "--out", str(tmp_path / "run"), "--head-model", str(head_dir),
             "--variant", "nodisp", "--iterations", "2", "--quiet"]
-    assert main([*args, "--settings", settings]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--settings", settings, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1  # the rule's threads reach torch
+    finally:
+        torch.set_num_threads(threads)
     metrics = json.loads((tmp_path / "run" / "face" / "metrics.json").read_text())
     assert metrics["variant"] == "nodisp" and metrics["iterations"] == 2
     assert main([*args, "--settings", '{"tex_size": 16,}']) == 2
