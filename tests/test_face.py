@@ -326,7 +326,7 @@ def test_missing_parsing_is_an_error_unless_allowed(subject, tmp_path, caplog):
             train_face(copy, head, tmp_path / "run", config, progress=False)
     for parsing in sequences[1:]:
         shutil.rmtree(parsing)
-    with pytest.raises(DataError, match="parsing: folder not found.*require_parsing: false"):
+    with pytest.raises(DataError, match="the subject has no face parsing.*require_parsing: false"):
         train_face(copy, head, tmp_path / "run", TINY_FACE, progress=False)
     with caplog.at_level("WARNING"):
         metrics = train_face(copy, head, tmp_path / "run", allowed, progress=False)

@@ -39,7 +39,8 @@ from mega.errors import DataError
 _REQUIRED_FRAME_FIELDS = ("file_path", "fg_mask_path", "flame_param_path", "transform_matrix",
                           "timestep_index", "camera_index")
 _INTRINSIC_FIELDS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
-Extra = Literal["auto", "require", "all_or_none", "off"]
+Extra = Literal["auto", "require", "off"]
+EXTRA_FOLDERS = {"parsing": "face parsing", "depths": "depth maps"}
 
 
 def _read_json(path: Path) -> dict:
@@ -137,9 +138,8 @@ class SubjectDataset(Dataset):
         timestep_index, camera_index, frame_index   int
 
     ``parsing`` and ``depth``: ``"auto"`` loads them when every sequence of the split has the
-    folder, ``"require"`` fails when one lacks it, ``"all_or_none"`` loads them when every
-    sequence has the folder, goes without when none has, and fails naming the sequence when
-    only some have it; ``"off"`` never loads them. Use
+    folder, ``"require"`` fails when one lacks it, ``"off"`` never loads them (see also
+    :func:`subject_extras`). Use
     :func:`collate_samples` as the DataLoader's ``collate_fn``.
     """
 
@@ -164,10 +164,6 @@ class SubjectDataset(Dataset):
         missing = [d for d in seq_dirs if not (d / folder).is_dir()]
         if mode == "require" and missing:
             raise DataError(f"{missing[0] / folder}: folder not found, and {folder} were required")
-        if mode == "all_or_none" and missing and len(missing) < len(seq_dirs):
-            raise DataError(f"{missing[0] / folder}: folder not found, while other sequences of the split have "
-                            f"{folder} ({len(missing)} of {len(seq_dirs)} sequences lack it); add it to every "
-                            f"sequence or remove it from all")
         return not missing
 
     def _check_files(self) -> None:
@@ -228,6 +224,24 @@ class SubjectDataset(Dataset):
         if self.has_depth:
             sample["depth"] = torch.from_numpy(read_depth(self.depth_path(i), (h, w)))[None]
         return sample
+
+
+def subject_extras(union_dir: str | Path) -> dict[str, bool]:
+    """Whether the subject has each of MeGA's extras (``parsing``, ``depths``), all or none:
+    a sequence without an extra that other sequences of the subject have, whichever split they
+    serve, is an error that names it."""
+    union_dir = Path(union_dir).resolve()
+    sequences = sorted({d for split in ("train", "val", "test") if (union_dir / f"transforms_{split}.json").is_file()
+                        for d in SubjectFrames(union_dir, split).sequence_dirs()})
+    present = {}
+    for folder, what in EXTRA_FOLDERS.items():
+        missing = [d for d in sequences if not (d / folder).is_dir()]
+        if missing and len(missing) < len(sequences):
+            raise DataError(f"{missing[0] / folder}: folder not found, while other sequences of the subject have "
+                            f"{what} ({len(missing)} of {len(sequences)} sequences lack it); add it to every "
+                            f"sequence or remove it from all")
+        present[folder] = not missing
+    return present
 
 
 @lru_cache(maxsize=64)

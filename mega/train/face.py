@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from mega import losses
 from mega.atomic import write_json
 from mega.data.flame_params import read_flame_params
-from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames
+from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames, subject_extras
 from mega.data.parsing import batch_regions
 from mega.errors import ConfigError, DataError
 from mega.eval.face import evaluate_face
@@ -65,32 +65,21 @@ def open_split(union_dir: Path, split: str, config: FaceConfig) -> SubjectDatase
     """A split with its parsing and depth maps; no silent fallback when they are missing.
 
     Parsing is required unless ``require_parsing`` is off; then a subject without any trains
-    with a warning, and one whose sequences disagree is an error naming the sequence. Depth
-    maps are all or none: without them the depth and normal terms are off (with a warning).
-    "All" means every sequence of the subject, whichever split it serves."""
-    sequences = sorted({d for s in ("train", "val", "test") if (union_dir / f"transforms_{s}.json").is_file()
-                        for d in SubjectFrames(union_dir, s).sequence_dirs()})
-    for folder, what in (("parsing", "face parsing"), ("depths", "depth maps")):
-        missing = [d for d in sequences if not (d / folder).is_dir()]
-        if missing and len(missing) < len(sequences):
-            raise DataError(f"{missing[0] / folder}: folder not found, while other sequences of the subject have "
-                            f"{what} ({len(missing)} of {len(sequences)} sequences lack it); add it to every "
-                            f"sequence or remove it from all")
-    try:
-        dataset = SubjectDataset(union_dir, split, parsing="require" if config.require_parsing else "all_or_none",
-                                 depth="all_or_none")
-    except DataError as e:
-        if config.require_parsing and "parsing were required" in str(e):
-            raise DataError(f"{e}. Face parsing tells the hair from the head; make it for this subject, or set "
-                            f"the face setting require_parsing: false to train without (the mesh then fits the "
-                            f"hair's silhouette)") from e
-        raise
-    if not dataset.has_parsing:
+    with a warning. Depth maps are optional: without them the depth and normal terms are off
+    (with a warning). Both are all or none across the subject's sequences
+    (:func:`~mega.data.gaussian_avatars.subject_extras`)."""
+    extras = subject_extras(union_dir)
+    if config.require_parsing and not extras["parsing"]:
+        raise DataError(f"{union_dir}: the subject has no face parsing (no sequence has a parsing/ folder). Face "
+                        f"parsing tells the hair from the head; make it for this subject, or set the face setting "
+                        f"require_parsing: false to train without (the mesh then fits the hair's silhouette)")
+    if not extras["parsing"]:
         log.warning("%s split of %s has no face parsing: training without it (require_parsing is off); the mesh "
                     "will be fitted to the hair's silhouette", split, union_dir)
-    if not dataset.has_depth:
+    if not extras["depths"]:
         log.warning("%s split of %s has no depth maps: the depth and normal terms are off", split, union_dir)
-    return dataset
+    return SubjectDataset(union_dir, split, parsing="require" if extras["parsing"] else "off",
+                          depth="require" if extras["depths"] else "off")
 
 
 # ----------------------------------------------------------------------------- losses
