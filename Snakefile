@@ -14,6 +14,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/head_model.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/preprocess.smk"
 
 
 rule all:

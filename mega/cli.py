@@ -114,19 +114,13 @@ def _synth(args) -> None:
 
 
 def _train_face(args) -> None:
-    import json
-
     import torch
 
-    from mega.errors import ConfigError
     from mega.face.config import FaceConfig, variant_config
     from mega.flame.head_model import load_head_model_folder
     from mega.train.face import train_face
 
-    try:
-        settings = json.loads(args.settings) if args.settings else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--settings is not valid JSON ({e}): {args.settings!r}") from e
+    settings = _json_settings(args.settings)
     if args.iterations is not None:
         settings["iterations"] = args.iterations
     config = variant_config(FaceConfig.from_dict(settings, where="--settings"), args.variant)
@@ -138,6 +132,104 @@ def _train_face(args) -> None:
     for split in ("val", "val_refined", "test"):
         if split in metrics:
             log.info("%s: %s", split, ", ".join(f"{k} {v}" for k, v in metrics[split].items()))
+
+
+def _json_settings(text: str | None) -> dict:
+    import json
+
+    from mega.errors import ConfigError
+
+    try:
+        settings = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--settings is not valid JSON ({e}): {text!r}") from e
+    if not isinstance(settings, dict):
+        raise ConfigError(f"--settings must be a JSON object, got {text!r}")
+    return settings
+
+
+def _hair_stage_inputs(args):
+    import torch
+
+    from mega.flame.head_model import load_head_model_folder
+    from mega.hair.config import HairConfig
+
+    settings = _json_settings(args.settings)
+    if args.iterations is not None:
+        settings[f"{args.command.split('-')[1]}_iterations"] = args.iterations
+    config = HairConfig.from_dict(settings, where="--settings")
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
+    return config, load_head_model_folder(args.head_model)
+
+
+def _train_hair(args) -> None:
+    from mega.train.hair import train_hair
+
+    config, head = _hair_stage_inputs(args)
+    metrics = train_hair(args.union, args.face, args.rigid, args.out, head, config, variant=args.variant,
+                         device=args.device, progress=not args.quiet, restart=args.restart,
+                         on_settings_change=args.on_settings_change)
+    if "training_views" in metrics:
+        log.info("canonical hair: %d Gaussians; on its training views %s", metrics["n_gaussians"],
+                 ", ".join(f"{k} {v}" for k, v in metrics["training_views"].items()))
+
+
+def _train_joint(args) -> None:
+    from mega.train.joint import train_joint
+
+    config, head = _hair_stage_inputs(args)
+    metrics = train_joint(args.union, args.face, args.hair, args.rigid, args.out, head, config, variant=args.variant,
+                          device=args.device, progress=not args.quiet, restart=args.restart,
+                          on_settings_change=args.on_settings_change)
+    for split in ("val", "test"):
+        if split in metrics:
+            log.info("%s: %s", split, ", ".join(f"{k} {v}" for k, v in metrics[split].items()))
+
+
+def _render(args) -> None:
+    from mega.flame.head_model import load_head_model_folder
+    from mega.report.avatar_renders import render_split
+    from mega.train.loop import pick_device
+
+    head = load_head_model_folder(args.head_model)
+    paths = render_split(args.run_dir, head, args.union, args.split, args.rigid, args.out, pick_device(args.device),
+                         limit=args.limit)
+    log.info("wrote %d renders to %s", len(paths), args.out)
+
+
+def _export(args) -> None:
+    from mega.export import export_avatar
+    from mega.flame.head_model import load_head_model_folder
+    from mega.train.loop import pick_device
+
+    export_avatar(args.run_dir, load_head_model_folder(args.head_model), args.out, args.rigid, args.timestep_index,
+                  pick_device(args.device))
+
+
+def _export_face(args) -> None:
+    from mega.errors import DataError
+    from mega.face.export import export_face_mesh
+    from mega.flame.head_model import load_head_model_folder
+    from mega.train.face import load_face
+    from mega.train.loop import pick_device
+
+    checkpoint = Path(args.run_dir) / "face.pt"
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no trained face (run `mega train-face --out {args.run_dir}` first)")
+    model, frames = load_face(checkpoint, load_head_model_folder(args.head_model), pick_device(args.device))
+    paths = export_face_mesh(model, frames, args.timestep_index, args.out)
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+
+
+def _hair_rigid(args) -> None:
+    from mega.flame.head_model import load_head_model_folder
+    from mega.hair.rigid import compute_hair_rigid
+
+    head = load_head_model_folder(args.head_model)
+    compute_hair_rigid(args.union, head, args.out, canonical_timestep=args.canonical_timestep,
+                       max_distance_m=args.max_distance_mm / 1000.0)
+    log.info("wrote %s", args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +289,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_face)
+
+    p = sub.add_parser("export-face", help="write a trained face as face.obj + face.mtl + face_diffuse.png "
+                                           "(refined mesh, diffuse texture decoded to RGB)")
+    p.add_argument("run_dir", help="run folder holding face.pt (the --out of train-face)")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--timestep-index", type=int, help="the mesh of this frame, world coordinates (default: the "
+                                                      "canonical head: zero expression and pose)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    p.set_defaults(func=_export_face)
+
+    p = sub.add_parser("hair-rigid", help="the hair's per-frame rigid transforms (paper eq. 5): ICP of the "
+                                          "canonical frame's scalp onto every frame's, from the tracked FLAME")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--out", required=True, help="hair_rigid.npz to write")
+    p.add_argument("--canonical-timestep", type=int, help="the canonical hair's frame (default: the timestep of "
+                                                          "transforms_onef.json)")
+    p.add_argument("--max-distance-mm", type=float, default=10.0, help="ICP matches no points farther apart")
+    p.set_defaults(func=_hair_rigid)
+
+    for command, stage_help in (("train-hair", "stage 2: the canonical Gaussian hair on the one-frame split, the "
+                                               "stage-1 face fixed (resumes if interrupted)"),
+                                ("train-joint", "stage 3: the deformation field and the face's appearance on all "
+                                                "frames (resumes if interrupted)")):
+        p = sub.add_parser(command, help=stage_help)
+        p.add_argument("union", help="the subject's UNION folder")
+        p.add_argument("--out", required=True, help="run folder (hair.pt / joint.pt and the stage's folder)")
+        p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+        p.add_argument("--face", required=True, help="face.pt of stage 1")
+        if command == "train-joint":
+            p.add_argument("--hair", required=True, help="hair.pt of stage 2")
+        p.add_argument("--rigid", required=True, help="hair_rigid.npz written by `mega hair-rigid`")
+        p.add_argument("--variant", default="mega", help="mega (full), a Table 2 ablation of the face, or gsdepth / "
+                                                         "allgs (the blending ablations)")
+        p.add_argument("--settings", help="hair settings as JSON (see mega/hair/config.py)")
+        p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' epochs)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+        p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+        p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
+                       help="a checkpoint written with other settings: stop (fail) or start over (restart)")
+        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=_train_hair if command == "train-hair" else _train_joint)
+
+    p = sub.add_parser("export", help="write a trained avatar as standard files: face.obj + face.mtl + "
+                                      "face_diffuse.png and the canonical hair as a 3DGS PLY (and a frame's hair)")
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--timestep-index", type=int, help="also the face mesh and the hair of this frame")
+    p.add_argument("--rigid", help="hair_rigid.npz of the subject (needed with --timestep-index)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("render", help="render a trained avatar on a split's cameras and FLAME parameters: face, "
+                                      "hair, blended image, masks and depths per image")
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+    p.add_argument("union", help="the subject's UNION folder whose split gives cameras and FLAME parameters")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+    p.add_argument("--split", default="val", help="train, val, test or onef")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, help="render only the first N images")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_render)
     return parser
 
 

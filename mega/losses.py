@@ -194,3 +194,189 @@ def scalp_shrink(vertices: Tensor, scalp_reference: Tensor, selected: Tensor) ->
     distance = (vertices - centroid).norm(dim=-1)
     per_image = (distance * weight).sum(1) / weight.sum(1).clamp_min(1.0)
     return per_image.mean()
+
+
+# ---- hair (paper eqs. 12–15)
+# Masks are [B, 1, H, W] bool, alphas [B, 1, H, W] in [0, 1], distances in pixels of the image
+# the loss sees (the authors' 550 × 802), Gaussian positions in metres, covariances in m².
+
+def hair_only(image: Tensor, hair: Tensor) -> Tensor:
+    """The hair stage's images: non-hair pixels set to white, hair pixels as given.
+
+    image [B, 3, H, W], hair [B, 1, H, W] bool. Applied to the render as well as to the ground
+    truth, so the white pixels carry no gradient and compare equal."""
+    return torch.where(hair, image, torch.ones_like(image))
+
+
+def hair_photometric(pred: Tensor, target: Tensor, hair: Tensor) -> tuple[Tensor, Tensor]:
+    """Eq. 12 as the authors compute it: (L2, D-SSIM) between the hair render and the ground
+    truth, both with the non-hair pixels set to white (:func:`hair_only`).
+
+    pred: the Gaussian hair alone, composited on white, [B, 3, H, W]; target [B, 3, H, W]
+    the captured image; hair [B, 1, H, W] bool the parsed hair mask.
+    L2 is the per-pixel Euclidean RGB distance averaged over all B·H·W pixels (outside the
+    mask both images are white, so those pixels add 0 but stay in the mean); D-SSIM is
+    :func:`dssim` of the two whitened images (its window straddles the mask border, where the
+    render's hair meets the target's white)."""
+    hair_pred, hair_target = hair_only(pred, hair), hair_only(target, hair)
+    return photometric_l2(hair_pred, hair_target), dssim(hair_pred, hair_target)
+
+
+def hair_distance_weights(hair: Tensor, squared: bool = True, dtype: torch.dtype = torch.float32,
+                          pair_budget: int = 1 << 26) -> Tensor:
+    """Eq. 13's Δ: for every pixel, the exact Euclidean distance in pixels to the nearest hair
+    pixel (0 on the hair) — by default squared, as the authors' weight is.
+
+    hair [B, 1, H, W] bool → [B, 1, H, W] ``dtype``. An image without any hair pixel gets 0
+    everywhere (its silhouette term vanishes), which is what the authors' nearest-neighbour
+    search returns for an empty target set.
+
+    Exact separable transform: a linear pass along the longer image axis gives each pixel's
+    distance to the nearest hair pixel of its own column; a min-plus pass along the shorter axis,
+    min over s' of (s − s')² + g(s')², completes it. The second pass costs B·H·W·min(H, W)
+    operations, done in chunks of at most ``pair_budget`` elements. Squared distances are
+    integers, computed exactly (float64 where H² + W² would exceed float32's exact range).
+    The weight is data, not a function of the render: it carries no gradient, and for a fixed
+    mask it may be computed once and cached.
+    """
+    if hair.dim() != 4 or hair.shape[1] != 1:
+        raise ValueError(f"hair mask: expected [B, 1, H, W], got {tuple(hair.shape)}")
+    B, _, H, W = hair.shape
+    work_dtype = torch.float64 if H * H + W * W >= 1 << 24 else torch.float32
+    mask = hair[:, 0].bool()
+    transposed = W > H
+    if transposed:
+        mask = mask.transpose(1, 2)
+    L, S = mask.shape[1], mask.shape[2]  # S ≤ L: the min-plus pass runs along the shorter axis
+    inf = torch.tensor(float("inf"), dtype=work_dtype, device=hair.device)
+    index = torch.arange(L, dtype=work_dtype, device=hair.device).view(1, L, 1)
+    # Nearest hair pixel above and below, per column: running max / min of the hair rows' indices.
+    above = torch.where(mask, index, -inf).cummax(1).values
+    below = torch.where(mask, index, inf).flip(1).cummin(1).values.flip(1)
+    column = torch.minimum(index - above, below - index)  # inf in a column without hair
+    column_sq = column * column
+    s = torch.arange(S, dtype=work_dtype, device=hair.device)
+    offset_sq = (s[:, None] - s[None, :]) ** 2  # [s, s']
+    rows = max(1, pair_budget // max(1, B * S * S))
+    distance_sq = torch.cat([(column_sq[:, i:i + rows, None, :] + offset_sq).amin(-1) for i in range(0, L, rows)], 1)
+    distance_sq = torch.where(torch.isinf(distance_sq), torch.zeros_like(distance_sq), distance_sq)
+    if transposed:
+        distance_sq = distance_sq.transpose(1, 2)
+    weights = distance_sq if squared else distance_sq.sqrt()
+    return weights[:, None].to(dtype)
+
+
+def silhouette_loss(hair_alpha: Tensor, hair: Tensor, weights: Tensor) -> Tensor:
+    """Eq. 13: mean over all B·H·W pixels of |M_hair − Â_hair|·Δ.
+
+    hair_alpha [B, 1, H, W]: the Gaussian hair's alpha where the hair lies in front of the face
+    mesh (the authors multiply the rasterized alpha by the hard depth-test mask of the blend);
+    hair [B, 1, H, W] bool; weights [B, 1, H, W] from :func:`hair_distance_weights`, held constant.
+    Δ is 0 on the hair, so only alpha spilled outside the mask costs, the more the farther
+    it spills; hair left uncovered is the photometric and solid terms' business."""
+    return ((hair.to(hair_alpha.dtype) - hair_alpha).abs() * weights.detach().to(hair_alpha.dtype)).mean()
+
+
+def erode(mask: Tensor, size: int = 5) -> Tensor:
+    """Binary erosion of [B, 1, H, W] bool by a size × size square (odd ``size``).
+
+    Outside the image counts as inside the mask, as with OpenCV's default border (the authors'
+    ``cv2.erode``): hair cut by the frame edge is not eroded there."""
+    if size % 2 != 1:
+        raise ValueError(f"erosion size: expected an odd number of pixels, got {size}")
+    # A pixel stays when no non-mask pixel lies in its window; max-pooling pads with −inf, so
+    # pixels beyond the border never count as non-mask.
+    outside = F.max_pool2d((~mask.bool()).float(), size, stride=1, padding=size // 2)
+    return outside == 0
+
+
+def solid_hair_loss(hair_alpha: Tensor, hair: Tensor, erode_px: int = 5) -> Tensor:
+    """The solid-hair regulariser L_sol: mean over all B·H·W pixels of (1 − Â_hair)·Erode(M_hair).
+
+    hair_alpha [B, 1, H, W]: the Gaussian hair's own alpha (no depth test, as the authors');
+    hair [B, 1, H, W] bool; ``erode_px`` the side of the square structuring element (the
+    authors' 5 × 5). The hair must be opaque inside its mask; a band of about
+    ``erode_px // 2`` pixels along the border may stay translucent."""
+    eroded = erode(hair, erode_px).to(hair_alpha.dtype)
+    return ((1 - hair_alpha) * eroded).mean()
+
+
+def offset_regulariser(offsets: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Eq. 15's per-Gaussian update penalty, per attribute: the Euclidean norm of each
+    Gaussian's offset (not squared, as the authors compute it), averaged over all B·N.
+
+    offsets: name → [B, N, n] offsets as the deformation field outputs them (already × 1e-3);
+    returns name → scalar. The authors weight rotation, scaling, opacity and the degree-0 colour
+    by 10 each and give the position offset no weight. The norm's gradient at a zero offset is
+    0, which matters: the field starts at exactly zero."""
+    return {name: torch.linalg.vector_norm(offset, dim=-1).mean() for name, offset in offsets.items()}
+
+
+def knn_indices(points: Tensor, k: int = 7, pair_budget: int = 1 << 24) -> Tensor:
+    """The k nearest neighbours of every point among the others (itself excluded), by
+    Euclidean distance, nearest first.
+
+    points [N, 3] → [N, k] long. Brute force in chunks of at most ``pair_budget`` point pairs,
+    so 150k canonical Gaussians fit in a CPU's memory; meant to run once per stage on the frozen
+    canonical hair. k = 7 reproduces the authors' AIAP neighbourhood: their ``K = 8`` neighbour
+    search counts each point as its own first neighbour and drops it.
+    """
+    N = points.shape[0]
+    if points.dim() != 2 or N <= k:
+        raise ValueError(f"points: expected [N, 3] with N > k = {k}, got {tuple(points.shape)}")
+    rows = max(1, pair_budget // N)
+    with torch.no_grad():
+        points = points.detach()
+        chunks = []
+        for start in range(0, N, rows):
+            chunk = points[start:start + rows]
+            distance = torch.cdist(chunk, points)
+            own = torch.arange(chunk.shape[0], device=points.device)
+            distance[own, own + start] = float("inf")
+            chunks.append(distance.topk(k, dim=1, largest=False).indices)
+    return torch.cat(chunks)
+
+
+def covariances(rotations: Tensor, scales: Tensor) -> Tensor:
+    """Gaussian covariances R·diag(s²)·Rᵀ [..., 3, 3] (m²) from rotation matrices [..., 3, 3]
+    and scales [..., 3] in metres (activated, not log)."""
+    scaled = rotations * scales[..., None, :]
+    return scaled @ scaled.transpose(-1, -2)
+
+
+def _neighbour_distances(values: Tensor, neighbours: Tensor) -> Tensor:
+    """[..., N, D] values, [N, k] indices → [..., N, k] Euclidean distances between each value
+    and its neighbours' (zero-safe gradient: identical neighbours are common after cloning)."""
+    return torch.linalg.vector_norm(values[..., neighbours, :] - values[..., :, None, :], dim=-1)
+
+
+def _upper_triangle(covariance: Tensor) -> Tensor:
+    """[..., 3, 3] → [..., 6]: (xx, xy, xz, yy, yz, zz), the 3DGS "stripped" covariance."""
+    rows, cols = torch.triu_indices(3, 3, device=covariance.device)
+    return covariance[..., rows, cols]
+
+
+def aiap_losses(canonical_means: Tensor, deformed_means: Tensor, canonical_cov: Tensor, deformed_cov: Tensor,
+                neighbours: Tensor, rotation: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Eq. 15's as-isometric-as-possible loss, as the authors code it: (xyz term, covariance term).
+
+    For every Gaussian i and neighbour j (from :func:`knn_indices` on the canonical means):
+    xyz = mean |‖x_i − x_j‖ − ‖x'_i − x'_j‖| (metres) and
+    cov = mean |‖u(Σ_i) − u(Σ_j)‖ − ‖u(Σ'_i) − u(Σ'_j)‖| (m²), u = the 6 upper-triangle entries,
+    unprimed canonical, primed deformed, means over all B·N·k (the authors average per frame,
+    then over frames: the same number). Their weights: 1000 (xyz), 1e5 (cov).
+
+    canonical_means [N, 3], deformed_means [B, N, 3], canonical_cov [N, 3, 3],
+    deformed_cov [B, N, 3, 3], neighbours [N, k] long.
+    rotation [B, 3, 3]: the frames' rigid head rotation when the deformed Gaussians turn with the
+    head. The upper-triangle distance is not rotation invariant, and the authors' Gaussians never
+    turn (their rigid transform moves positions only), so Rᵀ·Σ'·R is compared instead: a rigid
+    motion then costs nothing and the rest is measured as they measure it. None: as given.
+    """
+    if rotation is not None:
+        deformed_cov = rotation.transpose(-1, -2)[:, None] @ deformed_cov @ rotation[:, None]
+    xyz = (_neighbour_distances(canonical_means, neighbours)
+           - _neighbour_distances(deformed_means, neighbours)).abs().mean()
+    cov = (_neighbour_distances(_upper_triangle(canonical_cov), neighbours)
+           - _neighbour_distances(_upper_triangle(deformed_cov), neighbours)).abs().mean()
+    return xyz, cov

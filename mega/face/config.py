@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from mega.errors import ConfigError
+from mega.settings import Settings
 
 
 @dataclass(frozen=True)
-class FaceConfig:
+class FaceConfig(Settings):
     """Defaults are the authors' for real data (550 × 802 images, 1024² textures).
 
     The synthetic default subject overrides the sizes in the workflow config (``synthetic.face``).
     """
+
+    kind = "face settings"
 
     # Geometry
     subdivision: bool = True
@@ -83,33 +85,6 @@ class FaceConfig:
     backend: str = "auto"
     """Mesh rasterizer: auto | torch | cuda."""
 
-    @classmethod
-    def from_dict(cls, values: dict, where: str = "face settings") -> "FaceConfig":
-        """Build from a mapping, naming the unknown key or the wrongly typed value."""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: expected a mapping of face settings, got {type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        out = {}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
-            default = known[key].default
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                value = float(value) if ok else value
-            else:
-                ok = isinstance(value, str)
-            if not ok:
-                raise ConfigError(f"{where}: setting '{key}' = {value!r} should be a {type(default).__name__}")
-            out[key] = value
-        config = cls(**out)
-        config.check(where)
-        return config
-
     def check(self, where: str = "face settings") -> None:
         for name in ("tex_size", "disp_size"):
             size = getattr(self, name)
@@ -129,12 +104,6 @@ class FaceConfig:
         if self.iterations:
             return self.iterations
         return self.epochs * max(n_images // min(self.batch_size, n_images), 1)
-
-    def replace(self, **changes) -> "FaceConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # Table 2's variants as overrides of the face settings. The blending variants (gsdepth, allgs)

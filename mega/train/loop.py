@@ -50,6 +50,8 @@ class ParameterGroup:
     params: list[nn.Parameter]
     lr: float
     trainable: bool = True
+    lr_final_ratio: float | None = None
+    """This group's own decay (see :attr:`LoopSettings.lr_final_ratio`); None = the loop's."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,12 @@ class Stage(Protocol):
 
     def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """(weighted total, unweighted terms, extra values) of one batch already on the device."""
+
+    # Optional:
+    #   begin_step(step: int) -> None             before the step's forward (e.g. raise an SH degree)
+    #   after_backward(step: int, optimizer) -> bool
+    #       after the gradients are in and checked, before the update; may replace parameters
+    #       (densification) through the optimizer's named groups, and says whether it did.
 
 
 @dataclass
@@ -161,34 +169,49 @@ def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSe
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work_dir / "checkpoint.pt"
     modules = stage.modules()
-    groups = stage.parameter_groups()
-    for group in groups:
-        for p in group.params:
-            p.requires_grad_(group.trainable)
-    trainable = [g for g in groups if g.trainable and g.params]
-    if not trainable:
-        raise TrainingError(f"stage '{stage.name}': every parameter group is frozen; nothing to train")
-    optimizer = torch.optim.Adam([{"name": g.name, "params": g.params, "lr": g.lr} for g in trainable], eps=1e-15)
-    base_lrs = [g.lr for g in trainable]
-    fingerprint = {**fingerprint, "trainable_groups": [g.name for g in trainable]}
-    named = [(f"{module_name}.{n}", p) for module_name, module in modules.items()
-             for n, p in module.named_parameters() if p.requires_grad]
 
+    # Modules load before the optimizer is built: a stage whose parameters change size (the
+    # hair's densification) takes the checkpoint's sizes first.
     start = 0
+    state = None
     if checkpoint_path.is_file() and not restart:
         state = load_checkpoint(checkpoint_path, device)
-        changes = settings_changes(state.get("fingerprint", {}), fingerprint, set(resumable))
+    groups = stage.parameter_groups()
+    trainable = [g for g in groups if g.trainable and g.params]
+    full_fingerprint = {**fingerprint, "trainable_groups": [g.name for g in trainable]}
+    if state is not None:
+        changes = settings_changes(state.get("fingerprint", {}), full_fingerprint, set(resumable))
         if changes and on_settings_change == "fail":
             raise TrainingError(f"{checkpoint_path} was written with other settings ({'; '.join(changes)}); "
                                 f"delete it or pass --restart to start over")
         if changes:
             log.warning("settings changed since %s (%s): starting over", checkpoint_path, "; ".join(changes))
+            state = None
         else:
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
-            optimizer.load_state_dict(state["optimizer"])
-            start = int(state["step"])
-            log.info("resuming %s from step %d", checkpoint_path, start)
+            groups = stage.parameter_groups()  # the loaded parameters
+            trainable = [g for g in groups if g.trainable and g.params]
+    fingerprint = full_fingerprint
+    for group in groups:
+        for p in group.params:
+            p.requires_grad_(group.trainable)
+    if not trainable:
+        raise TrainingError(f"stage '{stage.name}': every parameter group is frozen; nothing to train")
+    optimizer = torch.optim.Adam([{"name": g.name, "params": g.params, "lr": g.lr} for g in trainable], eps=1e-15)
+    base_lrs = [g.lr for g in trainable]
+    final_ratios = [settings.lr_final_ratio if g.lr_final_ratio is None else g.lr_final_ratio for g in trainable]
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        log.info("resuming %s from step %d", checkpoint_path, start)
+    del state
+
+    def named_trainable() -> list[tuple[str, nn.Parameter]]:
+        return [(f"{module_name}.{n}", p) for module_name, module in modules.items()
+                for n, p in module.named_parameters() if p.requires_grad]
+
+    named = named_trainable()
     columns = ["total", *stage.loss_terms, *stage.extra_columns, "seconds"]
     csv_log = CsvLog(work_dir / "loss.csv", columns, resume_step=start if start else None)
     last_good = (f"The last good checkpoint is {checkpoint_path} (step {start})." if start
@@ -214,15 +237,19 @@ def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSe
     t0 = time.perf_counter()
     # Training time across interruptions: what the log had reached at the checkpoint.
     elapsed_before = float(csv_log.last_row["seconds"]) if csv_log.last_row else 0.0
-    trainable_params = [p for g in trainable for p in g.params]
+    trainable_params = [p for g in optimizer.param_groups for p in g["params"]]
+    begin_step = getattr(stage, "begin_step", None)
+    after_backward = getattr(stage, "after_backward", None)
     step = start
     for step, batch in enumerate(loader, start=start):
         # The rate and the random state are functions of the step alone, so a resumed run follows
         # the same schedule.
-        decay = settings.lr_final_ratio ** (step / max(settings.steps - 1, 1))
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * decay
+        progress_fraction = step / max(settings.steps - 1, 1)
+        for group, base, ratio in zip(optimizer.param_groups, base_lrs, final_ratios):
+            group["lr"] = base * ratio ** progress_fraction
         torch.manual_seed(settings.seed * 1_000_003 + step)
+        if begin_step is not None:
+            begin_step(step)
         batch = batch_to_device(batch, device)
         total, terms, extras = stage.step(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -240,6 +267,9 @@ def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSe
         if not math.isfinite(values[-1]):
             name = _first_non_finite_gradient(named) or "a parameter"
             raise TrainingError(f"step {step + 1}: the gradient of '{name}' is not finite; stopped. {last_good}")
+        if after_backward is not None and after_backward(step + 1, optimizer):
+            trainable_params = [p for g in optimizer.param_groups for p in g["params"]]
+            named = named_trainable()
         optimizer.step()
 
         csv_log.write(step + 1, {**logged, "seconds": elapsed_before + time.perf_counter() - t0})

@@ -55,7 +55,7 @@ def synth_args():
     s = config.get("synthetic", {})
     return (
         f"--seed {s.get('seed', 0)} --width {s.get('width', 138)} --height {s.get('height', 200)} "
-        f"--frames {s.get('frames_per_sequence', 3)} --hair {s.get('hair', 'short')} "
+        f"--frames {s.get('frames_per_sequence', 3)} --hair {s.get('hairstyle', 'short')} "
         f"--supersample {s.get('supersample', 2)} {head_model_args()}"
     )
 
@@ -78,6 +78,25 @@ def face_settings(wildcards):
     return json.dumps(settings, separators=(",", ":"))
 
 
+def hair_settings(wildcards):
+    """Hair settings as JSON: the config's hair section, then the subject's own overrides."""
+    settings = dict(config.get("hair", {}))
+    if wildcards.subject == SYNTHETIC:
+        settings.update(config.get("synthetic", {}).get("hair", {}))
+    else:
+        settings.update(config["subjects"][wildcards.subject].get("hair", {}))
+    return json.dumps(settings, separators=(",", ":"))
+
+
+# The blending variants change nothing in the face: they reuse the full model's.
+BLEND_VARIANTS = ("gsdepth", "allgs")
+
+
+def face_of(wildcards):
+    variant = "mega" if wildcards.variant in BLEND_VARIANTS else wildcards.variant
+    return f"results/train/{wildcards.subject}/{variant}/face.pt"
+
+
 def default_targets():
     targets = [f"{HEAD_MODEL_DIR}/summary.json", f"{HEAD_MODEL_DIR}/preview.png"]
     if config.get("synthetic", {}).get("enabled", True):
@@ -85,6 +104,9 @@ def default_targets():
             f"results/data/{SYNTHETIC}/summary.json",
             f"results/data/{SYNTHETIC}/contact_sheet.png",
             f"results/train/{SYNTHETIC}/mega/face/metrics.json",
+            f"results/train/{SYNTHETIC}/mega/joint/metrics.json",
+            f"results/export/{SYNTHETIC}/mega/hair_canonical.ply",
+            f"results/export/{SYNTHETIC}/mega/face.obj",
         ]
     targets += expand("results/data/{subject}/summary.json", subject=real_subjects())
     return targets

@@ -1,0 +1,130 @@
+"""A MeGA avatar you can render: the neural mesh face, the canonical Gaussian hair with its rigid
+alignment and deformation field, and the occlusion-aware blend.
+
+:class:`Avatar` is what the joint stage trains, what evaluation and videos render and what
+editing changes; :func:`load_avatar` builds one from a run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mega.blend import OcclusionDepth, blend_renders
+from mega.data.camera import Camera
+from mega.errors import DataError
+from mega.face.frames import FrameParameters
+from mega.face.model import NeuralFace
+from mega.flame.head_model import HeadModel
+from mega.hair.config import HairConfig
+from mega.hair.deform import DeformationField, posed_hair
+from mega.hair.model import GaussianHair
+from mega.hair.render import render_hair
+from mega.train.checkpoint import load_checkpoint
+
+
+class RigidTable(nn.Module):
+    """Per-timestep rigid transforms of the hair (eq. 5): rotation [T, 3, 3], translation [T, 3],
+    looked up by timestep index like :class:`FrameParameters`."""
+
+    def __init__(self, timestep: np.ndarray, rotation: np.ndarray, translation: np.ndarray):
+        super().__init__()
+        n = int(np.max(timestep)) + 1
+        R = torch.eye(3).repeat(n, 1, 1)
+        t = torch.zeros(n, 3)
+        R[torch.as_tensor(timestep)] = torch.as_tensor(rotation, dtype=torch.float32)
+        t[torch.as_tensor(timestep)] = torch.as_tensor(translation, dtype=torch.float32)
+        known = torch.zeros(n, dtype=torch.bool)
+        known[torch.as_tensor(timestep)] = True
+        self.register_buffer("rotation", R, persistent=False)
+        self.register_buffer("translation", t, persistent=False)
+        self.register_buffer("known", known, persistent=False)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RigidTable":
+        from mega.hair.rigid import read_hair_rigid
+
+        rigid = read_hair_rigid(path)
+        return cls(rigid["timestep"], rigid["rotation"], rigid["translation"])
+
+    def forward(self, timestep: Tensor) -> tuple[Tensor, Tensor]:
+        timestep = timestep.to(self.known.device)
+        if timestep.max() >= self.known.shape[0] or not bool(self.known[timestep].all()):
+            raise DataError(f"no rigid hair transform for timesteps {timestep.tolist()}: the hair_rigid.npz "
+                            f"was made for another subject or split; make it again")
+        return self.rotation[timestep], self.translation[timestep]
+
+
+class Avatar(nn.Module):
+    """forward(flame, cameras, rotation, translation) → every image of the hybrid for a batch:
+
+        face       the face's outputs (rgb, rgb_diffuse, mask, depth, vertices, ...) [B, ...]
+        hair       the hair's outputs (rgb over white, alpha, depth, near_z [B, 3, H, W], ...)
+        rgb        [B, 3, H, W] the blended image (eq. 7)
+        hair_weight [B, 1, H, W] Â_hair;  occlusion [B, 1, H, W] M_o before the blur
+        offsets    the deformation field's outputs (None without one)
+        gaussians  the posed, activated hair [B, N, ...]
+
+    ``occlusion_depth`` is near-z (the method) or the alpha-weighted depth (``gsdepth``);
+    ``config.early_stop_gap_mm`` = inf renders without early stopping (``allgs``). ``evaluation``
+    uses the 2nd near-z and cleans the mask, as the authors evaluate.
+    """
+
+    def __init__(self, face: NeuralFace, hair: GaussianHair, deformation: DeformationField | None,
+                 config: HairConfig, occlusion_depth: OcclusionDepth = "near_z"):
+        super().__init__()
+        self.face, self.hair, self.deformation = face, hair, deformation
+        self.config, self.occlusion_depth = config, occlusion_depth
+
+    def hair_of(self, flame: dict[str, Tensor], rotation: Tensor, translation: Tensor) -> tuple[dict, dict | None]:
+        offsets = None
+        if self.deformation is not None:
+            offsets = self.deformation(self.hair.params["means"], flame["expr"])
+        return posed_hair(self.hair, rotation, translation, offsets), offsets
+
+    def forward(self, flame: dict[str, Tensor], cameras: Camera, rotation: Tensor, translation: Tensor,
+                evaluation: bool = False, face: dict | None = None) -> dict:
+        """``face`` reuses a face render of the same batch (the canonical-hair stage renders the
+        fixed face once)."""
+        c = self.config
+        face = self.face(flame, cameras) if face is None else face
+        gaussians, offsets = self.hair_of(flame, rotation, translation)
+        hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha)
+        blended = blend_renders(face, hair, self.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma)
+        return {"face": face, "hair": hair, **blended, "offsets": offsets, "gaussians": gaussians}
+
+
+def occlusion_depth_of(variant: str) -> OcclusionDepth:
+    return "alpha_depth" if variant == "gsdepth" else "near_z"
+
+
+def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device = "cpu"
+                ) -> tuple[Avatar, FrameParameters, dict]:
+    """The trained avatar of a run folder: ``joint.pt`` (the face as the joint stage left it, its
+    per-frame FLAME parameters, the deformation field) and ``hair.pt`` (the canonical hair).
+    Returns (avatar, per-frame FLAME parameters, the joint file's contents)."""
+    from mega.face.config import FaceConfig
+    from mega.train.face import model_weights
+
+    run_dir = Path(run_dir)
+    joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
+    for path in (joint_path, hair_path):
+        if not path.is_file():
+            raise DataError(f"{path}: not found; train the avatar first (rules train_hair, train_joint)")
+    joint = load_checkpoint(joint_path, device)
+    hair_state = load_checkpoint(hair_path, device)
+    face = NeuralFace(head, FaceConfig.from_dict(joint["face_config"], where=f"{joint_path} face_config")).to(device)
+    face.load_state_dict(model_weights(joint))
+    frames = FrameParameters.from_state_dict(joint["frames"]).to(device)
+    config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
+    hair = GaussianHair(0, config.sh_degree).to(device)
+    hair.load_state_dict(hair_state["hair"])
+    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
+                                   scale=config.deform_scale).to(device)
+    deformation.load_state_dict(joint["deformation"])
+    avatar = Avatar(face, hair, deformation, config, occlusion_depth_of(joint["variant"])).to(device)
+    avatar.eval()
+    return avatar, frames, joint

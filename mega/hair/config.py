@@ -1,0 +1,143 @@
+"""Settings of the Gaussian hair, the blending and the canonical-hair and joint stages.
+
+Defaults are the authors' for real data (their 306 configuration; see docs/hair.md for the
+sources). The synthetic default subject overrides the sizes in the workflow config
+(``synthetic.hair``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mega.errors import ConfigError
+from mega.settings import Settings, check_at_least
+
+
+@dataclass(frozen=True)
+class HairConfig(Settings):
+    kind = "hair settings"
+
+    # ---- initialisation (paper §3.2; the authors sample 50k on + 100k off the scalp)
+    init_on_scalp: int = 50_000
+    """Points sampled uniformly on the scalp triangles of the canonical mesh."""
+    init_off_scalp: int = 100_000
+    """Points pushed off the scalp along the normal, by up to ``init_offset_m`` per axis."""
+    init_offset_m: float = 0.02
+    init_opacity: float = 0.1
+    sh_degree: int = 3
+    sh_degree_every: int = 1000
+    """Steps between raising the active spherical-harmonics degree by one (3DGS)."""
+
+    # ---- canonical-hair stage (the one-frame split; the face from stage 1 fixed)
+    hair_epochs: int = 3000
+    """Passes over the one-frame split's images: the authors' epochs 5000–8000 of their hair run."""
+    hair_iterations: int = 0
+    """A fixed number of steps instead (0: from ``hair_epochs``)."""
+    hair_batch_size: int = 8
+    lr_position: float = 1.6e-4
+    """× the scene extent (3DGS's ``spatial_lr_scale``), decaying to ``lr_position_final``."""
+    lr_position_final: float = 1.6e-6
+    lr_position_steps: int = 30_000
+    """3DGS's decay horizon; a shorter stage stops part way along the same curve."""
+    lr_sh: float = 2.5e-3
+    """Degree-0 coefficients; the higher degrees use a twentieth of it."""
+    lr_opacity: float = 0.05
+    lr_scaling: float = 5e-3
+    lr_rotation: float = 1e-3
+    # Densification, in training images as the authors count them (converted to steps).
+    densify_from_images: int = 500
+    densify_every_images: int = 200
+    densify_until_images: int = 100_000_000
+    opacity_reset_every_images: int = 3000
+    densify_grad_threshold: float = 2e-4
+    """Mean screen-space gradient, in normalised device coordinates (3DGS's units)."""
+    percent_dense: float = 0.002
+    """Gaussians smaller than this × the scene extent are cloned, larger ones split."""
+    prune_opacity: float = 0.005
+    prune_scale: float = 0.1
+    """After the first opacity reset, Gaussians larger than this × the scene extent are pruned."""
+    w_hair_rgb: float = 1.0
+    w_hair_ssim: float = 0.2
+    w_silhouette: float = 0.2
+    w_solid: float = 0.1
+    erode_px: int = 5
+    """Side of the square that erodes the hair mask for the solid-hair loss."""
+
+    # ---- joint stage (eq. 15)
+    joint_epochs: int = 31
+    """Passes over all training images: the authors' epochs 50–80."""
+    joint_iterations: int = 0
+    joint_batch_size: int = 16
+    deform_layers: tuple[int, ...] = (256, 256)
+    deform_frequencies: int = 6
+    deform_scale: float = 1e-3
+    """The deformation MLP's outputs × this."""
+    lr_deform: float = 1e-3
+    aiap_neighbours: int = 8
+    w_rgb: float = 1.0
+    w_ssim: float = 0.2
+    w_diffuse_rgb: float = 3.0
+    """× w_rgb: the diffuse-only face render against the ground truth without hair."""
+    w_offsets: float = 10.0
+    """Each of the rotation, scale, opacity and colour offsets."""
+    w_aiap_xyz: float = 1000.0
+    w_aiap_cov: float = 1e5
+
+    # ---- blending (paper §3.3)
+    near_z_alpha: float = 0.05
+    early_stop_gap_mm: float = 100.0
+    blur_kernel: int = 5
+    blur_sigma: float = 1.5
+
+    # ---- bookkeeping
+    seed: int = 42
+    checkpoint_every: int = 500
+    val_views: int = 4
+    cache_mb: int = 2048
+    data_workers: int = 4
+
+    def check(self, where: str) -> None:
+        check_at_least(self, where, 1, "hair_epochs", "hair_batch_size", "joint_epochs", "joint_batch_size",
+                       "sh_degree_every", "densify_every_images", "opacity_reset_every_images", "checkpoint_every",
+                       "deform_frequencies", "aiap_neighbours", "erode_px", "lr_position_steps")
+        check_at_least(self, where, 0, "init_on_scalp", "init_off_scalp", "hair_iterations", "joint_iterations",
+                       "data_workers", "cache_mb", "val_views")
+        if self.init_on_scalp + self.init_off_scalp < 1:
+            raise ConfigError(f"{where}: 'init_on_scalp' + 'init_off_scalp' must be at least 1")
+        if not 0 <= self.sh_degree <= 3:
+            raise ConfigError(f"{where}: 'sh_degree' must be 0..3, got {self.sh_degree}")
+        if not 0 < self.init_opacity < 1:
+            raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
+        if self.blur_kernel % 2 == 0:
+            raise ConfigError(f"{where}: 'blur_kernel' must be odd, got {self.blur_kernel}")
+        if not self.deform_layers or min(self.deform_layers) < 1:
+            raise ConfigError(f"{where}: 'deform_layers' must list at least one positive width")
+
+    # ---- derived
+    def hair_steps_for(self, n_images: int) -> int:
+        """Steps of the canonical-hair stage: as many images as the authors' epochs show."""
+        if self.hair_iterations:
+            return self.hair_iterations
+        return max(math.ceil(self.hair_epochs * n_images / min(self.hair_batch_size, n_images)), 1)
+
+    def joint_steps_for(self, n_images: int) -> int:
+        if self.joint_iterations:
+            return self.joint_iterations
+        return self.joint_epochs * max(n_images // min(self.joint_batch_size, n_images), 1)
+
+    def images_to_steps(self, images: int, batch_size: int) -> int:
+        """The authors count densification in images; our schedule counts steps."""
+        return max(round(images / batch_size), 1)
+
+    @property
+    def early_stop_gap_m(self) -> float:
+        return self.early_stop_gap_mm / 1000.0
+
+
+# Table 2 (c): how the blending variants change the hair settings. The face variants change
+# nothing here (and the blending variants nothing in the face).
+BLEND_VARIANTS: dict[str, dict] = {
+    "gsdepth": {},  # the occlusion test uses the alpha-weighted depth (see mega.blend)
+    "allgs": {"early_stop_gap_mm": math.inf},
+}

@@ -1,0 +1,46 @@
+"""Render posed hair for a batch of cameras: one call of the Gaussian rasterizer per image,
+outputs stacked as images, and what densification needs kept aside."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mega.data.camera import Camera
+from mega.render.gaussians import rasterize_gaussians
+
+BACKGROUND = 1.0  # the data's white background
+
+
+def camera_at(cameras: Camera, i: int) -> Camera:
+    return Camera(cameras.intrinsics[i], cameras.world_to_camera[i], cameras.width, cameras.height)
+
+
+def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, early_stop_gap_m: float | None = 0.1,
+                near_z_alpha: float = 0.05) -> dict:
+    """gaussians: activated hair of B frames (means [B, N, 3], quats [B, N, 4], scales [B, N, 3],
+    opacities [B, N], sh [B, N, K, 3]); cameras batched [B].
+
+    Returns rgb [B, 3, H, W] over the white background, alpha [B, 1, H, W] (early-stopped),
+    depth [B, 1, H, W] (alpha-weighted, metres), near_z [B, 3, H, W] (``inf`` = none), and for
+    densification ``means2d`` (a list of B [N, 2] tensors whose ``.grad`` is the screen-space
+    gradient after backward) and ``radii`` [B, N] pixels. An infinite early-stop gap (the
+    ``allgs`` variant) turns early stopping off.
+    """
+    gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
+    cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
+    outs = []
+    for i in range(gaussians["means"].shape[0]):
+        outs.append(rasterize_gaussians(gaussians["means"][i], gaussians["quats"][i], gaussians["scales"][i],
+                                        gaussians["opacities"][i], camera_at(cameras, i), sh=gaussians["sh"][i],
+                                        sh_degree=sh_degree, near_z_alpha=near_z_alpha, early_stop_gap_m=gap))
+    alpha = torch.stack([o["alpha"] for o in outs])[:, None]
+    color = torch.stack([o["color"] for o in outs]).permute(0, 3, 1, 2)
+    return {
+        "rgb": color + (1 - alpha) * BACKGROUND,
+        "alpha": alpha,
+        "depth": torch.stack([o["depth"] for o in outs])[:, None],
+        "near_z": torch.stack([o["near_z"] for o in outs]),
+        "means2d": [o["means2d"] for o in outs],
+        "radii": torch.stack([o["radii"] for o in outs]),
+    }

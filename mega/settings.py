@@ -1,0 +1,75 @@
+"""A frozen dataclass of settings that is built from a mapping (a config section or JSON) and
+names the unknown key or the wrongly typed value."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import fields
+from typing import TypeVar
+
+from mega.errors import ConfigError
+
+S = TypeVar("S", bound="Settings")
+
+
+class Settings:
+    """Mixin for frozen dataclasses whose defaults are bool, int, float, str or tuples of them."""
+
+    kind = "settings"
+    """What the settings are of, for error messages ("face settings")."""
+
+    @classmethod
+    def from_dict(cls: type[S], values: dict, where: str | None = None) -> S:
+        where = where or cls.kind
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: expected a mapping of {cls.kind}, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        out = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+            ok, value = _coerce(known[key].default, value)
+            if not ok:
+                expected = type(known[key].default).__name__
+                raise ConfigError(f"{where}: setting '{key}' = {value!r} should be a {expected}")
+            out[key] = value
+        settings = cls(**out)
+        settings.check(where)
+        return settings
+
+    def check(self, where: str) -> None:
+        """Raise ConfigError naming ``where`` and the setting when a value is out of range."""
+
+    def replace(self: S, **changes) -> S:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(default, value):
+    """(value fits the default's type, the value converted)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool), value
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        converted = []
+        for item in value:
+            ok, item = _coerce(default[0] if default else item, item)
+            if not ok:
+                return False, value
+            converted.append(item)
+        return True, tuple(converted)
+    return isinstance(value, str), value
+
+
+def check_at_least(settings, where: str, minimum: float, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) < minimum:
+            raise ConfigError(f"{where}: '{name}' must be at least {minimum}, got {getattr(settings, name)}")

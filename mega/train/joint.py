@@ -1,0 +1,172 @@
+"""Stage 3: joint optimisation of the hybrid on all training frames (paper §4, eq. 15).
+
+Trained: the hair's deformation field and the face's appearance (diffuse texture, view and
+dynamic decoders, UV encoding, pixel decoder). Fixed: the canonical Gaussians, the displacement
+decoder and the per-frame FLAME parameters, as the paper and the authors' code do.
+
+    L = λp·L_pho(blend) + 3λp·L_di·pho(face) + λss·L_ssim(blend) + λsol·L_sol
+        + λn·(‖δr‖ + ‖δs‖ + ‖δo‖ + ‖δc‖) + λa·L_aiap                                 (eq. 15)
+
+Outputs in the run folder:
+    joint.pt    the face as this stage leaves it, its frames, the deformation field, the settings
+    joint/      checkpoint.pt, loss.csv, loss.png, metrics.json (val, test; the face alone beside
+                the hybrid), val.png (ground truth | face | hair | blended | occlusion)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mega import losses
+from mega.atomic import write_json
+from mega.avatar import Avatar, RigidTable, occlusion_depth_of
+from mega.data.parsing import batch_regions
+from mega.eval.avatar import evaluate_avatar, hair_iou
+from mega.face.frames import FrameParameters
+from mega.hair.config import HairConfig
+from mega.hair.deform import DeformationField
+from mega.hair.model import GaussianHair
+from mega.render.gaussians import quaternion_to_matrix
+from mega.train.checkpoint import load_checkpoint, save_checkpoint
+from mega.train.face import FaceStage, model_weights
+from mega.train.hair import hair_config_for, open_hair_split
+from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("rgb", "ssim", "diffuse_rgb", "solid", "offset_quats", "offset_scales", "offset_opacities",
+              "offset_sh0", "aiap_xyz", "aiap_cov")
+RESUMABLE = {"joint_epochs", "joint_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers"}
+FROZEN_FACE_GROUPS = ("displacement", "flame_shape", "flame_expr", "flame_rotation", "flame_neck_pose",
+                      "flame_jaw_pose", "flame_eyes_pose", "flame_translation")
+
+
+def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor, canonical: dict,
+                 rotation: Tensor) -> dict[str, Tensor]:
+    """Eq. 15's terms, unweighted (see docs/hair.md for the reductions). ``canonical``: the
+    canonical means [N, 3] and covariances [N, 3, 3]; ``rotation`` [B, 3, 3] the frames' rigid
+    head rotations."""
+    hair_mask, _, _ = batch_regions(batch)
+    image = batch["image"]
+    offsets = losses.offset_regulariser(out["offsets"])
+    posed = out["gaussians"]
+    aiap_xyz, aiap_cov = losses.aiap_losses(
+        canonical["means"], posed["means"], canonical["covariances"],
+        losses.covariances(quaternion_to_matrix(posed["quats"]), posed["scales"]), neighbours, rotation)
+    return {
+        "rgb": losses.photometric_l2(out["rgb"], image),
+        "ssim": losses.dssim(out["rgb"], image),
+        "diffuse_rgb": losses.photometric_l2(out["face"]["rgb_diffuse"], losses.target_without_hair(image, hair_mask)),
+        "solid": losses.solid_hair_loss(out["hair"]["alpha"], hair_mask, config.erode_px),
+        **{f"offset_{name}": offsets[name] for name in ("quats", "scales", "opacities", "sh0")},
+        "aiap_xyz": aiap_xyz, "aiap_cov": aiap_cov,
+    }
+
+
+def joint_loss_weights(config: HairConfig) -> dict[str, float]:
+    return {"rgb": config.w_rgb, "ssim": config.w_ssim, "diffuse_rgb": config.w_diffuse_rgb * config.w_rgb,
+            "solid": config.w_solid, **{f"offset_{n}": config.w_offsets for n in ("quats", "scales", "opacities", "sh0")},
+            "aiap_xyz": config.w_aiap_xyz, "aiap_cov": config.w_aiap_cov}
+
+
+class JointStage:
+    name = "joint"
+    loss_terms = LOSS_TERMS
+    extra_columns = ("psnr_train", "hair_iou")
+
+    def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, config: HairConfig):
+        self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
+        self.face_stage = FaceStage(avatar.face, frames, avatar.face.config, frozen=FROZEN_FACE_GROUPS)
+        with torch.no_grad():
+            canonical = avatar.hair.activated()
+            self.canonical = {"means": canonical["means"].detach(),
+                              "covariances": losses.covariances(quaternion_to_matrix(canonical["quats"]),
+                                                                canonical["scales"]).detach()}
+            # The authors' K = 8 neighbours count each Gaussian as its own first one.
+            self.neighbours = losses.knn_indices(self.canonical["means"], config.aiap_neighbours - 1)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"face": self.avatar.face, "frames": self.frames, "deformation": self.avatar.deformation}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        groups = self.face_stage.parameter_groups()
+        groups.append(ParameterGroup("deformation", list(self.avatar.deformation.parameters()), self.config.lr_deform))
+        groups.append(ParameterGroup("canonical_hair", list(self.avatar.hair.parameters()), 0.0, trainable=False))
+        return groups
+
+    def begin_step(self, step: int) -> None:
+        # The fixed displacement decoder keeps its batch-norm statistics: in training mode they
+        # would drift with the joint batches and change the geometry evaluation renders.
+        if self.avatar.face.displacement_decoder is not None:
+            self.avatar.face.displacement_decoder.eval()
+
+    def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        flame = self.frames(batch["timestep_index"])
+        rotation, translation = self.rigid(batch["timestep_index"])
+        out = self.avatar(flame, batch["camera"], rotation, translation)
+        terms = joint_losses(out, batch, self.config, self.neighbours, self.canonical, rotation)
+        weights = joint_loss_weights(self.config)
+        total = sum(weights[k] * v for k, v in terms.items())
+        with torch.no_grad():
+            hair_mask, _, _ = batch_regions(batch)
+            mse = ((out["rgb"] - batch["image"]) ** 2).mean()
+            extras = {"psnr_train": -10 * torch.log10(mse.clamp_min(1e-12)),
+                      "hair_iou": hair_iou(out["hair"]["alpha"], hair_mask).mean()}
+        return total, terms, extras
+
+
+def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | Path, rigid_path: str | Path,
+                run_dir: str | Path, head, config: HairConfig, variant: str = "mega", device: str = "auto",
+                progress: bool = True, restart: bool = False, on_settings_change: OnSettingsChange = "fail",
+                stop_after: int | None = None) -> dict:
+    """Train (or resume) the joint stage of ``run_dir``; returns joint/metrics.json's content."""
+    from mega.train.face import load_face
+
+    union_dir, run_dir = Path(union_dir).resolve(), Path(run_dir)
+    work_dir = run_dir / "joint"
+    device = pick_device(device)
+    config = hair_config_for(config, variant)
+    torch.manual_seed(config.seed)
+
+    dataset = open_hair_split(union_dir, "train")
+    face, frames = load_face(face_path, head, device)
+    hair_state = load_checkpoint(hair_path, device)
+    hair = GaussianHair(0, config.sh_degree).to(device)
+    hair.load_state_dict(hair_state["hair"])
+    rigid = RigidTable.from_file(rigid_path).to(device)
+    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
+                                   scale=config.deform_scale).to(device)
+    avatar = Avatar(face, hair, deformation, config, occlusion_depth_of(variant))
+    stage = JointStage(avatar, frames, rigid, config)
+    steps = config.joint_steps_for(len(dataset))
+    settings = LoopSettings(steps=steps, batch_size=config.joint_batch_size, seed=config.seed,
+                            checkpoint_every=config.checkpoint_every, data_workers=config.data_workers,
+                            cache_mb=config.cache_mb)
+    log.info("joint stage: %d training images, %d Gaussians, batch %d, %d steps", len(dataset), hair.n,
+             config.joint_batch_size, steps)
+    fingerprint = {**config.to_dict(), "variant": variant, "face": str(Path(face_path).resolve()),
+                   "hair": str(Path(hair_path).resolve())}
+    result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
+                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
+    if not result.finished:
+        return {"stopped_at": result.steps_done}
+
+    save_checkpoint(run_dir / "joint.pt", {"model": model_weights({"model": face.state_dict()}),
+                                           "frames": frames.state_dict(), "face_config": face.config.to_dict(),
+                                           "deformation": deformation.state_dict(), "hair_config": config.to_dict(),
+                                           "variant": variant, "iterations": steps})
+    metrics = {"variant": variant, "iterations": steps, "device": str(device), "n_gaussians": hair.n,
+               "train_seconds": round(result.seconds, 1),
+               "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4)}
+    for split in ("val", "test"):
+        if not (union_dir / f"transforms_{split}.json").is_file():
+            continue
+        figure = work_dir / f"{split}.png" if split == "val" else None
+        metrics[split] = evaluate_avatar(avatar, frames, rigid, open_hair_split(union_dir, split), device, figure,
+                                         config.val_views)
+    write_json(work_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,309 @@
+"""The Gaussian hair, its densification, the blend and the canonical-hair and joint stages."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mega import losses
+from mega.blend import blend, blend_renders, occlusion_mask, soften
+from mega.cli import main
+from mega.data.camera import Camera
+from mega.errors import TrainingError
+from mega.face.config import FaceConfig
+from mega.flame.head_model import load_head_model_folder
+from mega.hair.config import HairConfig
+from mega.hair.deform import DeformationField, posed_hair
+from mega.hair.densify import Densifier, DensifyState
+from mega.hair.model import GaussianHair, sample_scalp_points
+from mega.hair.render import render_hair
+from mega.render.gaussians import quaternion_to_matrix
+from mega.train.face import train_face
+from mega.train.hair import train_hair
+from mega.train.joint import train_joint
+
+TINY_SUBJECT = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
+TINY_FACE = FaceConfig(tex_size=16, disp_size=16, uv_encoding_size=32, batch_size=15, iterations=2,
+                       learning_rate=0.01, checkpoint_every=1, val_views=2, data_workers=0)
+TINY_HAIR = HairConfig(init_on_scalp=150, init_off_scalp=300, hair_iterations=2, hair_batch_size=15,
+                       joint_iterations=2, joint_batch_size=15, deform_layers=(16, 16), checkpoint_every=1,
+                       val_views=2, data_workers=0, densify_from_images=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(UNION folder, head model, run folder with face.pt, hair_rigid.npz) of a 28 × 40 subject."""
+    root = tmp_path_factory.mktemp("hair")
+    assert main(["head-model", "--out", str(root / "head_model")]) == 0
+    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
+    union = root / "synthetic" / json.loads((root / "synthetic" / "summary.json").read_text())["union"]
+    head = load_head_model_folder(root / "head_model")
+    train_face(union, head, root / "run", TINY_FACE, progress=False)
+    rigid = root / "hair_rigid.npz"
+    assert main(["hair-rigid", str(union), "--head-model", str(root / "head_model"), "--out", str(rigid)]) == 0
+    return union, head, root / "run", rigid
+
+
+@pytest.fixture(scope="module")
+def canonical_hair(trained, tmp_path_factory) -> Path:
+    """hair.pt of two steps of the canonical-hair stage."""
+    union, head, run, rigid = trained
+    out = tmp_path_factory.mktemp("canonical")
+    train_hair(union, run / "face.pt", rigid, out, head, TINY_HAIR, progress=False)
+    return out / "hair.pt"
+
+
+def a_camera(width=32, height=32) -> Camera:
+    K = torch.tensor([[40.0, 0, width / 2], [0, 40.0, height / 2], [0, 0, 1]])
+    return Camera(K, torch.eye(4), width, height)
+
+
+# ----------------------------------------------------------------------------- the model
+def test_scalp_samples_lie_on_and_just_off_the_scalp():
+    vertices = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5]])
+    faces = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    scalp = torch.tensor([True, True, True, False])
+    points = sample_scalp_points(vertices, faces, scalp, 200, 300, 0.02, torch.Generator().manual_seed(0))
+    on, off = points[:200], points[200:]
+    assert torch.allclose(on[:, 2], torch.zeros(200)) and bool((on[:, :2].sum(1) <= 1 + 1e-6).all())
+    # Off-surface points move along the triangle's normal (±z), by at most 2 cm.
+    assert bool((off[:, 2].abs() <= 0.02).all()) and off[:, 2].abs().max() > 0.01
+
+
+def test_deformation_field_is_the_identity_at_start():
+    hair = GaussianHair.from_points(torch.randn(50, 3) * 0.05, torch.rand(50, 3), 0.1, 3)
+    field = DeformationField(layers=(32, 32))
+    expr = torch.randn(2, 100)
+    offsets = field(hair.params["means"], expr)
+    assert set(offsets) == {"means", "quats", "scales", "opacities", "sh0"}
+    rotation, translation = torch.eye(3).repeat(2, 1, 1), torch.zeros(2, 3)
+    rigid_only = posed_hair(hair, rotation, translation)
+    deformed = posed_hair(hair, rotation, translation, offsets)
+    for name in rigid_only:
+        assert torch.equal(rigid_only[name], deformed[name]), name
+    # ... and it is trainable: the last layer receives a gradient.
+    sum(v.sum() for v in offsets.values()).backward()
+    assert field.last.weight.grad.abs().sum() > 0
+
+
+def test_a_rotated_frame_rotates_positions_and_orientations():
+    torch.manual_seed(0)
+    hair = GaussianHair.from_points(torch.randn(20, 3) * 0.05, torch.rand(20, 3), 0.1, 0)
+    with torch.no_grad():
+        hair.params["quats"].copy_(torch.randn(20, 4))
+        hair.params["scales"].copy_(torch.randn(20, 3) * 0.3 - 6)
+    angle = 0.4
+    R = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]])
+    t = torch.tensor([0.01, -0.02, 0.03])
+    posed = posed_hair(hair, R[None], t[None])
+    canonical = hair.activated()
+    assert torch.allclose(posed["means"][0], canonical["means"] @ R.T + t, atol=1e-6)
+    cov = lambda q, s: losses.covariances(quaternion_to_matrix(q), s)  # noqa: E731
+    assert torch.allclose(cov(posed["quats"][0], posed["scales"][0]),
+                          R @ cov(canonical["quats"], canonical["scales"]) @ R.T, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- densification
+def optimizer_of(hair: GaussianHair) -> torch.optim.Adam:
+    return torch.optim.Adam([{"name": n, "params": [p], "lr": 1e-3} for n, p in hair.params.items()], eps=1e-15)
+
+
+def test_densification_clones_splits_and_prunes():
+    # Four Gaussians in front of the camera: 0 small and 1 large with a large screen-space
+    # gradient, 2 quiet, 3 transparent.
+    means = torch.tensor([[0.0, 0, 1], [0.05, 0, 1], [-0.05, 0, 1], [0, 0.05, 1]])
+    hair = GaussianHair.from_points(means, torch.rand(4, 3), 0.5, 0)
+    with torch.no_grad():
+        hair.params["scales"].copy_(torch.log(torch.tensor([[1e-4] * 3, [0.01] * 3, [1e-4] * 3, [1e-4] * 3])))
+        hair.params["opacities"][3] = -10.0  # sigmoid ≈ 4.5e-5 < 0.005
+    optimizer = optimizer_of(hair)
+    for p in hair.params.values():  # an Adam state to carry over
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    config = HairConfig(densify_from_images=1, densify_every_images=2, opacity_reset_every_images=1000,
+                        percent_dense=0.01)
+    densifier = Densifier(config, batch_size=1, scene_extent_m=1.0, state=DensifyState(4), total_steps=100)
+    means2d = [torch.zeros(4, 2)]
+    means2d[0].grad = torch.tensor([[1.0, 0], [1.0, 0], [0, 0], [0, 0]]) * 1e-3  # pixels → NDC: × 16
+    radii = torch.tensor([[3, 3, 3, 3]])
+    assert not densifier.after_backward(1, hair, optimizer, means2d, radii, 32, 32)  # accumulate only
+    changed = densifier.after_backward(2, hair, optimizer, means2d, radii, 32, 32)
+    assert changed
+    # 0 cloned (+1), 1 split in two (+1), 3 pruned (−1): 5 Gaussians.
+    assert hair.n == 5
+    assert bool((torch.sigmoid(hair.params["opacities"]) > 0.005).all())
+    for group in optimizer.param_groups:
+        (p,) = group["params"]
+        assert p is hair.params[group["name"]]
+        assert optimizer.state[p]["exp_avg"].shape == p.shape
+    assert densifier.state.grad2d.shape == (5,) and float(densifier.state.grad2d.abs().sum()) == 0
+
+
+def test_opacity_reset_follows_the_schedule_but_not_near_the_end():
+    hair = GaussianHair.from_points(torch.tensor([[0.0, 0, 1], [0.1, 0, 1]]), torch.rand(2, 3), 0.8, 0)
+    config = HairConfig(densify_from_images=1000, densify_every_images=1000, opacity_reset_every_images=4)
+    optimizer = optimizer_of(hair)
+    densifier = Densifier(config, batch_size=1, scene_extent_m=1.0, state=DensifyState(2), total_steps=10)
+    means2d, radii = [torch.zeros(2, 2)], torch.tensor([[3, 3]])
+    means2d[0].grad = torch.zeros(2, 2)
+    densifier.after_backward(4, hair, optimizer, means2d, radii, 32, 32)
+    assert torch.allclose(torch.sigmoid(hair.params["opacities"]), torch.full((2,), 0.01), atol=1e-6)
+    with torch.no_grad():
+        hair.params["opacities"].fill_(2.0)
+    densifier.after_backward(8, hair, optimizer, means2d, radii, 32, 32)  # 8 + 4 > 10: no reset
+    assert torch.allclose(hair.params["opacities"], torch.full((2,), 2.0))
+
+
+# ----------------------------------------------------------------------------- blending
+def test_blending_takes_whichever_is_in_front_with_a_soft_seam():
+    H, W = 9, 12
+    face_depth = torch.full((1, 1, H, W), 1.0)
+    face_mask = torch.ones(1, 1, H, W, dtype=torch.bool)
+    face_mask[..., :, 10:] = False  # no mesh on the right: hair counts as in front
+    hair_near_z = torch.full((1, 1, H, W), 0.9)  # left half: hair in front of the face
+    hair_near_z[..., :, 5:10] = 1.1  # middle: behind the face
+    occlusion = occlusion_mask(hair_near_z, face_depth, face_mask)
+    assert occlusion[0, 0, :, :5].eq(1).all() and occlusion[0, 0, :, 5:10].eq(0).all()
+    assert occlusion[0, 0, :, 10:].eq(1).all()
+    face_rgb = torch.zeros(1, 3, H, W)
+    hair_rgb = torch.ones(1, 3, H, W)
+    soft = soften(occlusion)
+    rgb, weight = blend(face_rgb, hair_rgb, torch.ones(1, 1, H, W), soft)
+    row = rgb[0, 0, 4]
+    assert row[0] == pytest.approx(1.0, abs=1e-6) and row[7] == pytest.approx(0.0, abs=1e-6)
+    assert 0.05 < float(row[4]) < 0.95 and 0.05 < float(row[5]) < 0.95  # the seam is soft
+    assert bool((row[:5].diff() <= 1e-6).all())
+    # Pixels without a significant Gaussian (near-z = inf) are never hair.
+    assert occlusion_mask(torch.full((1, 1, H, W), math.inf), face_depth, face_mask).eq(0).all()
+
+
+def test_gsdepth_tests_the_alpha_depth_and_evaluation_cleans_the_mask():
+    H, W = 9, 9
+    face = {"rgb": torch.zeros(1, 3, H, W), "mask": torch.ones(1, 1, H, W, dtype=torch.bool),
+            "depth": torch.full((1, 1, H, W), 1.0)}
+    near_z = torch.full((1, 3, H, W), 0.9)
+    near_z[:, 1] = 1.2  # the 2nd significant Gaussian is behind the face
+    hair = {"rgb": torch.ones(1, 3, H, W), "alpha": torch.ones(1, 1, H, W), "near_z": near_z,
+            "depth": torch.full((1, 1, H, W), 1.1)}  # alpha-weighted depth: behind the face
+    assert blend_renders(face, hair, "near_z")["occlusion"].eq(1).all()
+    assert blend_renders(face, hair, "alpha_depth")["occlusion"].eq(0).all()
+    assert blend_renders(face, hair, "near_z", evaluation=True)["occlusion"].eq(0).all()  # 2nd near-z
+    # A lone pixel is opened away at evaluation.
+    near_z[:, 1] = 1.2
+    near_z[:, 1, 4, 4] = 0.9
+    assert blend_renders(face, hair, "near_z", evaluation=True)["occlusion"].eq(0).all()
+
+
+def test_allgs_composites_hair_behind_the_head_that_early_stopping_drops():
+    # A Gaussian in front and one 30 cm behind it on the same ray.
+    gaussians = {"means": torch.tensor([[[0.0, 0, 1.0], [0.0, 0, 1.3]]]),
+                 "quats": torch.tensor([[[1.0, 0, 0, 0]] * 2]), "scales": torch.full((1, 2, 3), 0.05),
+                 "opacities": torch.tensor([[0.5, 0.9]]), "sh": torch.zeros(1, 2, 1, 3)}
+    cameras = Camera(a_camera().intrinsics[None], torch.eye(4)[None], 32, 32)
+    stopped = render_hair(gaussians, cameras, 0, early_stop_gap_m=0.1)
+    everything = render_hair(gaussians, cameras, 0, early_stop_gap_m=math.inf)
+    centre = (0, 0, 16, 16)
+    assert stopped["alpha"][centre] == pytest.approx(0.5, abs=0.05)
+    assert everything["alpha"][centre] > stopped["alpha"][centre] + 0.3
+
+
+# ----------------------------------------------------------------------------- the stages
+def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
+    union, head, run, rigid = trained
+    out = tmp_path / "run"
+    metrics = train_hair(union, run / "face.pt", rigid, out, head, TINY_HAIR, progress=False)
+    log = pd.read_csv(out / "hair" / "loss.csv")
+    assert list(log["step"]) == [1, 2] and log["total"][1] < log["total"][0]
+    assert metrics["n_gaussians"] == 450 and 0 <= metrics["training_views"]["hair_iou"] <= 1
+    assert (out / "hair.pt").is_file() and (out / "hair" / "views.png").is_file()
+
+    metrics = train_joint(union, run / "face.pt", out / "hair.pt", rigid, out, head, TINY_HAIR, progress=False)
+    log = pd.read_csv(out / "joint" / "loss.csv")
+    assert list(log["step"]) == [1, 2] and log["total"][1] < log["total"][0]
+    for split in ("val", "test"):
+        assert metrics[split]["psnr_head_paper"] > 5
+    assert (out / "joint.pt").is_file() and (out / "joint" / "val.png").is_file()
+    # The canonical hair and the face's geometry stayed as they were.
+    hair_before = torch.load(out / "hair.pt", weights_only=False)["hair"]
+    from mega.avatar import load_avatar
+    avatar, _, _ = load_avatar(out, head)
+    for name, value in avatar.hair.state_dict().items():
+        assert torch.equal(value, hair_before[name]), name
+    face_before = torch.load(run / "face.pt", weights_only=False)["model"]
+    after = avatar.face.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in face_before.items() if k.startswith("displacement_decoder"))
+    assert not torch.equal(after["diffuse_texture"], face_before["diffuse_texture"])
+
+
+@pytest.mark.parametrize("stage", ["hair", "joint"])
+def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_hair, tmp_path, stage):
+    union, head, run, rigid = trained
+    # Densification at steps 2 and 4 (a batch of 5 images: every 10 images), on both sides of the interruption.
+    config = TINY_HAIR.replace(hair_iterations=4, joint_iterations=4, hair_batch_size=5, joint_batch_size=5,
+                               densify_from_images=5, densify_every_images=10, checkpoint_every=2)
+    hair_pt = canonical_hair
+
+    def run_stage(folder, stop_after=None):
+        if stage == "hair":
+            return train_hair(union, run / "face.pt", rigid, folder, head, config, progress=False,
+                              stop_after=stop_after)
+        return train_joint(union, run / "face.pt", hair_pt, rigid, folder, head, config, progress=False,
+                           stop_after=stop_after)
+
+    run_stage(tmp_path / "straight")
+    assert run_stage(tmp_path / "resumed", stop_after=3) == {"stopped_at": 3}
+    run_stage(tmp_path / "resumed")
+    log_a = pd.read_csv(tmp_path / "straight" / stage / "loss.csv")
+    log_b = pd.read_csv(tmp_path / "resumed" / stage / "loss.csv")
+    assert list(log_b["step"]) == [1, 2, 3, 4]
+    assert log_a["total"].tolist() == pytest.approx(log_b["total"].tolist(), rel=1e-5)
+    a = torch.load(tmp_path / "straight" / f"{stage}.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / f"{stage}.pt", weights_only=False)
+    part = "hair" if stage == "hair" else "deformation"
+    for name, value in a[part].items():
+        assert torch.allclose(value.float(), b[part][name].float(), atol=1e-6), name
+    if stage == "hair":
+        assert log_a["n_gaussians"].iloc[-1] > log_a["n_gaussians"].iloc[0]  # densification happened
+
+
+@pytest.mark.parametrize("stage", ["hair", "joint"])
+def test_a_non_finite_loss_stops_each_stage_cleanly(trained, canonical_hair, tmp_path, monkeypatch, stage):
+    union, head, run, rigid = trained
+    config = TINY_HAIR.replace(hair_iterations=3, joint_iterations=3)
+    hair_pt = canonical_hair
+    calls = []
+    original = losses.solid_hair_loss
+
+    def nan_at_step_2(*args, **kwargs):
+        calls.append(1)
+        value = original(*args, **kwargs)
+        return value * float("nan") if len(calls) == 2 else value
+
+    monkeypatch.setattr(losses, "solid_hair_loss", nan_at_step_2)
+    with pytest.raises(TrainingError, match="step 2: loss 'solid' is nan.*\\(step 1\\)"):
+        if stage == "hair":
+            train_hair(union, run / "face.pt", rigid, tmp_path / "run", head, config, progress=False)
+        else:
+            train_joint(union, run / "face.pt", hair_pt, rigid, tmp_path / "run", head, config, progress=False)
+    assert not (tmp_path / "run" / f"{stage}.pt").exists()
+    assert torch.load(tmp_path / "run" / stage / "checkpoint.pt", weights_only=False)["step"] == 1
+
+
+def test_cli_trains_both_stages(trained, tmp_path):
+    union, head, run, rigid = trained
+    settings = json.dumps({"init_on_scalp": 100, "init_off_scalp": 100, "hair_batch_size": 15,
+                           "joint_batch_size": 15, "deform_layers": [8, 8], "data_workers": 0, "val_views": 1})
+    common = [str(union), "--out", str(tmp_path), "--head-model", str(run.parent / "head_model"), "--face",
+              str(run / "face.pt"), "--rigid", str(rigid), "--settings", settings, "--iterations", "1", "--quiet"]
+    assert main(["train-hair", *common]) == 0
+    assert main(["train-joint", *common, "--hair", str(tmp_path / "hair.pt"), "--variant", "allgs"]) == 0
+    joint = torch.load(tmp_path / "joint.pt", weights_only=False)
+    assert joint["variant"] == "allgs" and math.isinf(joint["hair_config"]["early_stop_gap_mm"])
+    assert main(["render", str(tmp_path), str(union), "--head-model", str(run.parent / "head_model"),
+                 "--rigid", str(rigid), "--split", "test", "--out", str(tmp_path / "renders"), "--limit", "2",
+                 "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "renders").glob("*.blend.png"))) == 2
+    assert main(["train-hair", *common[:-3], "--settings", '{"hair_epochs": 0}']) == 2  # a clear error
