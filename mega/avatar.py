@@ -2,7 +2,7 @@
 alignment and deformation field, and the occlusion-aware blend.
 
 :class:`Avatar` is what the joint stage trains, what evaluation and videos render and what
-editing changes; :func:`load_avatar` builds one from a run folder.
+editing changes; :func:`mega.train.joint.load_avatar` builds one from a run folder.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from torch import Tensor, nn
 from mega.blend import OcclusionDepth, blend_renders
 from mega.data.camera import Camera
 from mega.errors import DataError
-from mega.face.frames import FrameParameters
 from mega.face.model import NeuralFace
-from mega.flame.head_model import HeadModel
 from mega.hair.config import HairConfig
 from mega.hair.deform import DeformationField, posed_hair
 from mega.hair.model import GaussianHair
 from mega.hair.render import render_hair
-from mega.train.checkpoint import load_checkpoint
 
 
 class RigidTable(nn.Module):
@@ -99,32 +96,3 @@ class Avatar(nn.Module):
 
 def occlusion_depth_of(variant: str) -> OcclusionDepth:
     return "alpha_depth" if variant == "gsdepth" else "near_z"
-
-
-def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device = "cpu"
-                ) -> tuple[Avatar, FrameParameters, dict]:
-    """The trained avatar of a run folder: ``joint.pt`` (the face as the joint stage left it, its
-    per-frame FLAME parameters, the deformation field) and ``hair.pt`` (the canonical hair).
-    Returns (avatar, per-frame FLAME parameters, the joint file's contents)."""
-    from mega.face.config import FaceConfig
-    from mega.train.face import model_weights
-
-    run_dir = Path(run_dir)
-    joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
-    for path in (joint_path, hair_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found; train the avatar first (rules train_hair, train_joint)")
-    joint = load_checkpoint(joint_path, device)
-    hair_state = load_checkpoint(hair_path, device)
-    face = NeuralFace(head, FaceConfig.from_dict(joint["face_config"], where=f"{joint_path} face_config")).to(device)
-    face.load_state_dict(model_weights(joint))
-    frames = FrameParameters.from_state_dict(joint["frames"]).to(device)
-    config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
-    hair = GaussianHair(0, config.sh_degree).to(device)
-    hair.load_state_dict(hair_state["hair"])
-    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
-                                   scale=config.deform_scale).to(device)
-    deformation.load_state_dict(joint["deformation"])
-    avatar = Avatar(face, hair, deformation, config, occlusion_depth_of(joint["variant"])).to(device)
-    avatar.eval()
-    return avatar, frames, joint

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from mega.avatar import RigidTable, load_avatar
+from mega.avatar import RigidTable
+from mega.train.joint import load_avatar
 from mega.face.export import export_face_mesh
 from mega.flame.head_model import HeadModel
 from mega.hair.ply import write_gaussian_ply

@@ -23,7 +23,7 @@ from mega.hair.render import render_hair
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.face import train_face
 from mega.train.hair import train_hair
-from mega.train.joint import train_joint
+from mega.train.joint import load_avatar, train_joint
 
 TINY_SUBJECT = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
 TINY_FACE = FaceConfig(tex_size=16, disp_size=16, uv_encoding_size=32, batch_size=15, iterations=2,
@@ -228,7 +228,6 @@ def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     assert (out / "joint.pt").is_file() and (out / "joint" / "val.png").is_file()
     # The canonical hair and the face's geometry stayed as they were.
     hair_before = torch.load(out / "hair.pt", weights_only=False)["hair"]
-    from mega.avatar import load_avatar
     avatar, _, _ = load_avatar(out, head)
     for name, value in avatar.hair.state_dict().items():
         assert torch.equal(value, hair_before[name]), name

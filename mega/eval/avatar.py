@@ -6,7 +6,8 @@ Per image, renders read as 8-bit images (the authors save PNGs and reload them):
                        truth × (object mask from the parsing × the rendered full mask), PSNR over
                        the whole frame
     psnr_hair          PSNR of the error over the ground-truth hair pixels
-    hair_iou           IoU of the rendered hair (α > 0.5) with the ground-truth hair mask
+    hair_iou           IoU of the rendered hair as the blend shows it (Â_hair = α·G(M_o) > 0.5)
+                       with the ground-truth hair mask (the visible hair, as the parsing sees it)
     face_only_psnr_head_paper   the same protocol for the face render alone (its mask = the mesh)
 
 The blend is evaluated as the authors evaluate it: the 2nd near-z and the cleaned occlusion mask.
@@ -29,7 +30,8 @@ from mega.report.avatar_figure import write_avatar_figure
 
 
 def hair_iou(alpha: Tensor, hair_mask: Tensor) -> Tensor:
-    """IoU [B] of the rendered hair (α > 0.5) with the ground-truth hair mask (both [B, 1, H, W])."""
+    """IoU [B] of a rendered hair alpha (> 0.5) with the ground-truth hair mask (both [B, 1, H, W]).
+    Callers pass the blend's Â_hair: hair hidden behind the head is not visible hair."""
     pred = alpha > 0.5
     union = (pred | hair_mask).flatten(1).sum(1)
     return (pred & hair_mask).flatten(1).sum(1) / union.clamp_min(1)
@@ -62,7 +64,7 @@ def evaluate_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, 
         obj = object_mask(batch["parsing"])[:, None]
         rgb, face_rgb = as_8bit(out["rgb"]), as_8bit(out["face"]["rgb"])
         used, face_used = obj * full_mask(out), obj & out["face"]["mask"]
-        per_image["hair_iou"] += hair_iou(out["hair"]["alpha"], hair).tolist()
+        per_image["hair_iou"] += hair_iou(out["hair_weight"], hair).tolist()
         for b, index in enumerate(indices):
             target = batch["image"][b]
             per_image["psnr_head_paper"].append(psnr_frame(rgb[b], target, used[b, 0]))

@@ -15,7 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mega.atomic import atomic_path
-from mega.avatar import RigidTable, load_avatar
+from mega.avatar import RigidTable
+from mega.train.joint import load_avatar
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
 from mega.eval.face import driving_parameters
 

@@ -139,7 +139,7 @@ class HairStage:
         total = sum(weights[k] * v for k, v in terms.items())
         with torch.no_grad():
             hair_mask, _, _ = batch_regions(batch)
-            iou = hair_iou(out["hair"]["alpha"], hair_mask).mean()
+            iou = hair_iou(out["hair_weight"], hair_mask).mean()
         return total, terms, {"hair_iou": iou, "n_gaussians": iou.new_tensor(float(self.hair.n))}
 
     def after_backward(self, step: int, optimizer: torch.optim.Optimizer) -> bool:
@@ -233,7 +233,7 @@ def evaluate_canonical_hair(stage: HairStage, dataset: SubjectDataset, device: t
         rotation, translation = stage.rigid(batch["timestep_index"])
         out = stage.avatar(flame, batch["camera"], rotation, translation, evaluation=True)
         hair_mask, _, _ = batch_regions(batch)
-        ious += hair_iou(out["hair"]["alpha"], hair_mask).tolist()
+        ious += hair_iou(out["hair_weight"], hair_mask).tolist()
         rgb = as_8bit(out["rgb"])
         psnrs += [psnr_masked(rgb[b], batch["image"][b], hair_mask[b, 0]) for b in range(rgb.shape[0])]
         if len(shown) < 4:

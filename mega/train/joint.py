@@ -24,6 +24,10 @@ from torch import Tensor, nn
 from mega import losses
 from mega.atomic import write_json
 from mega.avatar import Avatar, RigidTable, occlusion_depth_of
+from mega.errors import DataError
+from mega.face.config import FaceConfig
+from mega.face.model import NeuralFace
+from mega.flame.head_model import HeadModel
 from mega.data.parsing import batch_regions
 from mega.eval.avatar import evaluate_avatar, hair_iou
 from mega.face.frames import FrameParameters
@@ -115,7 +119,7 @@ class JointStage:
             hair_mask, _, _ = batch_regions(batch)
             mse = ((out["rgb"] - batch["image"]) ** 2).mean()
             extras = {"psnr_train": -10 * torch.log10(mse.clamp_min(1e-12)),
-                      "hair_iou": hair_iou(out["hair"]["alpha"], hair_mask).mean()}
+                      "hair_iou": hair_iou(out["hair_weight"], hair_mask).mean()}
         return total, terms, extras
 
 
@@ -170,3 +174,29 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
                                          config.val_views)
     write_json(work_dir / "metrics.json", metrics)
     return metrics
+
+
+def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device = "cpu"
+                ) -> tuple[Avatar, FrameParameters, dict]:
+    """The trained avatar of a run folder: ``joint.pt`` (the face as the joint stage left it, its
+    per-frame FLAME parameters, the deformation field) and ``hair.pt`` (the canonical hair).
+    Returns (avatar, per-frame FLAME parameters, the joint file's contents)."""
+    run_dir = Path(run_dir)
+    joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
+    for path in (joint_path, hair_path):
+        if not path.is_file():
+            raise DataError(f"{path}: not found; train the avatar first (rules train_hair, train_joint)")
+    joint = load_checkpoint(joint_path, device)
+    hair_state = load_checkpoint(hair_path, device)
+    face = NeuralFace(head, FaceConfig.from_dict(joint["face_config"], where=f"{joint_path} face_config")).to(device)
+    face.load_state_dict(model_weights(joint))
+    frames = FrameParameters.from_state_dict(joint["frames"]).to(device)
+    config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
+    hair = GaussianHair(0, config.sh_degree).to(device)
+    hair.load_state_dict(hair_state["hair"])
+    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
+                                   scale=config.deform_scale).to(device)
+    deformation.load_state_dict(joint["deformation"])
+    avatar = Avatar(face, hair, deformation, config, occlusion_depth_of(joint["variant"])).to(device)
+    avatar.eval()
+    return avatar, frames, joint
