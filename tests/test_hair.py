@@ -305,4 +305,12 @@ def test_cli_trains_both_stages(trained, tmp_path):
                  "--rigid", str(rigid), "--split", "test", "--out", str(tmp_path / "renders"), "--limit", "2",
                  "--device", "cpu"]) == 0
     assert len(list((tmp_path / "renders").glob("*.blend.png"))) == 2
+    assert main(["export", str(tmp_path), "--head-model", str(run.parent / "head_model"), "--out",
+                 str(tmp_path / "export"), "--timestep-index", "0", "--rigid", str(rigid)]) == 0
+    from mega.hair.ply import read_gaussian_ply
+    canonical = read_gaussian_ply(tmp_path / "export" / "hair_canonical.ply")
+    framed = read_gaussian_ply(tmp_path / "export" / "hair_t00000.ply")
+    n = torch.load(tmp_path / "hair.pt", weights_only=False)["hair"]["params.means"].shape[0]
+    assert canonical["means"].shape == (n, 3) and framed["sh"].shape == canonical["sh"].shape
+    assert (tmp_path / "export" / "face.obj").is_file() and (tmp_path / "export" / "face_diffuse.png").is_file()
     assert main(["train-hair", *common[:-3], "--settings", '{"hair_epochs": 0}']) == 2  # a clear error

@@ -91,9 +91,11 @@ class GaussianHair(nn.Module):
         self.active_degree.fill_(min(step // every, self.sh_degree))
 
 
-def nearest_neighbour_spacing(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+def nearest_neighbour_spacing(points: Tensor, k: int = 3, pair_budget: int = 1 << 26) -> Tensor:
     """sqrt of the mean squared distance [N] to the ``k`` nearest other points (3DGS's initial
-    scale), in chunks of rows so that 150k points fit in memory; floored at 1e-7 m."""
+    scale), in chunks of at most ``pair_budget`` point pairs (256 MB of float32) so that 150k
+    points fit in memory; floored at 1e-7 m."""
+    chunk = max(1, pair_budget // max(points.shape[0], 1))
     out = []
     for start in range(0, points.shape[0], chunk):
         d2 = torch.cdist(points[start:start + chunk], points).square_()
