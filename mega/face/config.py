@@ -1,4 +1,4 @@
-"""Settings of the neural mesh face and its training stage, with the Table 2 variants."""
+"""Settings of the neural mesh face and its training stage (Table 2's variants override them: config/ablations.yaml)."""
 
 from __future__ import annotations
 
@@ -104,22 +104,3 @@ class FaceConfig(Settings):
         if self.iterations:
             return self.iterations
         return self.epochs * max(n_images // min(self.batch_size, n_images), 1)
-
-
-# Table 2's variants as overrides of the face settings. The blending variants (gsdepth, allgs)
-# change nothing in the face stage.
-VARIANTS: dict[str, dict] = {
-    "mega": {},
-    "noview": {"view_texture": False},
-    "nodyn": {"dynamic_texture": False},
-    "nosubdiv": {"subdivision": False},
-    "nodisp": {"displacement": False},
-    "gsdepth": {},
-    "allgs": {},
-}
-
-
-def variant_config(base: FaceConfig, variant: str) -> FaceConfig:
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
-    return base.replace(**VARIANTS[variant])

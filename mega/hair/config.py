@@ -87,6 +87,8 @@ class HairConfig(Settings):
     # ---- blending (paper §3.3)
     near_z_alpha: float = 0.05
     early_stop_gap_mm: float = 100.0
+    occlusion_depth: str = "near_z"
+    """The hair depth of the occlusion test: near_z (the method) or alpha_depth (``gsdepth``)."""
     blur_kernel: int = 5
     blur_sigma: float = 1.5
 
@@ -109,6 +111,8 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'sh_degree' must be 0..3, got {self.sh_degree}")
         if not 0 < self.init_opacity < 1:
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
+        if self.occlusion_depth not in ("near_z", "alpha_depth"):
+            raise ConfigError(f"{where}: 'occlusion_depth' must be near_z or alpha_depth, got {self.occlusion_depth!r}")
         if self.blur_kernel % 2 == 0:
             raise ConfigError(f"{where}: 'blur_kernel' must be odd, got {self.blur_kernel}")
         if not self.deform_layers or min(self.deform_layers) < 1:
@@ -133,11 +137,3 @@ class HairConfig(Settings):
     @property
     def early_stop_gap_m(self) -> float:
         return self.early_stop_gap_mm / 1000.0
-
-
-# Table 2 (c): how the blending variants change the hair settings. The face variants change
-# nothing here (and the blending variants nothing in the face).
-BLEND_VARIANTS: dict[str, dict] = {
-    "gsdepth": {},  # the occlusion test uses the alpha-weighted depth (see mega.blend)
-    "allgs": {"early_stop_gap_mm": math.inf},
-}

@@ -20,14 +20,14 @@ from torch import Tensor, nn
 
 from mega import losses
 from mega.atomic import write_json
-from mega.avatar import Avatar, RigidTable, occlusion_depth_of
+from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import SubjectDataset, subject_extras
 from mega.data.parsing import batch_regions
 from mega.errors import DataError
 from mega.eval.avatar import hair_iou
 from mega.face.frames import FrameParameters
 from mega.face.model import NeuralFace
-from mega.hair.config import BLEND_VARIANTS, HairConfig
+from mega.hair.config import HairConfig
 from mega.hair.densify import Densifier, DensifyState
 from mega.hair.model import GaussianHair, sample_scalp_points
 from mega.train.checkpoint import save_checkpoint
@@ -43,10 +43,6 @@ RESUMABLE = {"hair_epochs", "hair_iterations", "checkpoint_every", "val_views", 
              "w_offsets", "w_aiap_xyz", "w_aiap_cov", "deform_layers", "deform_frequencies", "deform_scale",
              "aiap_neighbours"}
 """Settings the canonical hair does not depend on (the joint stage's) or that may change on resume."""
-
-
-def hair_config_for(base: HairConfig, variant: str) -> HairConfig:
-    return base.replace(**BLEND_VARIANTS.get(variant, {}))
 
 
 def open_hair_split(union_dir: Path, split: str) -> SubjectDataset:
@@ -180,7 +176,6 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     union_dir, run_dir = Path(union_dir).resolve(), Path(run_dir)
     work_dir = run_dir / "hair"
     device = pick_device(device)
-    config = hair_config_for(config, variant)
     torch.manual_seed(config.seed)
 
     dataset = open_hair_split(union_dir, "onef")
@@ -189,7 +184,7 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     face, frames = load_face(face_path, head, device)
     rigid = RigidTable(rigid_file["timestep"], rigid_file["rotation"], rigid_file["translation"]).to(device)
     hair = initial_hair(face, frames, timestep, config)
-    avatar = Avatar(face, hair, None, config, occlusion_depth_of(variant))
+    avatar = Avatar(face, hair, None, config)
     extent = scene_extent_m(dataset)
     steps = config.hair_steps_for(len(dataset))
     densifier = Densifier(config, config.hair_batch_size, extent, DensifyState(hair.n).to(device), steps)

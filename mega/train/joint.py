@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mega import losses
 from mega.atomic import write_json
-from mega.avatar import Avatar, RigidTable, occlusion_depth_of
+from mega.avatar import Avatar, RigidTable
 from mega.errors import DataError
 from mega.face.config import FaceConfig
 from mega.face.model import NeuralFace
@@ -37,7 +37,7 @@ from mega.hair.model import GaussianHair
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.checkpoint import load_checkpoint, save_checkpoint
 from mega.train.face import FaceStage, model_weights
-from mega.train.hair import hair_config_for, open_hair_split
+from mega.train.hair import open_hair_split
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,6 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     union_dir, run_dir = Path(union_dir).resolve(), Path(run_dir)
     work_dir = run_dir / "joint"
     device = pick_device(device)
-    config = hair_config_for(config, variant)
     torch.manual_seed(config.seed)
 
     dataset = open_hair_split(union_dir, "train")
@@ -144,7 +143,7 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     rigid = RigidTable.from_file(rigid_path).to(device)
     deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
                                    scale=config.deform_scale).to(device)
-    avatar = Avatar(face, hair, deformation, config, occlusion_depth_of(variant))
+    avatar = Avatar(face, hair, deformation, config)
     stage = JointStage(avatar, frames, rigid, config)
     steps = config.joint_steps_for(len(dataset))
     settings = LoopSettings(steps=steps, batch_size=config.joint_batch_size, seed=config.seed,
@@ -197,6 +196,6 @@ def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device
     deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
                                    scale=config.deform_scale).to(device)
     deformation.load_state_dict(joint["deformation"])
-    avatar = Avatar(face, hair, deformation, config, occlusion_depth_of(joint["variant"])).to(device)
+    avatar = Avatar(face, hair, deformation, config).to(device)
     avatar.eval()
     return avatar, frames, joint

@@ -5,6 +5,8 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+from mega.ablations import load_ablations
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 HEAD_MODEL_DIR = "results/head_model"
@@ -17,9 +19,15 @@ else:
     MEGA = f"{sys.executable} -m mega"
 
 
+# Table 2's variants: named overrides of the face and hair settings.
+ABLATIONS_FILE = str(Path(workflow.basedir) / "config" / "ablations.yaml")
+ABLATIONS = load_ablations(ABLATIONS_FILE)
+
+
 wildcard_constraints:
     subject=r"[A-Za-z0-9_\-]+",
-    variant=r"mega|noview|nodyn|nosubdiv|nodisp|gsdepth|allgs",
+    variant="|".join(ABLATIONS),
+    split=r"val|test",
 
 
 def real_subjects():
@@ -75,6 +83,7 @@ def face_settings(wildcards):
     else:
         settings.update(config["subjects"][wildcards.subject].get("face", {}))
     settings.setdefault("backend", config.get("backend", "auto"))
+    settings.update(ABLATIONS[wildcards.variant].face)
     return json.dumps(settings, separators=(",", ":"))
 
 
@@ -85,15 +94,14 @@ def hair_settings(wildcards):
         settings.update(config.get("synthetic", {}).get("hair", {}))
     else:
         settings.update(config["subjects"][wildcards.subject].get("hair", {}))
+    settings.update(ABLATIONS[wildcards.variant].hair)
     return json.dumps(settings, separators=(",", ":"))
 
 
-# The blending variants change nothing in the face: they reuse the full model's.
-BLEND_VARIANTS = ("gsdepth", "allgs")
-
-
 def face_of(wildcards):
-    variant = "mega" if wildcards.variant in BLEND_VARIANTS else wildcards.variant
+    """A variant without face overrides (the blending ones) reuses the full model's face."""
+    shared = ABLATIONS[wildcards.variant].shares_full_face
+    variant = "mega" if shared else wildcards.variant
     return f"results/train/{wildcards.subject}/{variant}/face.pt"
 
 
@@ -103,10 +111,37 @@ def default_targets():
         targets += [
             f"results/data/{SYNTHETIC}/summary.json",
             f"results/data/{SYNTHETIC}/contact_sheet.png",
-            f"results/train/{SYNTHETIC}/mega/face/metrics.json",
-            f"results/train/{SYNTHETIC}/mega/joint/metrics.json",
             f"results/export/{SYNTHETIC}/mega/hair_canonical.ply",
             f"results/export/{SYNTHETIC}/mega/face.obj",
         ]
     targets += expand("results/data/{subject}/summary.json", subject=real_subjects())
     return targets
+
+
+# Evaluation, tables and videos (workflow/rules/evaluate.smk).
+EVALUATION = config.get("evaluation", {})
+TABLES = config.get("tables", {})
+VIDEOS = config.get("videos", {})
+LPIPS_WEIGHTS = EVALUATION.get("lpips_weights", ".cache/mega/lpips_alex.pth")
+ABLATION_SUBJECT = TABLES.get("ablation_subject", SYNTHETIC)
+TABLE2_VARIANTS = TABLES.get(
+    "table2_variants", ["mega", "noview", "nodyn", "nosubdiv", "nodisp", "gsdepth", "allgs"]
+)
+
+
+def table1_subjects():
+    """Table 1's subjects: the config's list, else every real subject and the synthetic one."""
+    if TABLES.get("table1_subjects"):
+        return TABLES["table1_subjects"]
+    synthetic = [SYNTHETIC] if config.get("synthetic", {}).get("enabled", True) else []
+    return real_subjects() + synthetic
+
+
+def avatar_inputs(wildcards):
+    run = f"results/train/{wildcards.subject}/{wildcards.variant}"
+    return {
+        "joint": f"{run}/joint.pt",
+        "hair": f"{run}/hair.pt",
+        "rigid": f"results/preprocess/{wildcards.subject}/hair_rigid.npz",
+        "head_model": f"{HEAD_MODEL_DIR}/summary.json",
+    }

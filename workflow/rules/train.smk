@@ -21,13 +21,14 @@ rule train_face:
         gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
     params:
         mega=MEGA,
+        ablations=ABLATIONS_FILE,
         union=subject_union,
         head_model=lambda wc, input: str(Path(input.head_model).parent),
         settings=face_settings,
         out=lambda wc, output: str(Path(output.face).parent),
     shell:
         "{params.mega} train-face {params.union} --out {params.out} --head-model {params.head_model} "
-        "--variant {wildcards.variant} --settings '{params.settings}' --threads {threads} "
+        "--variant {wildcards.variant} --ablations {params.ablations} --settings '{params.settings}' --threads {threads} "
         "--on-settings-change restart > {log} 2>&1"
 
 
@@ -55,13 +56,14 @@ rule train_hair:
         gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
     params:
         mega=MEGA,
+        ablations=ABLATIONS_FILE,
         union=subject_union,
         head_model=lambda wc, input: str(Path(input.head_model).parent),
         settings=hair_settings,
         out=lambda wc, output: str(Path(output.hair).parent),
     shell:
         "{params.mega} train-hair {params.union} --out {params.out} --head-model {params.head_model} "
-        "--face {input.face} --rigid {input.rigid} --variant {wildcards.variant} "
+        "--face {input.face} --rigid {input.rigid} --variant {wildcards.variant} --ablations {params.ablations} "
         "--settings '{params.settings}' --threads {threads} --on-settings-change restart > {log} 2>&1"
 
 
@@ -91,13 +93,14 @@ rule train_joint:
         gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
     params:
         mega=MEGA,
+        ablations=ABLATIONS_FILE,
         union=subject_union,
         head_model=lambda wc, input: str(Path(input.head_model).parent),
         settings=hair_settings,
         out=lambda wc, output: str(Path(output.joint).parent),
     shell:
         "{params.mega} train-joint {params.union} --out {params.out} --head-model {params.head_model} "
-        "--face {input.face} --hair {input.hair} --rigid {input.rigid} --variant {wildcards.variant} "
+        "--face {input.face} --hair {input.hair} --rigid {input.rigid} --variant {wildcards.variant} --ablations {params.ablations} "
         "--settings '{params.settings}' --threads {threads} --on-settings-change restart > {log} 2>&1"
 
 

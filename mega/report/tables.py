@@ -1,0 +1,168 @@
+"""The paper's Table 1 and Table 2 from evaluation outputs (``metrics.json`` of ``mega evaluate``),
+beside the paper's reported numbers (``paper_results.yaml``), as CSV and Markdown.
+
+Table 1: per subject the full model's novel-view (val) and novel-expression (test) PSNR, SSIM
+and LPIPS, their mean over subjects, and the paper's rows marked ``reported``.
+Table 2: per variant on one subject PSNR, SSIM, LPIPS and Geo. MAE (novel view, as the paper's
+ablations), the paper's values beside them, and per metric whether the variant is worse than
+the full model in our measurement and in the paper's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from mega.atomic import write_text
+from mega.errors import DataError
+
+PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
+TABLE1_METRICS = {"nv": "val", "ne": "test"}  # column prefix: split
+METRICS = ("psnr", "ssim", "lpips")
+TABLE2_METRICS = ("psnr", "ssim", "lpips", "geo_mae_mm")
+LOWER_IS_BETTER = {"psnr": False, "ssim": False, "lpips": True, "geo_mae_mm": True}
+DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "geo_mae_mm": 2}
+FULL = "mega"
+
+
+def paper_results(path: str | Path = PAPER_FILE) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A ``metrics.json`` of ``mega evaluate``, checked for the metrics the tables use."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no evaluation here (run `mega evaluate`, or the rule evaluate, first)")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    missing = [k for k in (*METRICS, "depth_mae_mm") if k not in metrics]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)} (expected the output of `mega evaluate`)")
+    return metrics
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def table1(measured: dict[str, dict[str, dict]], paper: dict | None = None) -> pd.DataFrame:
+    """``measured``: subject → split (val, test) → metrics.json content. One row per subject, the
+    mean over subjects (when more than one), then the paper's rows."""
+    paper = paper or paper_results()
+    rows = []
+    for subject, splits in measured.items():
+        row = {"method": "MeGA (this run)", "subject": subject, "source": "measured"}
+        for prefix, split in TABLE1_METRICS.items():
+            for metric in METRICS:
+                row[f"{prefix}_{metric}"] = _number(splits[split][metric])
+        rows.append(row)
+    if len(rows) > 1:
+        mean = {"method": "MeGA (this run)", "subject": "mean", "source": "measured"}
+        for key in rows[0]:
+            if key not in mean:
+                mean[key] = sum(r[key] for r in rows) / len(rows)
+        rows.append(mean)
+    for reported in paper["table1"]["rows"]:
+        rows.append({"subject": "mean of 9 (NeRSemble)", "source": "reported", **reported})
+    columns = ["method", "subject", "source"] + [f"{p}_{m}" for p in TABLE1_METRICS for m in METRICS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def table2(measured: dict[str, dict], labels: dict[str, str], paper: dict | None = None) -> pd.DataFrame:
+    """``measured``: variant → the val split's metrics.json content (``mega`` first). Per metric:
+    ours, ours worse than the full model, the paper's, the paper's worse than its full model."""
+    if FULL not in measured:
+        raise DataError(f"Table 2 needs the full model ('{FULL}') among the variants, got {', '.join(measured)}")
+    paper = paper or paper_results()
+    reported = paper["table2"]["rows"]
+    ours = {v: {**{m: _number(x[m]) for m in METRICS}, "geo_mae_mm": _number(x["depth_mae_mm"])}
+            for v, x in measured.items()}
+    rows = []
+    for variant, values in ours.items():
+        row = {"variant": variant, "label": labels.get(variant, variant)}
+        for metric in TABLE2_METRICS:
+            row[metric] = values[metric]
+            row[f"{metric}_worse"] = _worse(metric, values[metric], ours[FULL][metric]) if variant != FULL else None
+            theirs = reported.get(variant, {}).get(metric, math.nan)
+            row[f"paper_{metric}"] = theirs
+            row[f"paper_{metric}_worse"] = (_worse(metric, theirs, reported[FULL][metric])
+                                            if variant != FULL and variant in reported else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _worse(metric: str, value: float, full: float) -> bool | None:
+    if math.isnan(value) or math.isnan(full):
+        return None
+    return value > full if LOWER_IS_BETTER[metric] else value < full
+
+
+def _fmt(value, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table1_markdown(table: pd.DataFrame, paper: dict | None = None) -> str:
+    paper = paper or paper_results()
+    head = ("| Method | Subject | Source | NV PSNR ↑ | NV SSIM ↑ | NV LPIPS ↓ | NE PSNR ↑ | NE SSIM ↑ | NE LPIPS ↓ |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for _, r in table.iterrows():
+        cells = [_fmt(r[f"{p}_{m}"], DIGITS[m]) for p in TABLE1_METRICS for m in METRICS]
+        lines.append(f"| {r['method']} | {r['subject']} | {r['source']} | " + " | ".join(cells) + " |")
+    return ("# Table 1: comparison with the state of the art\n\n"
+            "NV: novel view (val split); NE: novel expression (test split). Measured rows: this run, the "
+            "paper's protocol (render and ground truth masked by object mask × rendered mask, metrics over "
+            "the frame). Reported rows: " + paper["table1"]["source"] + ".\n\n" + head + "\n".join(lines) + "\n")
+
+
+def table2_markdown(table: pd.DataFrame, subject: str, paper: dict | None = None) -> str:
+    paper = paper or paper_results()
+    head = ("| Variant | Name | PSNR ↑ | SSIM ↑ | LPIPS ↓ | Geo. MAE (mm) ↓ | paper PSNR | paper SSIM | paper LPIPS | "
+            "paper Geo. MAE |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for _, r in table.iterrows():
+        ours = [_fmt(r[m], DIGITS[m]) + _flag(r[f"{m}_worse"]) for m in TABLE2_METRICS]
+        theirs = [_fmt(r[f"paper_{m}"], DIGITS[m]) + _flag(r[f"paper_{m}_worse"]) for m in TABLE2_METRICS]
+        lines.append(f"| {r['variant']} | {r['label']} | " + " | ".join(ours + theirs) + " |")
+    agree = _agreement(table)
+    return (f"# Table 2: ablations on subject {subject}\n\n"
+            "Novel-view split (val). ▼ marks a value worse than the full model's (row `mega`), in our measurement "
+            "and in the paper's. Paper: " + paper["table2"]["source"] + ".\n\n" + head + "\n".join(lines) +
+            f"\n\nWorse than the full model where the paper finds it worse: {agree}.\n")
+
+
+def _is_true(value) -> bool:
+    """True for a True flag in any of pandas' representations (bool, numpy bool, object); False
+    for False, None and NaN."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and bool(value)
+
+
+def _flag(worse) -> str:
+    return " ▼" if _is_true(worse) else ""
+
+
+def _agreement(table: pd.DataFrame) -> str:
+    """How many (variant, metric) cells where the paper's variant is worse are worse in ours too."""
+    both = total = 0
+    for _, r in table.iterrows():
+        for m in TABLE2_METRICS:
+            if _is_true(r[f"paper_{m}_worse"]):
+                total += 1
+                both += _is_true(r[f"{m}_worse"])
+    return f"{both} of {total} cells"
+
+
+def write_table(table: pd.DataFrame, markdown: str, csv_path: str | Path) -> tuple[Path, Path]:
+    """``csv_path`` and the Markdown beside it (same stem, ``.md``), atomically."""
+    csv_path = Path(csv_path)
+    md_path = csv_path.with_suffix(".md")
+    write_text(csv_path, table.to_csv(index=False, float_format="%.6g"))
+    write_text(md_path, markdown)
+    return csv_path, md_path

