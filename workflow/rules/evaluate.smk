@@ -176,6 +176,8 @@ rule video:
         ),
     log:
         "logs/videos/{subject}/{variant}/{kind}.log",
+    benchmark:
+        "results/benchmarks/video/{subject}/{variant}/{kind}.tsv"
     wildcard_constraints:
         kind="turntable|expression",
     conda:
