@@ -212,13 +212,12 @@ def _export(args) -> None:
                   pick_device(args.device))
 
 
-def _evaluate(args) -> None:
+def _trained_avatar(args):
+    """(device, avatar, per-frame FLAME parameters, joint.pt's contents, rigid table) of the run
+    folder ``args.run_dir``, with ``args.threads`` applied."""
     import torch
 
     from mega.avatar import RigidTable
-    from mega.eval.evaluate import evaluate_split
-    from mega.eval.lpips import load_lpips
-    from mega.eval.protocol import PaperMetrics
     from mega.flame.head_model import load_head_model_folder
     from mega.train.joint import load_avatar
     from mega.train.loop import pick_device
@@ -226,9 +225,18 @@ def _evaluate(args) -> None:
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
     device = pick_device(args.device)
-    lpips = load_lpips(args.lpips_weights, device)  # first: a missing weights file fails before any work
     avatar, frames, joint = load_avatar(args.run_dir, load_head_model_folder(args.head_model), device)
-    rigid = RigidTable.from_file(args.rigid).to(device)
+    return device, avatar, frames, joint, RigidTable.from_file(args.rigid).to(device)
+
+
+def _evaluate(args) -> None:
+    from mega.eval.evaluate import evaluate_split
+    from mega.eval.lpips import load_lpips
+    from mega.eval.protocol import PaperMetrics
+
+    lpips = load_lpips(args.lpips_weights)  # first: a missing weights file fails before any work
+    device, avatar, frames, joint, rigid = _trained_avatar(args)
+    lpips = lpips.to(device)
     about = {"subject": args.subject, "variant": joint.get("variant", "mega"), "run": str(args.run_dir)}
     summary = evaluate_split(avatar, frames, rigid, args.union, args.split, args.out, PaperMetrics(lpips), device,
                              batch_size=args.batch_size, save_renders=not args.no_renders, limit=args.limit,
@@ -238,19 +246,9 @@ def _evaluate(args) -> None:
 
 
 def _video(args) -> None:
-    import torch
-
-    from mega.avatar import RigidTable
-    from mega.flame.head_model import load_head_model_folder
     from mega.report.videos import expression_frames, turntable_frames, write_mp4
-    from mega.train.joint import load_avatar
-    from mega.train.loop import pick_device
 
-    if args.threads is not None:
-        torch.set_num_threads(max(args.threads, 1))
-    device = pick_device(args.device)
-    avatar, frames, _ = load_avatar(args.run_dir, load_head_model_folder(args.head_model), device)
-    rigid = RigidTable.from_file(args.rigid).to(device)
+    device, avatar, frames, _, rigid = _trained_avatar(args)
     if args.kind == "turntable":
         images = turntable_frames(avatar, frames, rigid, args.union, args.frames, args.degrees, device, not args.quiet)
     else:
@@ -464,10 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a trained avatar on the val (novel view) or test (novel expression) "
                                         "split under the paper's protocol: PSNR, SSIM, LPIPS, depth MAE per image")
-    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
-    p.add_argument("union", help="the subject's UNION folder")
-    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
-    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+    _trained_avatar_arguments(p)
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--out", required=True, help="output folder: metrics.csv, metrics.json, renders/")
     p.add_argument("--lpips-weights", required=True, help="LPIPS AlexNet weights written by `mega lpips-weights`")
@@ -475,26 +470,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--no-renders", action="store_true", help="write the metrics only")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _runtime_arguments(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("video", help="an MP4 of a trained avatar: a turntable (an orbit of novel views at one "
                                      "expression) or the novel-expression test sequence from one camera")
     p.add_argument("kind", choices=("turntable", "expression"))
-    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
-    p.add_argument("union", help="the subject's UNION folder")
-    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
-    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+    _trained_avatar_arguments(p)
     p.add_argument("--out", required=True, help="the .mp4 to write")
     p.add_argument("--frames", type=int, default=90, help="turntable: frames of the orbit")
     p.add_argument("--degrees", type=float, default=60.0, help="turntable: swing left and right of the camera")
     p.add_argument("--camera", type=int, default=8, help="expression: the camera index (8: frontal)")
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _runtime_arguments(p)
     p.set_defaults(func=_video)
 
     p = sub.add_parser("figure", help="figures of results: a run's training curves of all three stages (curves), "
@@ -528,6 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write it again even if it exists")
     p.set_defaults(func=_lpips_weights)
     return parser
+
+
+def _trained_avatar_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+
+
+def _runtime_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
