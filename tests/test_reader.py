@@ -146,6 +146,34 @@ def test_malformed_json_and_bad_matrix(broken):
         SubjectDataset(broken, "test")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["frames"][0].update(transform_matrix=[["a"] * 4] * 4), r"frame 0: 'transform_matrix' = .* is not a 4 x 4"),
+    (lambda m: m["frames"][1].update(fl_x="wide"), r"frame 1: 'fl_x' = 'wide' is not a number"),
+    (lambda m: m["frames"][2].update(timestep_index="first"), r"frame 2: 'timestep_index' = 'first' is not a number"),
+    (lambda m: m["frames"][2].update(camera_index=8.5), r"frame 2: 'camera_index' = 8.5 is not a whole number"),
+    (lambda m: m["frames"].__setitem__(0, [1, 2]), r"frame 0 is a list, expected an object"),
+])
+def test_non_numeric_fields_are_named(broken, edit, message):
+    _edit_json(broken / "transforms_val.json", edit)
+    with pytest.raises(DataError, match=rf"transforms_val\.json: {message}"):
+        SubjectDataset(broken, "val")
+
+
+def test_transforms_json_that_is_a_list(broken):
+    (broken / "transforms_val.json").write_text("[1, 2, 3]")
+    with pytest.raises(DataError, match=r"transforms_val\.json: expected a JSON object .* got a list"):
+        SubjectDataset(broken, "val")
+
+
+def test_depth_coordinates_out_of_range(tmp_path):
+    from mega.data.depth import read_depth
+
+    path = tmp_path / "depth.npz"
+    np.savez(path, coords=np.array([[0, 5], [0, 1]]), data=np.array([1.0, 1.0], np.float32), shape=np.array([4, 4]))
+    with pytest.raises(DataError, match=r"depth\.npz: 'coords' must be whole row/column indices inside the 4x4 map"):
+        read_depth(path)
+
+
 def test_flame_npz_with_wrong_shape(broken):
     ds = SubjectDataset(broken, "val")
     path = ds.frames.resolve(ds.frames.flame_paths[0])

@@ -123,6 +123,17 @@ def test_bad_options_are_refused(tmp_path, capsys):
     assert "9 cameras" in capsys.readouterr().err
 
 
+def test_a_rig_of_nine_to_fifteen_cameras_keeps_camera_8_frontal(tmp_path):
+    from mega.data.rig import nersemble_like_rig
+
+    for n in range(9, 17):
+        centres = torch.stack([torch.linalg.inv(c.world_to_camera)[:3, 3] for c in nersemble_like_rig(28, 40, n)])
+        frontness = centres[:, 2] / centres.norm(dim=1)
+        assert int(frontness.argmax()) == 8, n
+    union = make_subject(tmp_path / "nine", "--cameras", "9")
+    assert validate_union(union) == []
+
+
 def test_hair_quaternions_round_trip():
     import torch
 

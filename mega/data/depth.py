@@ -32,6 +32,10 @@ def read_depth(path: str | Path, expected_hw: tuple[int, int] | None = None) -> 
                         f"expected coords (2, {data.shape[0]}) for a 2-D map")
     if expected_hw is not None and shape != tuple(expected_hw):
         raise DataError(f"{path}: depth map is {shape[0]}x{shape[1]} (h x w), expected {expected_hw[0]}x{expected_hw[1]}")
+    if coords.size and (not np.issubdtype(coords.dtype, np.integer) or coords.min() < 0
+                        or (coords.max(axis=1) >= np.asarray(shape)).any()):
+        raise DataError(f"{path}: 'coords' must be whole row/column indices inside the {shape[0]}x{shape[1]} map "
+                        f"(found rows {coords[0].min()}..{coords[0].max()}, columns {coords[1].min()}..{coords[1].max()})")
     fill = float(fields.get("fill_value", 0.0))
     depth = np.full(shape, fill, dtype=np.float32)
     depth[coords[0], coords[1]] = data

@@ -64,6 +64,27 @@ def read_sequence_list(path: Path) -> list[str]:
     return names
 
 
+def _number(value, where: str, key: str) -> float:
+    """A finite number from a JSON field, or a DataError naming the file, frame and field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataError(f"{where}: '{key}' = {value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{where}: '{key}' = {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise DataError(f"{where}: '{key}' = {value!r} is not finite")
+    return number
+
+
+def _integer(value, where: str, key: str) -> int:
+    """A whole number from a JSON field (``3`` or ``3.0``; a string of digits too)."""
+    number = _number(value, where, key)
+    if number != int(number):
+        raise DataError(f"{where}: '{key}' = {value!r} is not a whole number")
+    return int(number)
+
+
 class SubjectFrames:
     """The frames of one split as flat arrays (index i = one image of one camera at one time)."""
 
@@ -73,6 +94,9 @@ class SubjectFrames:
         self.split = split
         self.json_path = self.union_dir / f"transforms_{split}.json"
         meta = _read_json(self.json_path)
+        if not isinstance(meta, dict):
+            raise DataError(f"{self.json_path}: expected a JSON object with 'frames' and the shared intrinsics at "
+                            f"the top level, got a {type(meta).__name__}")
         frames = meta.get("frames")
         if not isinstance(frames, list):
             raise DataError(f"{self.json_path}: field 'frames' is missing or not a list")
@@ -87,6 +111,9 @@ class SubjectFrames:
         paths = {"file_path": [], "fg_mask_path": [], "flame_param_path": []}
         for i, frame in enumerate(frames):
             where = f"{self.json_path}: frame {i}"
+            if not isinstance(frame, dict):
+                raise DataError(f"{where} is a {type(frame).__name__}, expected an object with fields "
+                                f"{', '.join(_REQUIRED_FRAME_FIELDS)}")
             for key in _REQUIRED_FRAME_FIELDS:
                 if key not in frame:
                     raise DataError(f"{where} has no field '{key}' (each frame needs {', '.join(_REQUIRED_FRAME_FIELDS)})")
@@ -95,15 +122,19 @@ class SubjectFrames:
                 value = frame.get(key, meta.get(key))
                 if value is None:
                     raise DataError(f"{where} has no field '{key}', and the file has no top-level '{key}'")
-                values.append(float(value))
+                values.append(_number(value, where, key))
             self.intrinsics[i] = values[:4]
             self.size_wh[i] = values[4:]
-            matrix = np.asarray(frame["transform_matrix"], dtype=np.float64)
-            if matrix.shape != (4, 4):
-                raise DataError(f"{where}: 'transform_matrix' has shape {matrix.shape}, expected (4, 4)")
+            try:
+                matrix = np.asarray(frame["transform_matrix"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: 'transform_matrix' = {frame['transform_matrix']!r} is not a 4 x 4 matrix "
+                                f"of numbers (the camera-to-world transform, OpenGL convention)") from None
+            if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+                raise DataError(f"{where}: 'transform_matrix' has shape {matrix.shape}, expected (4, 4) of finite numbers")
             self.c2w_opengl[i] = matrix
-            self.timestep[i] = int(frame["timestep_index"])
-            self.camera_index[i] = int(frame["camera_index"])
+            self.timestep[i] = _integer(frame["timestep_index"], where, "timestep_index")
+            self.camera_index[i] = _integer(frame["camera_index"], where, "camera_index")
             for key in paths:
                 paths[key].append(str(frame[key]))
         # Fixed-width byte strings: one buffer, no per-element Python objects.

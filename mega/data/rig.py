@@ -33,9 +33,10 @@ def nersemble_like_rig(width: int, height: int, n_cameras: int = 16, distance_m:
                        target=(0.0, -0.02, 0.0), focal_per_height: float = 2.0,
                        principal_offset_px: tuple[float, float] = (0.03, -0.02)) -> list[Camera]:
     """Cameras on a ±75° arc, alternating between two heights, frontal camera at index 8
-    (or the middle when fewer cameras). The principal point is off-centre by the given
-    fractions of the image size, as in real calibrations."""
-    frontal = min(FRONTAL_CAMERA, n_cameras // 2)
+    (the val camera, whenever there are 9 cameras or more; the middle one of a smaller rig). The
+    principal point is off-centre by the given fractions of the image size, as in real
+    calibrations."""
+    frontal = FRONTAL_CAMERA if n_cameras > FRONTAL_CAMERA else n_cameras // 2
     others = n_cameras - 1
     azimuths = np.linspace(-75.0, 75.0, others) if others > 1 else np.zeros(others)
     elevations = np.where(np.arange(others) % 2 == 0, 12.0, -8.0)
