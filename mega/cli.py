@@ -81,6 +81,23 @@ def _inspect_subject(args) -> None:
     write_json(args.out, summary)
 
 
+def _ingest(args) -> None:
+    from mega.atomic import write_json
+    from mega.data.ingest import ingest_subject
+    from mega.errors import DataError
+
+    out = Path(args.out)
+    inventory, problems = ingest_subject(args.union)
+    write_json(out / "inventory.json", inventory)
+    if problems:
+        listed = "\n  ".join(problems)
+        raise DataError(f"{args.union}: {len(problems)} problem(s), also in {out / 'inventory.json'}:\n  {listed}")
+    args.splits, args.out = ("train", "val", "test", "onef"), str(out / "summary.json")
+    _inspect_subject(args)
+    extras = ", ".join(f"{k} {v}" for k, v in inventory["extras"].items())
+    log.info("%s: %d images, extras: %s", args.union, inventory["images"], extras)
+
+
 def _synth(args) -> None:
     import time
 
@@ -347,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="template OBJ with UVs (head_template_mesh.obj), with --source flame")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_head_model)
+
+    p = sub.add_parser("ingest", help="check a subject's UNION folder (every file, split, camera and FLAME shape), "
+                                      "list every problem, and write inventory.json and summary.json")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--out", required=True, help="folder for inventory.json and summary.json (results/data/<subject>)")
+    p.set_defaults(func=_ingest)
 
     p = sub.add_parser("inspect-subject", help="read every split of a subject and summarise it as JSON")
     p.add_argument("union", help="the subject's UNION folder")

@@ -21,15 +21,18 @@ rule synthesize:
         "{params.mega} synth {params.out} --subject {params.subject} {params.args} --quiet > {log} 2>&1"
 
 
-rule inspect_subject:
+rule ingest:
+    """A real subject's UNION folder checked before any training (every problem listed) and
+    summarised; the images stay where they are."""
     input:
         union=union_dir,
     output:
-        "results/data/{subject}/summary.json",
+        summary="results/data/{subject}/summary.json",
+        inventory="results/data/{subject}/inventory.json",
     log:
-        "logs/inspect_subject/{subject}.log",
+        "logs/ingest/{subject}.log",
     benchmark:
-        "results/benchmarks/inspect_subject/{subject}.tsv"
+        "results/benchmarks/ingest/{subject}.tsv"
     wildcard_constraints:
         # The synthetic subject's summary comes from synthesize.
         subject=rf"(?!{SYNTHETIC}/)[A-Za-z0-9_\-]+",
@@ -41,9 +44,10 @@ rule inspect_subject:
         runtime=30,
     params:
         mega=MEGA,
+        out=lambda wc, output: str(Path(output.summary).parent),
     shell:
-        "{params.mega} inspect-subject {input.union} --out {output} > {log} 2>&1"
+        "{params.mega} ingest {input.union} --out {params.out} > {log} 2>&1"
 
 
 localrules:
-    inspect_subject,
+    ingest,

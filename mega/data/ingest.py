@@ -1,0 +1,76 @@
+"""Ingest of a real subject: check its UNION folder before any training and say what it holds.
+
+``ingest_subject(union)`` reads every split with the reader's own checks, runs the layout
+validator (every file the reader needs, the splits, the cameras, the FLAME parameter shapes)
+and counts MeGA's extras (face parsing, depth maps) per image. It returns the inventory and
+the list of problems, all of them, each naming the file and field; the images are not copied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mega.data.gaussian_avatars import SubjectFrames
+from mega.data.validate import validate_union
+from mega.errors import MegaError
+
+SPLITS = ("train", "val", "test", "onef")
+EXTRAS = {"parsing": "{stem}_labels.png", "depths": "{stem}.npz"}
+
+
+def _extras_present(frames: SubjectFrames) -> dict[str, int]:
+    """Per extra folder, how many of the split's images have their file (parsing, depths)."""
+    counts = dict.fromkeys(EXTRAS, 0)
+    for i in range(len(frames)):
+        image = frames.resolve(frames.image_paths[i])
+        for folder, pattern in EXTRAS.items():
+            counts[folder] += (image.parent.parent / folder / pattern.format(stem=image.stem)).is_file()
+    return counts
+
+
+def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
+    """(inventory, problems) of a UNION folder. The inventory says per split how many frames,
+    cameras and timesteps it has and how many images have parsing and depth; ``extras`` is
+    ``all``, ``none`` or ``partial`` per extra over the whole subject."""
+    union = Path(union)
+    if not union.is_dir():
+        return {"union": str(union)}, [f"{union}: folder not found (subjects.<id>.union in config/config.yaml)"]
+    inventory: dict = {"union": str(union.resolve()), "splits": {}}
+    problems: list[str] = []
+    totals = {"images": 0, **dict.fromkeys(EXTRAS, 0)}
+    for split in SPLITS:
+        if split == "onef" and not (union / "transforms_onef.json").is_file():
+            inventory["splits"]["onef"] = None
+            continue
+        try:
+            frames = SubjectFrames(union, split)
+        except MegaError as error:
+            problems.append(str(error))
+            continue
+        present = _extras_present(frames)
+        inventory["splits"][split] = {
+            "frames": len(frames), "cameras": sorted({int(c) for c in frames.camera_index}),
+            "timesteps": len(set(frames.timestep.tolist())), "image_wh": [int(v) for v in frames.size_wh[0]],
+            **{f"with_{k}": v for k, v in present.items()},
+        }
+        if split != "onef":
+            totals["images"] += len(frames)
+            for k in EXTRAS:
+                totals[k] += present[k]
+    try:
+        problems += validate_union(union, extras=False)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+        problems.append(f"{union}: the layout check stopped at {type(error).__name__}: {error}")
+    inventory["images"] = totals["images"]
+    inventory["extras"] = {k: ("none" if totals[k] == 0 else "all" if totals[k] == totals["images"] else "partial")
+                           for k in EXTRAS}
+    for k in EXTRAS:
+        if inventory["extras"][k] == "partial":
+            problems.append(f"{union}: {totals[k]} of {totals['images']} images have {k}/ files; a subject has them "
+                            f"for every image or for none (make them with the preprocessing rules)")
+    if inventory["splits"].get("onef") is None:
+        inventory["notes"] = ["no transforms_onef.json: the canonical-hair stage needs the one-frame split"]
+    inventory["problems"] = problems
+    # The reader validates each split again when training opens it; this is the early, complete report.
+    return inventory, list(dict.fromkeys(problems))

@@ -1,0 +1,53 @@
+"""Ingest of a subject folder: a valid one is summarised, a broken one fails before any
+training with every problem listed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from mega.cli import main
+from mega.data.fixtures import write_fixture_subject
+from mega.data.ingest import ingest_subject
+
+
+def test_a_valid_subject_is_inventoried(tmp_path):
+    union = write_fixture_subject(tmp_path / "data")
+    assert main(["ingest", str(union), "--out", str(tmp_path / "out")]) == 0
+    inventory = json.loads((tmp_path / "out" / "inventory.json").read_text())
+    assert inventory["problems"] == [] and inventory["extras"] == {"parsing": "all", "depths": "all"}
+    assert inventory["splits"]["val"]["cameras"] == [8] and inventory["splits"]["train"]["with_parsing"] > 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["splits"]) >= {"train", "val", "test"}
+
+
+def test_a_subject_without_extras_is_valid_and_says_so(tmp_path):
+    union = write_fixture_subject(tmp_path / "data", extras=False)
+    inventory, problems = ingest_subject(union)
+    assert problems == [] and inventory["extras"] == {"parsing": "none", "depths": "none"}
+
+
+def test_every_problem_is_listed_with_its_file(tmp_path, capsys):
+    union = write_fixture_subject(tmp_path / "data")
+    sequence = union.parent / "999_EXP-1_v16_synthetic"
+    shutil.rmtree(sequence / "fg_masks")  # every mask of one sequence
+    (sequence / "parsing" / "00000_03_labels.png").unlink()  # parsing for all images but one
+    flame = sequence / "flame_param" / "00001.npz"
+    with np.load(flame) as npz:
+        params = dict(npz)
+    params["expr"] = params["expr"][:, :50]
+    np.savez(flame, **params)
+    assert main(["ingest", str(union), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "fg_mask_path" in err and "fg_masks/00000_00.png" in err
+    assert f"{flame}: 'expr'" in err
+    assert "have parsing/ files" in err
+    inventory = json.loads((tmp_path / "out" / "inventory.json").read_text())
+    assert len(inventory["problems"]) >= 3 and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_missing_folder_is_named(tmp_path, capsys):
+    assert main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "nowhere: folder not found" in capsys.readouterr().err
