@@ -98,6 +98,22 @@ def _ingest(args) -> None:
     log.info("%s: %d images, extras: %s", args.union, inventory["images"], extras)
 
 
+def _parse_faces(args) -> None:
+    import torch
+
+    from mega.atomic import write_json
+    from mega.data.face_parsing import load_parser, parse_subject
+    from mega.train.loop import pick_device
+
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
+    device = pick_device(args.device)
+    network = load_parser(args.model, args.weights, device)
+    counts = parse_subject(args.union, args.out, network, args.model, device, args.batch_size, not args.quiet)
+    write_json(Path(args.out) / "summary.json", counts)
+    log.info("parsed %d images (%d were already there) into %s", counts["parsed"], counts["already_there"], args.out)
+
+
 def _synth(args) -> None:
     import time
 
@@ -370,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("union", help="the subject's UNION folder")
     p.add_argument("--out", required=True, help="folder for inventory.json and summary.json (results/data/<subject>)")
     p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("parse-faces", help="face parsing of every image of a subject with facexlib's ParseNet or "
+                                           "BiSeNet (labels in CelebAMask-HQ order); resumes where it stopped")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--out", required=True, help="folder of <sequence>/<timestep>_<camera>_labels.png")
+    p.add_argument("--model", default="parsenet", choices=("parsenet", "bisenet"))
+    p.add_argument("--weights", required=True, help="the parser's state dict (facexlib's parsing_<model>.pth)")
+    p.add_argument("--batch-size", type=int, default=8)
+    _runtime_arguments(p)
+    p.set_defaults(func=_parse_faces)
 
     p = sub.add_parser("inspect-subject", help="read every split of a subject and summarise it as JSON")
     p.add_argument("union", help="the subject's UNION folder")

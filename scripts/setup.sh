@@ -26,11 +26,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp="$VENV/.mega-installed"
-if ! { [ -f "$stamp" ] && [ "$stamp" -nt requirements.txt ] && [ "$stamp" -nt pyproject.toml ]; }; then
+if ! { [ -f "$stamp" ] && [ "$stamp" -nt requirements.txt ] && [ "$stamp" -nt requirements-nodeps.txt ] \
+       && [ "$stamp" -nt pyproject.toml ]; }; then
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   echo "setup: installing Python packages into $VENV (torch is large; this takes a few minutes)"
   "$VENV/bin/python" -m pip install -q -r requirements.txt
+  "$VENV/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt
   "$VENV/bin/python" -m pip install -q --no-deps -e .
   touch "$stamp"
 fi

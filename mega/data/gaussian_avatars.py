@@ -234,8 +234,8 @@ class SubjectDataset(Dataset):
             raise IndexError(i)
         f = self.frames
         w, h = (int(x) for x in f.size_wh[i])
-        image = _read_png(f.resolve(f.image_paths[i]), "RGB", (w, h))
-        mask = _read_png(f.resolve(f.mask_paths[i]), "L", (w, h))
+        image = read_png(f.resolve(f.image_paths[i]), "RGB", (w, h))
+        mask = read_png(f.resolve(f.mask_paths[i]), "L", (w, h))
         sample = {
             "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
             "fg_mask": torch.from_numpy(mask)[None].float().div_(255.0),
@@ -247,7 +247,7 @@ class SubjectDataset(Dataset):
         }
         if self.has_parsing:
             path = self.parsing_path(i)
-            labels = _read_png(path, None, (w, h))
+            labels = read_png(path, None, (w, h))
             if labels.ndim != 2 or labels.max(initial=0) >= N_LABELS:
                 raise DataError(f"{path}: expected one channel of labels 0..{N_LABELS - 1}, found shape "
                                 f"{labels.shape} with max {labels.max(initial=0)}")
@@ -281,7 +281,7 @@ def _cached_flame_params(path: str) -> dict[str, np.ndarray]:
     return read_flame_params(path)
 
 
-def _read_png(path: Path, mode: str | None, expected_wh: tuple[int, int]) -> np.ndarray:
+def read_png(path: Path, mode: str | None, expected_wh: tuple[int, int]) -> np.ndarray:
     """Decode an image fully (so truncation is caught here) → uint8 [H, W] or [H, W, C]."""
     try:
         with Image.open(path) as img:
