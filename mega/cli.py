@@ -114,6 +114,13 @@ def _parse_faces(args) -> None:
     log.info("parsed %d images (%d were already there) into %s", counts["parsed"], counts["already_there"], args.out)
 
 
+def _overlay(args) -> None:
+    from mega.data.overlay import build_overlay
+
+    union = build_overlay(args.union, args.out, args.parsing, args.depths, args.onef_timestep)
+    log.info("the subject as training reads it: %s", union)
+
+
 def _synth(args) -> None:
     import time
 
@@ -396,6 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     _runtime_arguments(p)
     p.set_defaults(func=_parse_faces)
+
+    p = sub.add_parser("overlay", help="the subject as training reads it: its UNION folder with the preprocessing "
+                                       "outputs (parsing, depths, a one-frame split) in place, images linked, not copied")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--out", required=True, help="the overlay's root (results/preprocess/<subject>/union)")
+    p.add_argument("--parsing", help="folder of <sequence>/<timestep>_<camera>_labels.png (`mega parse-faces`)")
+    p.add_argument("--depths", help="folder of <sequence>/<timestep>_<camera>.npz (`mega import-depth`)")
+    p.add_argument("--onef-timestep", type=int, help="the one-frame split's timestep when the subject has no "
+                                                     "transforms_onef.json (default: the first train timestep)")
+    p.set_defaults(func=_overlay)
 
     p = sub.add_parser("inspect-subject", help="read every split of a subject and summarise it as JSON")
     p.add_argument("union", help="the subject's UNION folder")

@@ -3,6 +3,7 @@ stage, the report, a second run that does nothing, and the plans of single targe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,33 @@ def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
     assert report.returncode == 0, report.stderr[-3000:]
     html = (workdir / "report.html").read_text(errors="replace")
     assert "table1.csv" in html and "turntable.mp4" in html
+
+
+def test_a_real_subject_without_parsing_goes_from_ingest_to_its_metrics(tmp_path):
+    """A subject folder without parsing or a one-frame split: ingest, parse_faces (a parser of
+    the right architecture with weights this test saves), the overlay, two steps of each stage
+    and its evaluation, through the workflow's own rules."""
+    import torch
+
+    from mega.data.face_parsing import build_parser
+    from mega.data.fixtures import write_fixture_subject
+
+    if not LPIPS_WEIGHTS.is_file():
+        pytest.fail(f"{LPIPS_WEIGHTS} is missing: run `make setup` (it makes the LPIPS weights)")
+    union = write_fixture_subject(tmp_path / "data", n_sequences=2, n_timesteps=2, n_cameras=9, extras=False,
+                                  width=32, height=44)
+    (union / "transforms_onef.json").unlink(missing_ok=True)
+    torch.manual_seed(0)
+    torch.save(build_parser("bisenet").state_dict(), tmp_path / "bisenet.pth")
+    tiny = {**TINY, "synthetic": {"enabled": False}, "subjects": {"999": {
+        "union": str(union), "face": {**TINY["synthetic"]["face"], "require_parsing": False},
+        "hair": TINY["synthetic"]["hair"]}},
+        "preprocess": {"parsing_model": "bisenet", "parsing_weights": str(tmp_path / "bisenet.pth")}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    result = snakemake(tmp_path, "--cores", "2", "results/eval/999/mega/val/metrics.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(list((tmp_path / "results" / "preprocess" / "999" / "parsing").rglob("*_labels.png"))) == 2 * 2 * 9
+    overlay = tmp_path / "results" / "preprocess" / "999" / "union" / union.name
+    assert (overlay / "transforms_onef.json").is_file() and not (union / "transforms_onef.json").exists()
+    metrics = json.loads((tmp_path / "results" / "eval" / "999" / "mega" / "val" / "metrics.json").read_text())
+    assert metrics["n_images"] == 2 and metrics["psnr"] > 0  # camera 8 at the 2 frames of the train sequence

@@ -43,7 +43,7 @@ Extra = Literal["auto", "require", "off"]
 EXTRA_FOLDERS = {"parsing": "face parsing", "depths": "depth maps"}
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -93,7 +93,7 @@ class SubjectFrames:
         self.union_dir = Path(union_dir).resolve()
         self.split = split
         self.json_path = self.union_dir / f"transforms_{split}.json"
-        meta = _read_json(self.json_path)
+        meta = read_json(self.json_path)
         if not isinstance(meta, dict):
             raise DataError(f"{self.json_path}: expected a JSON object with 'frames' and the shared intrinsics at "
                             f"the top level, got a {type(meta).__name__}")

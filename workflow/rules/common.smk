@@ -6,6 +6,7 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from mega.ablations import load_ablations
+from mega.data.overlay import has_extra
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -68,11 +69,45 @@ def synth_args():
     )
 
 
+PREPROCESS = config.get("preprocess", {})
+
+
 def subject_union(wildcards):
-    """The UNION folder of a subject: the synthetic one's, or the config's."""
+    """The UNION folder training reads: the synthetic one's, or a real subject's overlay (its
+    own folder with the preprocessing outputs in place; rule prepare_subject)."""
     if wildcards.subject == SYNTHETIC:
         return f"results/data/{SYNTHETIC}/UNION10_{SYNTHETIC}_v16_synthetic"
-    return config["subjects"][wildcards.subject]["union"]
+    name = Path(config["subjects"][wildcards.subject]["union"]).name
+    return f"results/preprocess/{wildcards.subject}/union/{name}"
+
+
+def subject_ready(wildcards):
+    """The file that says a subject can be trained: the synthetic summary, or the overlay's."""
+    if wildcards.subject == SYNTHETIC:
+        return f"results/data/{SYNTHETIC}/summary.json"
+    return f"results/preprocess/{wildcards.subject}/union/overlay.json"
+
+
+def needs_parsing(subject):
+    """A real subject whose sequence folders have no parsing/: rule parse_faces makes it."""
+    return not has_extra(config["subjects"][subject]["union"], "parsing")
+
+
+def overlay_inputs(wildcards):
+    inputs = {"inventory": f"results/data/{wildcards.subject}/inventory.json"}
+    if needs_parsing(wildcards.subject):
+        inputs["parsing"] = f"results/preprocess/{wildcards.subject}/parsing/summary.json"
+    return inputs
+
+
+def overlay_args(wildcards, input):
+    args = []
+    if "parsing" in input.keys():
+        args.append(f"--parsing {Path(input.parsing).parent}")
+    timestep = PREPROCESS.get("onef_timestep")
+    if timestep is not None:
+        args.append(f"--onef-timestep {timestep}")
+    return " ".join(args)
 
 
 def face_settings(wildcards):

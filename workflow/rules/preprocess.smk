@@ -2,7 +2,7 @@ rule hair_rigid:
     """The hair's per-frame rigid transforms (paper eq. 5): the canonical frame's scalp ICP-aligned
     onto every frame's, from the tracked FLAME parameters, for every split."""
     input:
-        subject="results/data/{subject}/summary.json",
+        subject=subject_ready,
         head_model=f"{HEAD_MODEL_DIR}/summary.json",
     output:
         "results/preprocess/{subject}/hair_rigid.npz",
@@ -23,3 +23,57 @@ rule hair_rigid:
     shell:
         "{params.mega} hair-rigid {params.union} --head-model {params.head_model} --out {output} "
         "> {log} 2>&1"
+
+
+rule parse_faces:
+    """Face parsing of a real subject without it: facexlib's parser (preprocess.parsing_model)
+    with the weights file of preprocess.parsing_weights, on the GPU when there is one; resumes
+    where an interrupted run stopped."""
+    input:
+        inventory="results/data/{subject}/inventory.json",
+    output:
+        "results/preprocess/{subject}/parsing/summary.json",
+    log:
+        "logs/parse_faces/{subject}.log",
+    benchmark:
+        "results/benchmarks/parse_faces/{subject}.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    params:
+        mega=MEGA,
+        union=union_dir,
+        model=PREPROCESS.get("parsing_model", "parsenet"),
+        weights=PREPROCESS.get("parsing_weights", ""),
+        out=lambda wc, output: str(Path(output[0]).parent),
+    shell:
+        "{params.mega} parse-faces {params.union} --out {params.out} --model {params.model} "
+        "--weights '{params.weights}' --threads {threads} --quiet > {log} 2>&1"
+
+
+rule prepare_subject:
+    """A real subject as training reads it: its own folder, with the parsing made here (when it
+    had none) and a one-frame split (when it had none) in place; images linked, not copied."""
+    input:
+        unpack(overlay_inputs),
+    output:
+        "results/preprocess/{subject}/union/overlay.json",
+    log:
+        "logs/prepare_subject/{subject}.log",
+    conda:
+        "../../envs/mega.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        mega=MEGA,
+        union=union_dir,
+        args=overlay_args,
+        out=lambda wc, output: str(Path(output[0]).parent),
+    shell:
+        "{params.mega} overlay {params.union} --out {params.out} {params.args} > {log} 2>&1"

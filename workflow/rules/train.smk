@@ -2,7 +2,7 @@ rule train_face:
     """Stage 1: the neural mesh face of one subject and variant. An interrupted job resumes from
     face/checkpoint.pt; a job rerun because the settings changed starts over."""
     input:
-        subject="results/data/{subject}/summary.json",
+        subject=subject_ready,
         head_model=f"{HEAD_MODEL_DIR}/summary.json",
     output:
         face="results/train/{subject}/{variant}/face.pt",
