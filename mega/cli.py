@@ -114,6 +114,18 @@ def _parse_faces(args) -> None:
     log.info("parsed %d images (%d were already there) into %s", counts["parsed"], counts["already_there"], args.out)
 
 
+def _import_depth(args) -> None:
+    from mega.atomic import write_json
+    from mega.data.metashape import import_metashape_depth
+
+    report = import_metashape_depth(args.union, args.export, args.out, args.depth_units, args.tolerance_mm,
+                                    not args.quiet)
+    write_json(Path(args.out) / "summary.json", report)
+    worst = max(c["residual_mm"] for c in report["chunks"])
+    log.info("wrote %d depth maps from %d chunks (camera fit within %.2f mm) to %s", report["images"],
+             len(report["chunks"]), worst, args.out)
+
+
 def _overlay(args) -> None:
     from mega.data.overlay import build_overlay
 
@@ -403,6 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     _runtime_arguments(p)
     p.set_defaults(func=_parse_faces)
+
+    p = sub.add_parser("import-depth", help="depth maps exported from Agisoft Metashape into MeGA's per-image "
+                                            "depth (metres, the subject's world), placed by the cameras")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--export", required=True, help="folder of <sequence>/<frame>/{cameras.xml,depth/<label>.tif}")
+    p.add_argument("--out", required=True, help="folder of <sequence>/<timestep>_<camera>.npz")
+    p.add_argument("--depth-units", default="internal", choices=("internal", "world"),
+                   help="the depth maps' units: the chunk's internal ones (depth_maps[camera].image()) or world")
+    p.add_argument("--tolerance-mm", type=float, default=5.0, help="largest RMS distance of the fitted camera centres")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_import_depth)
 
     p = sub.add_parser("overlay", help="the subject as training reads it: its UNION folder with the preprocessing "
                                        "outputs (parsing, depths, a one-frame split) in place, images linked, not copied")

@@ -97,23 +97,31 @@ def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
 
 
 def test_a_real_subject_without_parsing_goes_from_ingest_to_its_metrics(tmp_path):
-    """A subject folder without parsing or a one-frame split: ingest, parse_faces (a parser of
-    the right architecture with weights this test saves), the overlay, two steps of each stage
-    and its evaluation, through the workflow's own rules."""
+    """A subject folder without parsing, depth or a one-frame split, and a Metashape export of
+    its depth: ingest, parse_faces (a parser of the right architecture with weights this test
+    saves), import_depth, the overlay, two steps of each stage and its evaluation, through the
+    workflow's own rules."""
+    import shutil
+
     import torch
+    from test_metashape import write_export
 
     from mega.data.face_parsing import build_parser
     from mega.data.fixtures import write_fixture_subject
 
     if not LPIPS_WEIGHTS.is_file():
         pytest.fail(f"{LPIPS_WEIGHTS} is missing: run `make setup` (it makes the LPIPS weights)")
-    union = write_fixture_subject(tmp_path / "data", n_sequences=2, n_timesteps=2, n_cameras=9, extras=False,
-                                  width=32, height=44)
+    union = write_fixture_subject(tmp_path / "data", n_sequences=2, n_timesteps=2, n_cameras=9, width=32, height=44)
+    write_export(union, tmp_path / "metashape")
+    for extra in ("parsing", "depths"):
+        for folder in union.parent.glob(f"*/{extra}"):
+            shutil.rmtree(folder)
     (union / "transforms_onef.json").unlink(missing_ok=True)
     torch.manual_seed(0)
     torch.save(build_parser("bisenet").state_dict(), tmp_path / "bisenet.pth")
     tiny = {**TINY, "synthetic": {"enabled": False}, "subjects": {"999": {
-        "union": str(union), "face": {**TINY["synthetic"]["face"], "require_parsing": False},
+        "union": str(union), "metashape": str(tmp_path / "metashape"),
+        "face": {**TINY["synthetic"]["face"], "require_parsing": False},
         "hair": TINY["synthetic"]["hair"]}},
         "preprocess": {"parsing_model": "bisenet", "parsing_weights": str(tmp_path / "bisenet.pth")}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
@@ -123,4 +131,6 @@ def test_a_real_subject_without_parsing_goes_from_ingest_to_its_metrics(tmp_path
     overlay = tmp_path / "results" / "preprocess" / "999" / "union" / union.name
     assert (overlay / "transforms_onef.json").is_file() and not (union / "transforms_onef.json").exists()
     metrics = json.loads((tmp_path / "results" / "eval" / "999" / "mega" / "val" / "metrics.json").read_text())
+    assert len(list((tmp_path / "results" / "preprocess" / "999" / "depths").rglob("*.npz"))) == 2 * 2 * 9
     assert metrics["n_images"] == 2 and metrics["psnr"] > 0  # camera 8 at the 2 frames of the train sequence
+    assert metrics["depth_mae_mm"] is not None  # the imported depth reached evaluation

@@ -35,8 +35,10 @@ from mega.data.gaussian_avatars import SubjectFrames
 from mega.errors import AssetError, DataError, shape_mismatch
 from mega.flame.head_model import HeadModel
 from mega.flame.model import FlameModel
+from mega.geometry import fit_similarity
 
 log = logging.getLogger(__name__)
+
 
 SPLITS = ("train", "val", "test")
 CANONICAL_SPLIT = "onef"
@@ -47,27 +49,6 @@ ROTATION_TOLERANCE = 1e-5
 
 
 # ----------------------------------------------------------------------------- fitting
-def fit_similarity(source: np.ndarray, target: np.ndarray,
-                   with_scaling: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares fit of known correspondences (Kabsch; Umeyama with scaling).
-
-    source, target [S, 3] metres, row k of one matching row k of the other.
-    Returns A [3, 3] (a rotation, or scale × rotation with ``with_scaling``) and t [3] metres
-    with ``A @ source_k + t ≈ target_k``.
-    """
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    xs, xt = source - mu_s, target - mu_t
-    U, S, Vt = np.linalg.svd(xs.T @ xt)
-    # For nearly planar, noisy sets the SVD's optimum can be a reflection; flipping the weakest
-    # axis gives the best proper rotation instead.
-    d = np.sign(np.linalg.det(Vt.T @ U.T)) or 1.0
-    D = np.array([1.0, 1.0, d])
-    R = Vt.T @ np.diag(D) @ U.T
-    scale = float((S * D).sum() / (xs ** 2).sum()) if with_scaling else 1.0
-    A = scale * R
-    return A, mu_t - A @ mu_s
-
-
 def rigid_icp(source: np.ndarray, target: np.ndarray, max_distance_m: float = 0.01,
               with_scaling: bool = False, max_iterations: int = 50) -> tuple[np.ndarray, np.ndarray, float]:
     """Point-to-point ICP (open3d) with ``R @ source + t ≈ target``.

@@ -93,10 +93,19 @@ def needs_parsing(subject):
     return not has_extra(config["subjects"][subject]["union"], "parsing")
 
 
+def imports_depth(subject):
+    """A real subject without depths/ whose config names a Metashape export: rule import_depth
+    converts it. Without either, the subject trains with the depth and normal losses off."""
+    entry = config["subjects"][subject]
+    return bool(entry.get("metashape")) and not has_extra(entry["union"], "depths")
+
+
 def overlay_inputs(wildcards):
     inputs = {"inventory": f"results/data/{wildcards.subject}/inventory.json"}
     if needs_parsing(wildcards.subject):
         inputs["parsing"] = f"results/preprocess/{wildcards.subject}/parsing/summary.json"
+    if imports_depth(wildcards.subject):
+        inputs["depths"] = f"results/preprocess/{wildcards.subject}/depths/summary.json"
     return inputs
 
 
@@ -104,6 +113,8 @@ def overlay_args(wildcards, input):
     args = []
     if "parsing" in input.keys():
         args.append(f"--parsing {Path(input.parsing).parent}")
+    if "depths" in input.keys():
+        args.append(f"--depths {Path(input.depths).parent}")
     timestep = PREPROCESS.get("onef_timestep")
     if timestep is not None:
         args.append(f"--onef-timestep {timestep}")

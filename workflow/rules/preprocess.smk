@@ -55,9 +55,38 @@ rule parse_faces:
         "--weights '{params.weights}' --threads {threads} --quiet > {log} 2>&1"
 
 
+rule import_depth:
+    """Depth maps of a real subject from its Metashape export (subjects.<id>.metashape), in
+    metres in the subject's world, placed by fitting Metashape's cameras to the rig's."""
+    input:
+        inventory="results/data/{subject}/inventory.json",
+    output:
+        "results/preprocess/{subject}/depths/summary.json",
+    log:
+        "logs/import_depth/{subject}.log",
+    benchmark:
+        "results/benchmarks/import_depth/{subject}.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        mega=MEGA,
+        union=union_dir,
+        export=lambda wc: config["subjects"][wc.subject].get("metashape", ""),
+        units=lambda wc: config["subjects"][wc.subject].get("metashape_depth_units", "internal"),
+        out=lambda wc, output: str(Path(output[0]).parent),
+    shell:
+        "{params.mega} import-depth {params.union} --export '{params.export}' --out {params.out} "
+        "--depth-units {params.units} --quiet > {log} 2>&1"
+
+
 rule prepare_subject:
-    """A real subject as training reads it: its own folder, with the parsing made here (when it
-    had none) and a one-frame split (when it had none) in place; images linked, not copied."""
+    """A real subject as training reads it: its own folder, with the parsing and depths made
+    here (when it had none) and a one-frame split (when it had none) in place; images linked,
+    not copied."""
     input:
         unpack(overlay_inputs),
     output:
