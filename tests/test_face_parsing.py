@@ -3,6 +3,8 @@ crops pasted back at full resolution, BiSeNet's labels remapped, resumable outpu
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,6 @@ from PIL import Image
 from mega.cli import main
 from mega.data.face_parsing import (BISENET_TO_CELEBAMASK, build_parser, crop_box, cut, load_parser, parse_crops,
                                     paste)
-from mega.data.fixtures import write_fixture_subject
 from mega.errors import ConfigError, DataError
 
 
@@ -28,11 +29,20 @@ class OneHot(torch.nn.Module):
 
 
 
-def test_bisenet_labels_are_remapped_to_celebamask_order(tmp_path):
-    """Synthetic parsing (CelebAMask-HQ order) written in BiSeNet's order comes back unchanged."""
-    union = write_fixture_subject(tmp_path / "data", n_sequences=2, n_timesteps=1, n_cameras=9)
-    labels = np.array(Image.open(next(union.parent.glob("*/parsing/*_labels.png"))))
-    labels[0, :19] = np.arange(19)  # every label at least once
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """The synthetic subject (its parsing in CelebAMask-HQ order), 9 cameras, 2 sequences × 1 frame."""
+    out = tmp_path_factory.mktemp("parsing") / "synthetic"
+    assert main(["synth", str(out), "--width", "40", "--height", "56", "--sequences", "2", "--frames", "1",
+                 "--cameras", "9", "--quiet"]) == 0
+    return out / json.loads((out / "summary.json").read_text())["union"]
+
+
+def test_bisenet_labels_are_remapped_to_celebamask_order(synthetic):
+    """The synthetic parsing (CelebAMask-HQ order) written in BiSeNet's order comes back unchanged."""
+    labels = np.array(Image.open(next(synthetic.parent.glob("*/parsing/*_08_labels.png"))))
+    assert len(np.unique(labels)) >= 8  # skin, brows, eyes, nose, lips, hair, ...
+    labels[0, :19] = np.arange(19)  # and every label at least once
     to_bisenet = np.argsort(BISENET_TO_CELEBAMASK)  # the inverse permutation
     assert sorted(BISENET_TO_CELEBAMASK.tolist()) == list(range(19))
     bisenet_labels = torch.from_numpy(to_bisenet[labels].astype(np.int64))[None]
@@ -55,9 +65,8 @@ def test_crops_are_pasted_back_where_they_came_from():
     assert np.array_equal(back[inside], image[..., 0].astype(np.uint8)[inside]) and (back[~inside] == 0).all()
 
 
-def test_parse_faces_with_saved_weights_writes_every_image_and_resumes(tmp_path):
-    union = write_fixture_subject(tmp_path / "data", n_sequences=2, n_timesteps=1, n_cameras=9, extras=False,
-                                  width=40, height=56)
+def test_parse_faces_with_saved_weights_writes_every_image_and_resumes(synthetic, tmp_path):
+    union = synthetic
     weights = tmp_path / "parsing_bisenet.pth"
     torch.manual_seed(0)
     torch.save(build_parser("bisenet").state_dict(), weights)

@@ -3,6 +3,7 @@ under a known similarity transform and chunk scale."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,6 @@ from scipy.spatial.transform import Rotation
 from mega.cli import main
 from mega.data.camera import opengl_to_opencv_c2w
 from mega.data.depth import read_depth
-from mega.data.fixtures import write_fixture_subject
 from mega.data.gaussian_avatars import SubjectFrames
 from mega.data.metashape import resize_nearest
 from mega.errors import DataError
@@ -64,7 +64,11 @@ def write_export(union: Path, export: Path, swap_sequences: bool = False) -> int
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> Path:
-    return write_fixture_subject(tmp_path_factory.mktemp("ms") / "data", n_sequences=2, n_timesteps=2, n_cameras=9)
+    """The synthetic subject (exact depth rendered from its mesh), 9 cameras, 2 sequences × 2 frames."""
+    out = tmp_path_factory.mktemp("ms") / "synthetic"
+    assert main(["synth", str(out), "--width", "28", "--height", "40", "--sequences", "2", "--frames", "2",
+                 "--cameras", "9", "--quiet"]) == 0
+    return out / json.loads((out / "summary.json").read_text())["union"]
 
 
 def test_depth_is_recovered_within_a_millimetre(subject, tmp_path):
@@ -91,7 +95,8 @@ def test_a_depth_export_of_other_cameras_is_refused(subject, tmp_path, capsys):
 
 
 def test_malformed_exports_are_named(subject, tmp_path, capsys):
-    folder = tmp_path / "export" / "999_EXP-1_v16_synthetic" / "00000"
+    sequence = Path(SubjectFrames(subject, "train").resolve(SubjectFrames(subject, "train").image_paths[0])).parent.parent
+    folder = tmp_path / "export" / sequence.name / "00000"
     folder.mkdir(parents=True)
     (folder / "cameras.xml").write_text("<document><chunk><cameras><camera label='00000_00'><transform>1 2 x"
                                         "</transform></camera></cameras></chunk></document>")
