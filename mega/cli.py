@@ -300,6 +300,8 @@ def _evaluate(args) -> None:
 def _video(args) -> None:
     from mega.report.videos import expression_frames, turntable_frames, write_mp4
 
+    if args.frames < 2 or args.fps < 1:
+        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
     device, avatar, frames, _, rigid = _trained_avatar(args)
     if args.kind == "turntable":
         images = turntable_frames(avatar, frames, rigid, args.union, args.frames, args.degrees, device, not args.quiet)

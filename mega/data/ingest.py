@@ -8,7 +8,6 @@ the list of problems, all of them, each naming the file and field; the images ar
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mega.data.gaussian_avatars import SubjectFrames
@@ -60,7 +59,7 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
                 totals[k] += present[k]
     try:
         problems += validate_union(union, extras=False)
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+    except Exception as error:  # noqa: BLE001 - a corrupt file stops the check; say where, keep the rest
         problems.append(f"{union}: the layout check stopped at {type(error).__name__}: {error}")
     inventory["images"] = totals["images"]
     inventory["extras"] = {k: ("none" if totals[k] == 0 else "all" if totals[k] == totals["images"] else "partial")
