@@ -24,6 +24,24 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+# Cheap jobs run where snakemake runs, not as cluster jobs: a cluster's job start-up would
+# dominate them (profiles/slurm). Resources of the others: config/config.yaml, resources.
+localrules:
+    all,
+    table2_all,
+    head_model,
+    ingest,
+    prepare_subject,
+    lpips_weights,
+    table1,
+    table2,
+    ablation_grid,
+    training_curves,
+
+
+check_resource_rules()
+
+
 rule all:
     """The default job: Table 1 (and every avatar's figures, videos and export)."""
     default_target: True

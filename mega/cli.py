@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -626,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if "SLURM_JOB_ID" in os.environ:  # the rule's log then says where it ran
+        log.info("mega %s in SLURM job %s on %s", args.command, os.environ["SLURM_JOB_ID"],
+                 os.environ.get("SLURMD_NODENAME", "?"))
     try:
         args.func(args)
     except MegaError as e:

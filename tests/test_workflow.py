@@ -73,6 +73,50 @@ def test_table2_plans_every_variant_and_reuses_the_full_face(workdir):
     assert jobs["evaluate"] == 7 and jobs["train_joint"] == 7 and jobs["train_face"] == 5 and jobs["table2"] == 1
 
 
+def planned_resources(result: subprocess.CompletedProcess) -> dict[tuple[str, str], dict[str, str]]:
+    """(rule, wildcards) → {threads, mem_mb, runtime, gpu} from a dry run's job listing."""
+    jobs, current = {}, None
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            current = {"rule": line.split()[1].rstrip(":"), "wildcards": "", "threads": "1"}
+        elif current is not None and line.strip().startswith(("wildcards:", "threads:")):
+            key, value = line.strip().split(":", 1)
+            current[key] = value.strip()
+        elif current is not None and line.strip().startswith("resources:"):
+            fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+            current.update({key: fields[key] for key in ("mem_mb", "runtime", "gpu")})
+            jobs[(current["rule"], current["wildcards"])] = current
+    return jobs
+
+
+def test_jobs_ask_for_the_resources_of_the_config(tmp_path):
+    """Real subjects' training asks for a GPU and the real sizes, the synthetic subject's for none;
+    a config entry overrides one value and keeps the rest; a misspelt rule name is an error."""
+    union = tmp_path / "UNION_306"
+    union.mkdir()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "subjects": {"306": {"union": str(union)}},
+        "resources": {"real": {"train_face": {"mem_mb": 1234}}},
+    }))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "c.yaml"), "-n", "--cores", "16"]
+    result = subprocess.run([*command, "results/train/306/mega/face.pt", "results/train/synthetic/mega/face.pt"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = planned_resources(result)
+    real = jobs[("train_face", "subject=306, variant=mega")]
+    synthetic = jobs[("train_face", "subject=synthetic, variant=mega")]
+    assert (real["gpu"], real["mem_mb"], real["runtime"], real["threads"]) == ("1", "1234", "1440", "8")
+    assert (synthetic["gpu"], synthetic["mem_mb"], synthetic["threads"]) == ("0", "3000", "2")
+    assert jobs[("parse_faces", "subject=306")]["gpu"] == "1"
+    assert jobs[("ingest", "subject=306")]["gpu"] == "0"
+
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"resources": {"real": {"train_fase": {"mem_mb": 1}}}}))
+    bad = subprocess.run([*command, "--configfile", str(tmp_path / "bad.yaml")], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "resources.real: unknown rule(s) train_fase" in bad.stdout + bad.stderr
+
+
 def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
     result = snakemake(workdir, "--cores", "2", "results/tables/table1.csv", "all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -69,6 +69,44 @@ def synth_args():
     )
 
 
+# What a job asks for when a rule or key is missing from config["resources"].
+RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+
+
+def _resource(rule_name, key, wildcards, attempt):
+    """The config's `key` for rule_name's job: from resources.synthetic for the synthetic subject
+    (and its synthesize rule), from resources.real otherwise. Memory grows with each attempt, so
+    that a retry after running out of memory asks for more."""
+    subject = wildcards.get("subject")
+    scale = "synthetic" if subject == SYNTHETIC or rule_name == "synthesize" else "real"
+    table = config.get("resources", {}).get(scale, {}).get(rule_name, {})
+    value = table.get(key, RESOURCE_DEFAULTS[key])
+    return value * attempt if key == "mem_mb" else value
+
+
+def job_threads(rule_name):
+    """A `threads:` callable reading config["resources"] (see _resource)."""
+    return lambda wildcards, attempt: _resource(rule_name, "threads", wildcards, attempt)
+
+
+def job_resource(rule_name, key):
+    """A `resources:` callable reading config["resources"] (see _resource)."""
+    return lambda wildcards, attempt: _resource(rule_name, key, wildcards, attempt)
+
+
+def check_resource_rules():
+    """Each name under config["resources"] is one of the workflow's rules; a misspelt name would
+    silently leave its jobs asking for the defaults."""
+    known = {rule.name for rule in workflow.rules}
+    for scale, table in config.get("resources", {}).items():
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(
+                f"config resources.{scale}: unknown rule(s) {', '.join(unknown)}; "
+                f"rules are: {', '.join(sorted(known))}"
+            )
+
+
 PREPROCESS = config.get("preprocess", {})
 
 

@@ -8,10 +8,11 @@ rule synthesize:
         f"results/benchmarks/synthesize/{SYNTHETIC}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("synthesize")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=job_resource("synthesize", "mem_mb"),
+        runtime=job_resource("synthesize", "runtime"),
+        gpu=job_resource("synthesize", "gpu"),
     params:
         mega=MEGA,
         args=synth_args(),
@@ -38,16 +39,13 @@ rule ingest:
         subject=rf"(?!{SYNTHETIC}/)[A-Za-z0-9_\-]+",
     conda:
         "../../envs/mega.yaml"
-    threads: 1
+    threads: job_threads("ingest")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=job_resource("ingest", "mem_mb"),
+        runtime=job_resource("ingest", "runtime"),
+        gpu=job_resource("ingest", "gpu"),
     params:
         mega=MEGA,
         out=lambda wc, output: str(Path(output.summary).parent),
     shell:
         "{params.mega} ingest {input.union} --out {params.out} > {log} 2>&1"
-
-
-localrules:
-    ingest,

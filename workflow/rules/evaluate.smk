@@ -37,11 +37,11 @@ rule evaluate:
         "results/benchmarks/evaluate/{subject}/{variant}/{split}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("evaluate")
     resources:
-        mem_mb=8000,
-        runtime=lambda wc: 20 if wc.subject == SYNTHETIC else 240,
-        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+        mem_mb=job_resource("evaluate", "mem_mb"),
+        runtime=job_resource("evaluate", "runtime"),
+        gpu=job_resource("evaluate", "gpu"),
     params:
         mega=MEGA,
         union=subject_union,
@@ -182,11 +182,11 @@ rule video:
         kind="turntable|expression",
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("video")
     resources:
-        mem_mb=4000,
-        runtime=lambda wc: 20 if wc.subject == SYNTHETIC else 120,
-        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+        mem_mb=job_resource("video", "mem_mb"),
+        runtime=job_resource("video", "runtime"),
+        gpu=job_resource("video", "gpu"),
     params:
         mega=MEGA,
         union=subject_union,

@@ -8,10 +8,11 @@ rule head_model:
         "results/benchmarks/head_model.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 1
+    threads: job_threads("head_model")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=job_resource("head_model", "mem_mb"),
+        runtime=job_resource("head_model", "runtime"),
+        gpu=job_resource("head_model", "gpu"),
     params:
         mega=MEGA,
         args=head_model_args(),

@@ -12,10 +12,11 @@ rule hair_rigid:
         "results/benchmarks/hair_rigid/{subject}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 1
+    threads: job_threads("hair_rigid")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=job_resource("hair_rigid", "mem_mb"),
+        runtime=job_resource("hair_rigid", "runtime"),
+        gpu=job_resource("hair_rigid", "gpu"),
     params:
         mega=MEGA,
         union=subject_union,
@@ -39,11 +40,11 @@ rule parse_faces:
         "results/benchmarks/parse_faces/{subject}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("parse_faces")
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=1,
+        mem_mb=job_resource("parse_faces", "mem_mb"),
+        runtime=job_resource("parse_faces", "runtime"),
+        gpu=job_resource("parse_faces", "gpu"),
     params:
         mega=MEGA,
         union=union_dir,
@@ -68,10 +69,11 @@ rule import_depth:
         "results/benchmarks/import_depth/{subject}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 1
+    threads: job_threads("import_depth")
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=job_resource("import_depth", "mem_mb"),
+        runtime=job_resource("import_depth", "runtime"),
+        gpu=job_resource("import_depth", "gpu"),
     params:
         mega=MEGA,
         union=union_dir,
@@ -95,10 +97,11 @@ rule prepare_subject:
         "logs/prepare_subject/{subject}.log",
     conda:
         "../../envs/mega.yaml"
-    threads: 1
+    threads: job_threads("prepare_subject")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=job_resource("prepare_subject", "mem_mb"),
+        runtime=job_resource("prepare_subject", "runtime"),
+        gpu=job_resource("prepare_subject", "gpu"),
     params:
         mega=MEGA,
         union=union_dir,

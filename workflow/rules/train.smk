@@ -14,11 +14,11 @@ rule train_face:
         "results/benchmarks/train_face/{subject}/{variant}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("train_face")
     resources:
-        mem_mb=8000,
-        runtime=lambda wc: 60 if wc.subject == SYNTHETIC else 1440,
-        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+        mem_mb=job_resource("train_face", "mem_mb"),
+        runtime=job_resource("train_face", "runtime"),
+        gpu=job_resource("train_face", "gpu"),
     params:
         mega=MEGA,
         ablations=ABLATIONS_FILE,
@@ -49,11 +49,11 @@ rule train_hair:
         "results/benchmarks/train_hair/{subject}/{variant}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("train_hair")
     resources:
-        mem_mb=8000,
-        runtime=lambda wc: 60 if wc.subject == SYNTHETIC else 1440,
-        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+        mem_mb=job_resource("train_hair", "mem_mb"),
+        runtime=job_resource("train_hair", "runtime"),
+        gpu=job_resource("train_hair", "gpu"),
     params:
         mega=MEGA,
         ablations=ABLATIONS_FILE,
@@ -86,11 +86,11 @@ rule train_joint:
         "results/benchmarks/train_joint/{subject}/{variant}.tsv"
     conda:
         "../../envs/mega.yaml"
-    threads: 2
+    threads: job_threads("train_joint")
     resources:
-        mem_mb=8000,
-        runtime=lambda wc: 60 if wc.subject == SYNTHETIC else 1440,
-        gpu=lambda wc: 0 if wc.subject == SYNTHETIC else 1,
+        mem_mb=job_resource("train_joint", "mem_mb"),
+        runtime=job_resource("train_joint", "runtime"),
+        gpu=job_resource("train_joint", "gpu"),
     params:
         mega=MEGA,
         ablations=ABLATIONS_FILE,
@@ -118,10 +118,11 @@ rule export_avatar:
         "logs/export_avatar/{subject}/{variant}.log",
     conda:
         "../../envs/mega.yaml"
-    threads: 1
+    threads: job_threads("export_avatar")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=job_resource("export_avatar", "mem_mb"),
+        runtime=job_resource("export_avatar", "runtime"),
+        gpu=job_resource("export_avatar", "gpu"),
     params:
         mega=MEGA,
         head_model=lambda wc, input: str(Path(input.head_model).parent),
