@@ -7,6 +7,8 @@
 #                                  wait until the node is idle
 #   scripts/slurm-local.sh stop    end exactly the daemons `start` started (by their pid files)
 #   scripts/slurm-local.sh status  sinfo of the node
+#   scripts/slurm-local.sh check   exit 4 (and say why) when this machine has a SLURM of its own,
+#                                  which start would never touch
 #
 # No accounting database, so tell the SLURM profile to ask squeue for job states:
 #   snakemake --workflow-profile profiles/slurm --slurm-status-command squeue \
@@ -35,6 +37,16 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+MARK="# Written by scripts/slurm-local.sh"
+
+foreign_slurm() {  # prints why this machine's SLURM is not ours to replace, if it is not
+  if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
+    echo "$CONF exists and was not written by this script (a real SLURM?)"
+  elif pgrep -x slurmctld >/dev/null && [ ! -f "$DIR/pids/started" ]; then
+    echo "a slurmctld this script did not start is running"
+  fi
+}
+
 write_config() {
   local cpus mem_mb
   cpus=$(nproc)
@@ -42,7 +54,7 @@ write_config() {
   mem_mb=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 2048 ))
   mkdir -p /etc/slurm "$DIR"/{state,spool,log,pids}
   cat > "$CONF" <<EOF
-# Written by scripts/slurm-local.sh: a one-node test cluster on this machine.
+$MARK: a one-node test cluster on this machine.
 ClusterName=megalocal
 SlurmctldHost=localhost
 SlurmUser=root
@@ -88,6 +100,12 @@ start_daemon() {  # name, pid file, command...
 }
 
 start() {
+  local foreign
+  foreign=$(foreign_slurm)
+  if [ -n "$foreign" ]; then
+    say "refusing to start: $foreign" >&2
+    return 4
+  fi
   install_packages
   if [ -f "$DIR/pids/started" ]; then
     say "already started (run stop first)"
@@ -135,5 +153,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) sinfo ;;
+  check) foreign=$(foreign_slurm); [ -z "$foreign" ] || { echo "$foreign"; exit 4; } ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

@@ -24,7 +24,12 @@ SCRIPT = REPO / "scripts" / "slurm-local.sh"
 
 
 def can_host_slurm() -> str | None:
-    """None when this machine can run the local SLURM, else why not."""
+    """None when this machine can run the local SLURM, else why not (never a machine whose own
+    SLURM the script would have to replace)."""
+    if shutil.which("pgrep"):
+        check = subprocess.run(["bash", str(SCRIPT), "check"], capture_output=True, text=True)
+        if check.returncode != 0:
+            return f"this machine has its own SLURM: {check.stdout.strip()}"
     if shutil.which("slurmctld") and shutil.which("slurmd"):
         return None if os.geteuid() == 0 else "SLURM daemons need root"
     if os.geteuid() != 0:
