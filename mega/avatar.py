@@ -18,7 +18,7 @@ from mega.data.camera import Camera
 from mega.errors import DataError
 from mega.face.model import NeuralFace
 from mega.hair.config import HairConfig
-from mega.hair.deform import DeformationField, posed_hair
+from mega.hair.deform import posed_hair
 from mega.hair.model import GaussianHair
 from mega.hair.render import render_hair
 
@@ -67,14 +67,16 @@ class Avatar(nn.Module):
 
     ``config.occlusion_depth`` is near-z (the method) or the alpha-weighted depth (``gsdepth``);
     ``config.early_stop_gap_mm`` = inf renders without early stopping (``allgs``). ``evaluation``
-    uses the 2nd near-z and cleans the mask, as the authors evaluate.
+    uses the 2nd near-z (``evaluation_near_z`` = 1; a swapped hairstyle uses the 1st) and cleans
+    the mask, as the authors evaluate.
     """
 
-    def __init__(self, face: NeuralFace, hair: GaussianHair, deformation: DeformationField | None,
-                 config: HairConfig):
+    def __init__(self, face: NeuralFace, hair: GaussianHair, deformation: nn.Module | None,
+                 config: HairConfig, evaluation_near_z: int = 1):
         super().__init__()
         self.face, self.hair, self.deformation = face, hair, deformation
         self.config = config
+        self.evaluation_near_z = evaluation_near_z
 
     def hair_of(self, flame: dict[str, Tensor], rotation: Tensor, translation: Tensor) -> tuple[dict, dict | None]:
         offsets = None
@@ -90,5 +92,6 @@ class Avatar(nn.Module):
         face = self.face(flame, cameras) if face is None else face
         gaussians, offsets = self.hair_of(flame, rotation, translation)
         hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha)
-        blended = blend_renders(face, hair, c.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma)
+        blended = blend_renders(face, hair, c.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma,
+                                self.evaluation_near_z)
         return {"face": face, "hair": hair, **blended, "offsets": offsets, "gaussians": gaussians}

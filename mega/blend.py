@@ -59,19 +59,23 @@ def blend(face_rgb: Tensor, hair_rgb: Tensor, hair_alpha: Tensor, soft_occlusion
     return hair_weight * hair_rgb + (1 - hair_weight) * face_rgb, hair_weight
 
 
-def occlusion_depth(hair: dict[str, Tensor], which: OcclusionDepth, evaluation: bool) -> Tensor:
-    """The hair depth the occlusion test reads [B, 1, H, W]: near-z (the 1st, or the 2nd at
-    evaluation) or the alpha-weighted depth (``gsdepth``)."""
+def occlusion_depth(hair: dict[str, Tensor], which: OcclusionDepth, evaluation: bool,
+                    evaluation_near_z: int = 1) -> Tensor:
+    """The hair depth the occlusion test reads [B, 1, H, W]: near-z (the 1st in training, the
+    ``evaluation_near_z``-th, counted from 0, at evaluation: the 2nd, or the 1st for a swapped
+    hairstyle, as the authors) or the alpha-weighted depth (``gsdepth``)."""
     if which == "alpha_depth":
         return hair["depth"]
-    return hair["near_z"][:, 1 if evaluation else 0][:, None]
+    return hair["near_z"][:, evaluation_near_z if evaluation else 0][:, None]
 
 
 def blend_renders(face: dict[str, Tensor], hair: dict[str, Tensor], which: OcclusionDepth = "near_z",
-                  evaluation: bool = False, kernel: int = 5, sigma: float = 1.5) -> dict[str, Tensor]:
+                  evaluation: bool = False, kernel: int = 5, sigma: float = 1.5,
+                  evaluation_near_z: int = 1) -> dict[str, Tensor]:
     """Everything of the blending for a batch: ``face`` from the neural face (rgb, mask, depth),
     ``hair`` from :func:`mega.hair.render.render_hair` (rgb over white, alpha, depth, near_z
     [B, 3, H, W]). Returns rgb (blended), hair_weight (Â_hair), occlusion (M_o, before the blur)."""
-    occlusion = occlusion_mask(occlusion_depth(hair, which, evaluation), face["depth"], face["mask"], evaluation)
+    depth = occlusion_depth(hair, which, evaluation, evaluation_near_z)
+    occlusion = occlusion_mask(depth, face["depth"], face["mask"], evaluation)
     rgb, weight = blend(face["rgb"], hair["rgb"], hair["alpha"], soften(occlusion, kernel, sigma))
     return {"rgb": rgb, "hair_weight": weight, "occlusion": occlusion}

@@ -318,6 +318,28 @@ def _video(args) -> None:
     log.info("wrote %s", write_mp4(all_images(), args.out, args.fps, (width, height)))
 
 
+def _swap_hair(args) -> None:
+    import torch
+
+    from mega.edit.hairswap import load_swap
+    from mega.edit.swap_outputs import write_swap
+    from mega.flame.head_model import load_head_model_folder
+    from mega.train.loop import pick_device
+
+    if args.frames < 2 or args.fps < 1:
+        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
+    device = pick_device(args.device)
+    head = load_head_model_folder(args.head_model)
+    swap = load_swap(args.face_run, args.face_union, args.face_rigid, args.hair_run, args.hair_union, head, device)
+    about = {"face_subject": args.face_run, "hair_subject": args.hair_run}
+    summary = write_swap(swap, args.face_union, args.out, device, about, args.frames, args.degrees, args.fps,
+                         args.limit, progress=not args.quiet)
+    log.info("wrote %s: %s val and %s test images, a turntable and a comparison", args.out,
+             summary["n_images"]["val"], summary["n_images"]["test"])
+
+
 def _figure(args) -> None:
     from mega.ablations import load_ablations
     from mega.report.result_figures import write_comparison_grid, write_stage_curves
@@ -576,6 +598,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=30)
     _runtime_arguments(p)
     p.set_defaults(func=_video)
+
+    p = sub.add_parser("swap-hair", help="hairstyle swap: subject A's trained face wearing subject B's trained "
+                                         "hair, aligned by their scalps and driven by A's expressions; renders "
+                                         "A's val and test views, a comparison and a turntable")
+    p.add_argument("--face-run", required=True, help="A's run folder (joint.pt, hair.pt)")
+    p.add_argument("--face-union", required=True, help="A's UNION folder (its cameras and FLAME parameters)")
+    p.add_argument("--face-rigid", required=True, help="A's hair_rigid.npz")
+    p.add_argument("--hair-run", required=True, help="B's run folder (joint.pt, hair.pt)")
+    p.add_argument("--hair-union", required=True, help="B's UNION folder (its canonical scalp)")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model` (both avatars')")
+    p.add_argument("--out", required=True, help="output folder: val/, test/, comparison.png, turntable.mp4, "
+                                                "summary.json")
+    p.add_argument("--frames", type=int, default=90, help="turntable frames")
+    p.add_argument("--degrees", type=float, default=60.0, help="turntable swing left and right of the camera")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--limit", type=int, help="render only the first N images of each split")
+    _runtime_arguments(p)
+    p.set_defaults(func=_swap_hair)
 
     p = sub.add_parser("figure", help="figures of results: a run's training curves of all three stages (curves), "
                                       "or ground truth | variants on a few val and test images (grid)")

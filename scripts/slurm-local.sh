@@ -5,8 +5,10 @@
 #                                  /etc/slurm/slurm.conf for this machine (CPUs and memory read
 #                                  now, one fake GPU), start munged, slurmctld and slurmd, and
 #                                  wait until the node is idle
-#   scripts/slurm-local.sh stop    end exactly the daemons `start` started (by their pid files)
+#   scripts/slurm-local.sh stop    cancel the jobs, end exactly the daemons `start` started (by
+#                                  their pid files), then any process a job left behind
 #   scripts/slurm-local.sh status  sinfo of the node
+#   scripts/slurm-local.sh leftovers  pids of processes of this cluster's jobs still running
 #   scripts/slurm-local.sh check   exit 4 (and say why) when this machine has a SLURM of its own,
 #                                  which start would never touch
 #
@@ -49,7 +51,7 @@ foreign_slurm() {  # prints why this machine's SLURM is not ours to replace, if 
 
 write_config() {
   local cpus mem_mb
-  cpus=$(nproc)
+  cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it obeys OMP_NUM_THREADS
   # Leave 2 GB to the system; SLURM refuses jobs asking for more than RealMemory.
   mem_mb=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 2048 ))
   mkdir -p /etc/slurm "$DIR"/{state,spool,log,pids}
@@ -62,7 +64,8 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
+# pgid: a cancelled job's whole process group is signalled (linuxproc let orphans escape).
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 ReturnToService=2
 SlurmctldPidFile=$DIR/pids/slurmctld.pid
@@ -132,8 +135,21 @@ start() {
   return 1
 }
 
+job_processes() {  # pids of processes that belong to a job of this cluster (by their environment)
+  local env
+  for env in /proc/[0-9]*/environ; do
+    tr '\0' '\n' < "$env" 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=megalocal" && basename "$(dirname "$env")"
+  done
+  return 0
+}
+
 stop() {
-  local pidfile pid
+  local pidfile pid left
+  # Jobs first: cancelled while the daemons still run, so that SLURM ends their processes.
+  if [ -f "$DIR/pids/started" ] && squeue -h -o %i 2>/dev/null | grep -q .; then
+    scancel --partition=debug 2>/dev/null || true
+    for _ in $(seq 150); do squeue -h -o %i 2>/dev/null | grep -q . || break; sleep 0.2; done
+  fi
   for name in slurmd slurmctld munged; do
     pidfile="$DIR/pids/$name.fg"
     [ -f "$pidfile" ] || continue
@@ -146,6 +162,12 @@ stop() {
     rm -f "$pidfile"
   done
   rm -f "$DIR/pids/started"
+  # Anything of a job that outlived it (a process that left its process group).
+  left=$(job_processes)
+  if [ -n "$left" ]; then
+    say "ending job processes left behind: $(echo $left)"
+    kill -9 $left 2>/dev/null || true
+  fi
   say "stopped"
 }
 
@@ -153,6 +175,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) sinfo ;;
+  leftovers) job_processes ;;
   check) foreign=$(foreign_slurm); [ -z "$foreign" ] || { echo "$foreign"; exit 4; } ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

@@ -53,9 +53,12 @@ def cluster(tmp_path_factory):
         assert started.returncode == 0, started.stdout + started.stderr
         yield env
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        print(stopped.stdout, stopped.stderr)
         left = subprocess.run(["pgrep", "-f", "slurmctld|slurmd|munged"], capture_output=True, text=True)
         assert left.stdout.strip() == "", f"daemons left behind: {left.stdout}"
+        jobs = subprocess.run(["bash", str(SCRIPT), "leftovers"], env=env, capture_output=True, text=True)
+        assert jobs.stdout.strip() == "", f"job processes left behind: {jobs.stdout}"
 
 
 def workdir_with(tmp_path: Path, face_iterations: int) -> Path:

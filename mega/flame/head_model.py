@@ -7,6 +7,7 @@ The same loader reads the licensed FLAME 2020/2023 files and the procedural mode
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,13 @@ class HeadModel:
 
     def replace(self, **changes) -> "HeadModel":
         return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """12 hex digits that name this mesh (template vertices to 0.1 mm, faces): avatars can
+        exchange parts (editing) only when their head models share it."""
+        digest = hashlib.sha1(np.round(np.asarray(self.v_template, np.float64) * 1e4).astype(np.int64).tobytes())
+        digest.update(np.asarray(self.faces, np.int64).tobytes())
+        return digest.hexdigest()[:12]
 
 
 def load_head_model(model_path: str | Path, masks_path: str | Path, template_path: str | Path,

@@ -35,12 +35,21 @@ def render_split(run_dir: str | Path, head, union_dir: str | Path, split: str, r
     and the refined shape; returns the blended images' paths."""
     avatar, frames, _ = load_avatar(run_dir, head, device)
     rigid = RigidTable.from_file(rigid_path).to(device)
+    return render_avatar_split(avatar, frames, rigid, union_dir, split, out_dir, device, limit, batch_size)
+
+
+@torch.no_grad()
+def render_avatar_split(avatar, frames, rigid, union_dir: str | Path, split: str, out_dir: str | Path,
+                        device: torch.device, limit: int | None = None, batch_size: int = 4,
+                        progress: bool = True) -> list[Path]:
+    """:func:`render_split` of an avatar in memory (an edited one), posed by ``rigid`` (a
+    :class:`RigidTable` or anything that maps timesteps to rotations and translations)."""
     dataset = SubjectDataset(union_dir, split, parsing="off", depth="off")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for first in tqdm(range(0, n, batch_size), desc=f"render {split}", unit="batch"):
+    for first in tqdm(range(0, n, batch_size), desc=f"render {split}", unit="batch", disable=not progress):
         indices = list(range(first, min(first + batch_size, n)))
         batch = to_device(collate_samples([dataset[i] for i in indices]), device)
         rotation, translation = rigid(batch["timestep_index"])

@@ -161,7 +161,8 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     save_checkpoint(run_dir / "joint.pt", {"model": model_weights({"model": face.state_dict()}),
                                            "frames": frames.state_dict(), "face_config": face.config.to_dict(),
                                            "deformation": deformation.state_dict(), "hair_config": config.to_dict(),
-                                           "variant": variant, "iterations": steps})
+                                           "variant": variant, "iterations": steps,
+                                           "head_model": head.fingerprint()})
     metrics = {"variant": variant, "iterations": steps, "device": str(device), "n_gaussians": hair.n,
                "train_seconds": round(result.seconds, 1),
                "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4)}
