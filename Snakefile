@@ -1,6 +1,7 @@
 # mega: MeGA head avatars from multi-view video.
 #   snakemake --cores 2                      the default job (embedded head model and subject)
 #   snakemake --cores 8 results/tables/table1.csv
+#   snakemake --cores 2 edits                the hairstyle swaps of the config's edits section
 # Settings: config/config.yaml (validated against workflow/schemas/config.schema.yaml).
 from pathlib import Path
 
@@ -22,6 +23,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/edit.smk"
 
 
 # Cheap jobs run where snakemake runs, not as cluster jobs: a cluster's job start-up would
@@ -37,6 +39,7 @@ localrules:
     table2,
     ablation_grid,
     training_curves,
+    edits,
 
 
 check_resource_rules()

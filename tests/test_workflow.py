@@ -140,6 +140,23 @@ def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
     assert "table1.csv" in html and "turntable.mp4" in html
 
 
+def test_edits_swap_the_two_synthetic_subjects_hair_both_ways(workdir):
+    """The second synthetic subject (long hair, another seed) is made and trained only for the
+    edits; each subject then wears the other's hair. After Table 1 in the same folder, the
+    default subject's avatar is reused."""
+    result = snakemake(workdir, "--cores", "2", "edits")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Job stats" in result.stdout + result.stderr
+    for face, hair in (("synthetic", "synthetic_long"), ("synthetic_long", "synthetic")):
+        out = workdir / "results" / "edits" / "hairswap" / f"{face}_with_{hair}"
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_images"]["test"] > 0 and summary["scalp_alignment"]["scalp_rmse_mm"] < 10
+        assert (out / "turntable.mp4").stat().st_size > 1000 and (out / "comparison.png").is_file()
+    sheet = workdir / "results" / "data" / "synthetic_long" / "contact_sheet.png"
+    assert sheet.is_file()
+    assert not (workdir / "logs" / "train_face" / "synthetic" / "mega.log").stat().st_mtime > sheet.stat().st_mtime
+
+
 def test_a_real_subject_without_parsing_goes_from_ingest_to_its_metrics(tmp_path):
     """A subject folder without parsing, depth or a one-frame split, and a Metashape export of
     its depth: ingest, parse_faces (a parser of the right architecture with weights this test

@@ -57,14 +57,23 @@ def parent_dir(wildcards, output):
 
 
 SYNTHETIC = "synthetic"
+# More synthetic subjects (for editing): the first one's size and training settings, their own
+# seed and hairstyle.
+OTHER_SYNTHETIC = config.get("synthetic", {}).get("others", {})
+SYNTHETIC_SUBJECTS = [SYNTHETIC, *OTHER_SYNTHETIC]
 
 
-def synth_args():
+def is_synthetic(subject):
+    return subject in SYNTHETIC_SUBJECTS
+
+
+def synth_args(wildcards):
     """Command-line options of `mega synth` from the config's synthetic and head_model sections."""
     s = config.get("synthetic", {})
+    own = {**s, **OTHER_SYNTHETIC.get(wildcards.subject, {})}
     return (
-        f"--seed {s.get('seed', 0)} --width {s.get('width', 138)} --height {s.get('height', 200)} "
-        f"--frames {s.get('frames_per_sequence', 3)} --hair {s.get('hairstyle', 'short')} "
+        f"--seed {own.get('seed', 0)} --width {s.get('width', 138)} --height {s.get('height', 200)} "
+        f"--frames {s.get('frames_per_sequence', 3)} --hair {own.get('hairstyle', 'short')} "
         f"--supersample {s.get('supersample', 2)} {head_model_args()}"
     )
 
@@ -77,8 +86,8 @@ def _resource(rule_name, key, wildcards, attempt):
     """The config's `key` for rule_name's job: from resources.synthetic for the synthetic subject
     (and its synthesize rule), from resources.real otherwise. Memory grows with each attempt, so
     that a retry after running out of memory asks for more."""
-    subject = wildcards.get("subject")
-    scale = "synthetic" if subject == SYNTHETIC or rule_name == "synthesize" else "real"
+    subject = wildcards.get("subject", wildcards.get("a"))
+    scale = "synthetic" if is_synthetic(subject) else "real"
     table = config.get("resources", {}).get(scale, {}).get(rule_name, {})
     value = table.get(key, RESOURCE_DEFAULTS[key])
     return value * attempt if key == "mem_mb" else value
@@ -113,17 +122,20 @@ PREPROCESS = config.get("preprocess", {})
 def subject_union(wildcards):
     """The UNION folder training reads: the synthetic one's, or a real subject's overlay (its
     own folder with the preprocessing outputs in place; rule prepare_subject)."""
-    if wildcards.subject == SYNTHETIC:
-        return f"results/data/{SYNTHETIC}/UNION10_{SYNTHETIC}_v16_synthetic"
-    name = Path(config["subjects"][wildcards.subject]["union"]).name
-    return f"results/preprocess/{wildcards.subject}/union/{name}"
+    return union_of(wildcards.subject)
+
+
+def union_of(subject):
+    """subject_union of a subject by name."""
+    if is_synthetic(subject):
+        return f"results/data/{subject}/UNION10_{subject}_v16_synthetic"
+    name = Path(config["subjects"][subject]["union"]).name
+    return f"results/preprocess/{subject}/union/{name}"
 
 
 def subject_ready(wildcards):
     """The file that says a subject can be trained: the synthetic summary, or the overlay's."""
-    if wildcards.subject == SYNTHETIC:
-        return f"results/data/{SYNTHETIC}/summary.json"
-    return f"results/preprocess/{wildcards.subject}/union/overlay.json"
+    return subject_ready_of(wildcards.subject)
 
 
 def needs_parsing(subject):
@@ -162,7 +174,7 @@ def overlay_args(wildcards, input):
 def face_settings(wildcards):
     """Face settings as JSON: the config's face section, then the subject's own overrides."""
     settings = dict(config.get("face", {}))
-    if wildcards.subject == SYNTHETIC:
+    if is_synthetic(wildcards.subject):
         settings.update(config.get("synthetic", {}).get("face", {}))
     else:
         settings.update(config["subjects"][wildcards.subject].get("face", {}))
@@ -174,7 +186,7 @@ def face_settings(wildcards):
 def hair_settings(wildcards):
     """Hair settings as JSON: the config's hair section, then the subject's own overrides."""
     settings = dict(config.get("hair", {}))
-    if wildcards.subject == SYNTHETIC:
+    if is_synthetic(wildcards.subject):
         settings.update(config.get("synthetic", {}).get("hair", {}))
     else:
         settings.update(config["subjects"][wildcards.subject].get("hair", {}))
@@ -229,3 +241,29 @@ def avatar_inputs(wildcards):
         "rigid": f"results/preprocess/{wildcards.subject}/hair_rigid.npz",
         "head_model": f"{HEAD_MODEL_DIR}/summary.json",
     }
+
+
+# Edits of trained avatars (workflow/rules/edit.smk): pairs of [face, hair] subjects to swap.
+EDITS = config.get("edits", {})
+SUBJECT_NAMES = "|".join(sorted({*SYNTHETIC_SUBJECTS, *config["subjects"]}, key=len, reverse=True))
+
+
+def swap_inputs(wildcards):
+    """The two full models (a's face, b's hair), a's rigid table and the head model."""
+    face, hair = f"results/train/{wildcards.a}/mega", f"results/train/{wildcards.b}/mega"
+    return {
+        "face_joint": f"{face}/joint.pt",
+        "face_hair": f"{face}/hair.pt",
+        "face_rigid": f"results/preprocess/{wildcards.a}/hair_rigid.npz",
+        "hair_joint": f"{hair}/joint.pt",
+        "hair_hair": f"{hair}/hair.pt",
+        "hair_subject": subject_ready_of(wildcards.b),
+        "head_model": f"{HEAD_MODEL_DIR}/summary.json",
+    }
+
+
+def subject_ready_of(subject):
+    """subject_ready of a subject by name."""
+    if is_synthetic(subject):
+        return f"results/data/{subject}/summary.json"
+    return f"results/preprocess/{subject}/union/overlay.json"

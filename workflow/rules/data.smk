@@ -1,11 +1,15 @@
 rule synthesize:
+    """A synthetic subject in the real data's layout: the default one, or another of
+    synthetic.others (its own seed and hairstyle)."""
     output:
-        summary=f"results/data/{SYNTHETIC}/summary.json",
-        sheet=f"results/data/{SYNTHETIC}/contact_sheet.png",
+        summary="results/data/{subject}/summary.json",
+        sheet="results/data/{subject}/contact_sheet.png",
     log:
-        f"logs/synthesize/{SYNTHETIC}.log",
+        "logs/synthesize/{subject}.log",
     benchmark:
-        f"results/benchmarks/synthesize/{SYNTHETIC}.tsv"
+        "results/benchmarks/synthesize/{subject}.tsv"
+    wildcard_constraints:
+        subject="|".join(SYNTHETIC_SUBJECTS),
     conda:
         "../../envs/mega.yaml"
     threads: job_threads("synthesize")
@@ -15,11 +19,10 @@ rule synthesize:
         gpu=job_resource("synthesize", "gpu"),
     params:
         mega=MEGA,
-        args=synth_args(),
-        subject=SYNTHETIC,
+        args=synth_args,
         out=parent_dir,
     shell:
-        "{params.mega} synth {params.out} --subject {params.subject} {params.args} --quiet > {log} 2>&1"
+        "{params.mega} synth {params.out} --subject {wildcards.subject} {params.args} --quiet > {log} 2>&1"
 
 
 rule ingest:
@@ -35,8 +38,8 @@ rule ingest:
     benchmark:
         "results/benchmarks/ingest/{subject}.tsv"
     wildcard_constraints:
-        # The synthetic subject's summary comes from synthesize.
-        subject=rf"(?!{SYNTHETIC}/)[A-Za-z0-9_\-]+",
+        # The synthetic subjects' summaries come from synthesize.
+        subject=rf"(?!({'|'.join(SYNTHETIC_SUBJECTS)})/)[A-Za-z0-9_\-]+",
     conda:
         "../../envs/mega.yaml"
     threads: job_threads("ingest")
