@@ -340,6 +340,60 @@ def _swap_hair(args) -> None:
              summary["n_images"]["val"], summary["n_images"]["test"])
 
 
+def _paint_example(args) -> None:
+    from mega.edit.paint import example_painting, write_painting
+
+    device, avatar, frames, _, rigid = _trained_avatar(args)
+    painting = example_painting(avatar, frames, rigid, args.union, args.camera)
+    paths = write_painting(painting, args.out)
+    log.info("wrote %s (camera %d, timestep %d, %d painted pixels)", ", ".join(str(p) for p in paths.values()),
+             painting.camera, painting.timestep, int(painting.mask.sum()))
+
+
+def _paint(args) -> None:
+    import copy
+    import json
+
+    from mega.edit.paint import PaintConfig, paint_avatar, read_painting
+    from mega.edit.paint_outputs import write_paint
+    from mega.data.gaussian_avatars import SubjectDataset
+
+    if args.frames < 2 or args.fps < 1:
+        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as e:
+        raise MegaError(f"--settings is not JSON ({e}): {args.settings}") from e
+    config = PaintConfig.from_dict(settings, where="--settings")
+    if args.view:
+        try:
+            view = json.loads(Path(args.view).read_text())
+            args.camera, args.timestep = int(view["camera"]), int(view["timestep"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MegaError(f"{args.view}: expected a JSON object with integer 'camera' and 'timestep' ({e})") from e
+    if args.camera is None or args.timestep is None:
+        raise MegaError("give the painted view: --camera and --timestep, or --view")
+    device, avatar, frames, joint, rigid = _trained_avatar(args)
+    train = SubjectDataset(args.union, "train", parsing="off", depth="off")
+    cameras = [i for i in range(len(train)) if int(train.frames.camera_index[i]) == args.camera]
+    if not cameras:
+        raise MegaError(f"{args.union}: the train split has no camera {args.camera}")
+    camera = train[cameras[0]]["camera"]
+    painting = read_painting(args.image, args.mask, args.camera, args.timestep, (camera.width, camera.height))
+    before = copy.deepcopy(avatar)
+    uv_mask = paint_avatar(avatar, frames, rigid, args.union, painting, Path(args.out) / "paint", config, device,
+                           progress=not args.quiet)
+    avatar.eval()
+    about = {"run": str(args.run_dir), "image": str(args.image), "mask": str(args.mask), "camera": args.camera,
+             "timestep": args.timestep, "settings": config.to_dict()}
+    summary = write_paint(before, avatar, frames, rigid, args.union, painting, uv_mask, joint, args.out, device,
+                          about, args.frames, args.degrees, args.fps, args.limit, progress=not args.quiet)
+    for split, values in summary["held_out"].items():
+        log.info("%s: ΔE to the paint %.1f → %.1f in the painted region; mean change elsewhere %.2f / 255", split,
+                 values["delta_e_to_paint_before"], values["delta_e_to_paint_after"],
+                 values["mean_change_outside_8bit"])
+
+
 def _figure(args) -> None:
     from mega.ablations import load_ablations
     from mega.report.result_figures import write_comparison_grid, write_stage_curves
@@ -616,6 +670,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="render only the first N images of each split")
     _runtime_arguments(p)
     p.set_defaults(func=_swap_hair)
+
+    p = sub.add_parser("paint-example", help="an example painting of a trained avatar: a coloured disc on the "
+                                             "cheek of its own render (painted.png, mask.png, view.json)")
+    _trained_avatar_arguments(p)
+    p.add_argument("--camera", type=int, help="the training camera to paint on (default: the one nearest the "
+                                               "frontal val camera)")
+    p.add_argument("--out", required=True, help="output folder")
+    _runtime_arguments(p)
+    p.set_defaults(func=_paint_example)
+
+    p = sub.add_parser("paint", help="texture painting: optimise the face's diffuse texture under the painted "
+                                     "region (and the pixel decoder) so that a painting of one view stays on the "
+                                     "face in every view and expression")
+    _trained_avatar_arguments(p)
+    p.add_argument("--image", required=True, help="the painted image (PNG, the camera's size)")
+    p.add_argument("--mask", required=True, help="its mask (PNG; non-zero = painted)")
+    p.add_argument("--camera", type=int, help="the camera index the image shows")
+    p.add_argument("--timestep", type=int, help="the timestep the image shows (a training frame)")
+    p.add_argument("--view", help="instead of --camera and --timestep: a JSON file holding both (what "
+                                  "paint-example writes)")
+    p.add_argument("--settings", default="{}", help="JSON of paint settings (mega/edit/paint.py PaintConfig)")
+    p.add_argument("--out", required=True, help="output folder: paint.pt, paint/, comparison.png, turntable.mp4, "
+                                                "summary.json")
+    p.add_argument("--frames", type=int, default=90, help="turntable frames")
+    p.add_argument("--degrees", type=float, default=60.0, help="turntable swing left and right of the camera")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--limit", type=int, help="held-out images per split in the summary's measures")
+    _runtime_arguments(p)
+    p.set_defaults(func=_paint)
 
     p = sub.add_parser("figure", help="figures of results: a run's training curves of all three stages (curves), "
                                       "or ground truth | variants on a few val and test images (grid)")

@@ -22,6 +22,7 @@ TINY = {
         "hair": {"init_on_scalp": 100, "init_off_scalp": 100, "hair_iterations": 2, "hair_batch_size": 8,
                  "joint_iterations": 2, "joint_batch_size": 8, "deform_layers": [8, 8], "checkpoint_every": 1,
                  "val_views": 1, "data_workers": 0},
+        "paint": {"iterations": 2, "batch_size": 1, "checkpoint_every": 1},
     },
     "evaluation": {"lpips_weights": str(LPIPS_WEIGHTS), "save_renders": True, "batch_size": 8},
     "videos": {"turntable_frames": 4, "fps": 4},
@@ -140,10 +141,10 @@ def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
     assert "table1.csv" in html and "turntable.mp4" in html
 
 
-def test_edits_swap_the_two_synthetic_subjects_hair_both_ways(workdir):
+def test_edits_swap_hair_both_ways_and_paint_the_example(workdir):
     """The second synthetic subject (long hair, another seed) is made and trained only for the
-    edits; each subject then wears the other's hair. After Table 1 in the same folder, the
-    default subject's avatar is reused."""
+    edits; each subject then wears the other's hair, and the default subject gets the example
+    painting. After Table 1 in the same folder, the default subject's avatar is reused."""
     result = snakemake(workdir, "--cores", "2", "edits")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Job stats" in result.stdout + result.stderr
@@ -152,6 +153,10 @@ def test_edits_swap_the_two_synthetic_subjects_hair_both_ways(workdir):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["n_images"]["test"] > 0 and summary["scalp_alignment"]["scalp_rmse_mm"] < 10
         assert (out / "turntable.mp4").stat().st_size > 1000 and (out / "comparison.png").is_file()
+    painted = workdir / "results" / "edits" / "paint" / "synthetic" / "cheek_mark"
+    summary = json.loads((painted / "summary.json").read_text())
+    assert summary["painted_texels"] > 0 and set(summary["held_out"]) == {"val", "test"}
+    assert (painted / "comparison.png").is_file() and (painted / "turntable.mp4").stat().st_size > 1000
     sheet = workdir / "results" / "data" / "synthetic_long" / "contact_sheet.png"
     assert sheet.is_file()
     assert not (workdir / "logs" / "train_face" / "synthetic" / "mega.log").stat().st_mtime > sheet.stat().st_mtime

@@ -1,6 +1,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
@@ -267,3 +268,40 @@ def subject_ready_of(subject):
     if is_synthetic(subject):
         return f"results/data/{subject}/summary.json"
     return f"results/preprocess/{subject}/union/overlay.json"
+
+
+def avatar_inputs_mega(wildcards):
+    """avatar_inputs of a subject's full model."""
+    return avatar_inputs(SimpleNamespace(subject=wildcards.subject, variant="mega"))
+
+
+def paint_entry(wildcards):
+    entry = EDITS.get("paint", {}).get(wildcards.name)
+    if entry is None or entry["subject"] != wildcards.subject:
+        raise ValueError(
+            f"config edits.paint has no painting '{wildcards.name}' of subject '{wildcards.subject}'"
+        )
+    return entry
+
+
+def paint_inputs(wildcards):
+    """The full model, and the painting: the config's files, or the subject's example."""
+    entry = paint_entry(wildcards)
+    inputs = avatar_inputs_mega(wildcards)
+    if entry.get("image"):
+        inputs.update(image=entry["image"], mask=entry["mask"], view=entry["view"])
+    else:
+        folder = f"results/edits/paint/{wildcards.subject}/example_painting"
+        inputs.update(
+            image=f"{folder}/painted.png", mask=f"{folder}/mask.png", view=f"{folder}/view.json"
+        )
+    return inputs
+
+
+def paint_settings(wildcards):
+    """Paint settings as JSON: edits.paint_settings, then the synthetic subjects' own."""
+    settings = dict(EDITS.get("paint_settings", {}))
+    if is_synthetic(wildcards.subject):
+        settings.update(config.get("synthetic", {}).get("paint", {}))
+    settings.update(paint_entry(wildcards).get("settings", {}))
+    return json.dumps(settings, separators=(",", ":"))

@@ -59,3 +59,91 @@ rule edits:
             "results/edits/hairswap/{pair}/summary.json",
             pair=[f"{a}_with_{b}" for a, b in EDITS.get("hairswap", [])],
         ),
+        [
+            f"results/edits/paint/{entry['subject']}/{name}/summary.json"
+            for name, entry in EDITS.get("paint", {}).items()
+        ],
+
+
+rule paint_example:
+    """The default painting of a subject: a coloured disc on the cheek of its own render, seen
+    from the training camera nearest the frontal one."""
+    input:
+        unpack(avatar_inputs_mega),
+    output:
+        image="results/edits/paint/{subject}/example_painting/painted.png",
+        mask="results/edits/paint/{subject}/example_painting/mask.png",
+        view="results/edits/paint/{subject}/example_painting/view.json",
+    log:
+        "logs/paint_example/{subject}.log",
+    wildcard_constraints:
+        subject=SUBJECT_NAMES,
+    conda:
+        "../../envs/mega.yaml"
+    threads: job_threads("paint")
+    resources:
+        mem_mb=job_resource("paint", "mem_mb"),
+        runtime=job_resource("paint", "runtime"),
+        gpu=job_resource("paint", "gpu"),
+    params:
+        mega=MEGA,
+        union=subject_union,
+        run=lambda wc, input: str(Path(input.joint).parent),
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
+        out=lambda wc, output: str(Path(output.image).parent),
+    shell:
+        "{params.mega} paint-example {params.run} {params.union} --head-model {params.head_model} "
+        "--rigid {input.rigid} --out {params.out} --threads {threads} --quiet > {log} 2>&1"
+
+
+rule paint:
+    """Texture painting (paper §5): the painting of the config's edits.paint entry (or the
+    example) optimised into the face's diffuse texture; before | after in held-out views, a
+    turntable, and how far the paint carried (ΔE)."""
+    input:
+        unpack(paint_inputs),
+    output:
+        summary="results/edits/paint/{subject}/{name}/summary.json",
+        comparison=report(
+            "results/edits/paint/{subject}/{name}/comparison.png",
+            caption="../report/paint.rst",
+            category="Edits",
+            subcategory="Texture painting",
+            labels={"subject": "{subject}", "painting": "{name}", "figure": "before | after"},
+        ),
+        video=report(
+            "results/edits/paint/{subject}/{name}/turntable.mp4",
+            caption="../report/paint.rst",
+            category="Edits",
+            subcategory="Texture painting",
+            labels={"subject": "{subject}", "painting": "{name}", "figure": "turntable"},
+        ),
+    log:
+        "logs/paint/{subject}/{name}.log",
+    benchmark:
+        "results/benchmarks/paint/{subject}/{name}.tsv"
+    wildcard_constraints:
+        subject=SUBJECT_NAMES,
+        name=r"(?!example_painting$)[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/mega.yaml"
+    threads: job_threads("paint")
+    resources:
+        mem_mb=job_resource("paint", "mem_mb"),
+        runtime=job_resource("paint", "runtime"),
+        gpu=job_resource("paint", "gpu"),
+    params:
+        mega=MEGA,
+        union=subject_union,
+        run=lambda wc, input: str(Path(input.joint).parent),
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
+        out=lambda wc, output: str(Path(output.summary).parent),
+        settings=paint_settings,
+        frames=VIDEOS.get("turntable_frames", 90),
+        degrees=VIDEOS.get("turntable_degrees", 60),
+        fps=VIDEOS.get("fps", 30),
+    shell:
+        "{params.mega} paint {params.run} {params.union} --head-model {params.head_model} --rigid {input.rigid} "
+        "--image {input.image} --mask {input.mask} --view {input.view} --settings '{params.settings}' "
+        "--out {params.out} --frames {params.frames} --degrees {params.degrees} --fps {params.fps} "
+        "--threads {threads} --quiet > {log} 2>&1"

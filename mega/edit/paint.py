@@ -1,0 +1,297 @@
+"""Facial texture painting (paper §5, Fig. 3b): paint on one image, and the paint stays on the
+face in every view and expression.
+
+Given a painted image I_p of one training camera and timestep and its mask M_p (the painted
+pixels), the mask is lifted into UV space through the rasterizer's UVs (M_p^uv: every texel
+whose bilinear footprint a painted face pixel reads), and only the diffuse neural texture T_di
+under M_p^uv (learning rate 0.01) and the pixel decoder (1e-4) are optimised, everything else
+fixed, with
+
+    L = mean_{M_p} (Î_p − I_p)²  +  λ_keep · ½ [ mean_{1−M_p} (Î_p − I_p)²  +  mean_{1−M_v} (Î_v − Î_v⁰)² ]
+
+over the painted view p and a batch of other training views v, where M_v is the painted UV region
+seen from v and Î_v⁰ the avatar's own render of v before painting: the painted view carries the
+paint, and everything outside it stays as it was. The authors optimise the same two parts at the
+same rates (``paint_opt.py``: 2000 epochs, L2 inside the painted region plus λ_s·L2 elsewhere);
+λ_keep = 1 here, as their λ_s is not published. Departure: the other views' targets are the
+avatar's renders before painting, not the photographs, so that fine-tuning the pixel decoder
+cannot go on fitting the photographs and change the rest of the face.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from mega.avatar import Avatar, RigidTable
+from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
+from mega.errors import DataError
+from mega.face.frames import FrameParameters
+from mega.render.mesh import interpolate, texture_at
+from mega.settings import Settings
+from mega.train.loop import LoopSettings, ParameterGroup, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PaintConfig(Settings):
+    """Settings of the painting optimisation (the authors' rates; steps from config)."""
+
+    kind = "paint settings"
+
+    iterations: int = 2000
+    batch_size: int = 2  # other views a step, beside the painted one
+    lr_texture: float = 0.01
+    lr_pixel_decoder: float = 1e-4
+    keep_weight: float = 1.0  # λ_keep
+    seed: int = 0
+    checkpoint_every: int = 200
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class Painting:
+    """A painted view: image [3, H, W] in [0, 1], mask [H, W] bool, of ``camera`` at ``timestep``."""
+
+    image: Tensor
+    mask: Tensor
+    camera: int
+    timestep: int
+
+
+def read_painting(image_path: str | Path, mask_path: str | Path, camera: int, timestep: int,
+                  size: tuple[int, int]) -> Painting:
+    """The painted image (RGB) and its mask (any non-zero pixel is painted) from files; ``size`` =
+    (width, height) of the camera they were painted on."""
+    images = {}
+    for name, path in (("image", image_path), ("mask", mask_path)):
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: the painted {name} was not found")
+        with Image.open(path) as im:
+            if im.size != tuple(size):
+                raise DataError(f"{path}: the painted {name} is {im.size[0]} x {im.size[1]} pixels, but camera "
+                                f"{camera} renders {size[0]} x {size[1]}; paint on an image of that camera")
+            images[name] = np.asarray(im.convert("RGB" if name == "image" else "L"))
+    mask = torch.from_numpy(images["mask"] > 0)
+    if not bool(mask.any()):
+        raise DataError(f"{mask_path}: the mask marks no painted pixel (every pixel is 0)")
+    image = torch.from_numpy(images["image"].copy()).permute(2, 0, 1).float() / 255
+    return Painting(image, mask, camera, timestep)
+
+
+def painted_sample(dataset: SubjectDataset, painting: Painting) -> dict:
+    """The training sample of the painting's camera and timestep, with the painted image in place
+    of the photograph."""
+    frames = dataset.frames
+    matches = [i for i in range(len(dataset)) if int(frames.camera_index[i]) == painting.camera
+               and int(frames.timestep[i]) == painting.timestep]
+    if not matches:
+        raise DataError(f"no training image of camera {painting.camera} at timestep {painting.timestep}: the "
+                        f"painting must be of a view of the train split")
+    sample = dict(dataset[matches[0]])
+    sample["image"] = painting.image
+    sample["paint_mask"] = painting.mask[None].float()
+    return sample
+
+
+# ----------------------------------------------------------------------------- UV space
+def pixel_uvs(face: nn.Module, rast: Tensor) -> Tensor:
+    """[B, H, W, 2] texture coordinates of every pixel (meaningless where rast[..., 3] = 0)."""
+    return interpolate(face.mesh.uvs[None], rast, face.mesh.faces_uv, backend=face.config.backend)
+
+
+def lift_mask_to_uv(uv: Tensor, covered: Tensor, tex_size: int) -> Tensor:
+    """M_p^uv [T, T] float in {0, 1}: the texels a bilinear lookup at the painted pixels reads.
+
+    uv [N, 2] of the painted, mesh-covered pixels (v along the rows), ``covered`` unused pixels
+    excluded already; texel centres sit at (i + 0.5) / T (grid_sample, align_corners=False)."""
+    mask = uv.new_zeros(tex_size * tex_size)
+    if uv.numel() == 0:
+        return mask.view(tex_size, tex_size)
+    xy = uv * tex_size - 0.5
+    base = torch.floor(xy).long()
+    for dx in (0, 1):
+        for dy in (0, 1):
+            x = (base[:, 0] + dx).clamp(0, tex_size - 1)
+            y = (base[:, 1] + dy).clamp(0, tex_size - 1)
+            mask[y * tex_size + x] = 1.0
+    return mask.view(tex_size, tex_size)
+
+
+def painted_region(uv_mask: Tensor, uv: Tensor, covered: Tensor) -> Tensor:
+    """M_v [B, 1, H, W] float: pixels of a view whose texture lookup reads painted texels."""
+    region = uv.new_zeros(covered.shape)
+    pixel_uv = uv[covered]
+    if pixel_uv.numel():
+        values = texture_at(uv_mask[None, None], pixel_uv, torch.zeros(pixel_uv.shape[0], dtype=torch.long,
+                                                                       device=uv.device))[:, 0]
+        region = region.index_put((covered,), (values > 0).to(region.dtype))
+    return region[:, None]
+
+
+# ----------------------------------------------------------------------------- the stage
+class PaintStage:
+    """The loop's stage: the painted view every step, plus a batch of other training views."""
+
+    name = "paint"
+    loss_terms = ("paint", "keep")
+    extra_columns = ()
+
+    def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, painted: dict,
+                 config: PaintConfig, device: torch.device):
+        self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
+        self.before = copy.deepcopy(avatar).eval().requires_grad_(False)  # Î⁰: the renders to keep
+        for module in (avatar.hair, avatar.deformation, frames):
+            if module is not None:
+                module.requires_grad_(False)
+        self.painted = to_device(collate_samples([painted]), device)
+        face = avatar.face
+        with torch.no_grad():
+            out = self._render(self.painted)
+            rast = out["face"]["rast"]
+            covered = rast[..., 3] > 0
+            uv = pixel_uvs(face, rast)
+            painted_face = covered & (self.painted["paint_mask"][:, 0] > 0.5)
+            if not bool(painted_face.any()):
+                raise DataError("the painted pixels miss the face mesh in this view: paint on the face")
+            self.uv_mask = lift_mask_to_uv(uv[painted_face], covered, face.diffuse_texture.shape[-1])
+        # Only the painted texels move: the diffuse texture's gradient is masked (Adam then leaves
+        # the rest untouched: zero gradients keep its moments at zero).
+        face.diffuse_texture.register_hook(lambda grad: grad * self.uv_mask)
+
+    def _render(self, batch: dict, avatar: Avatar | None = None) -> dict:
+        flame = self.frames(batch["timestep_index"])
+        rotation, translation = self.rigid(batch["timestep_index"])
+        return (avatar or self.avatar)(flame, batch["camera"], rotation, translation)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"face": self.avatar.face}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        face = self.avatar.face
+        trained = {id(face.diffuse_texture)} | {id(p) for p in face.pixel_decoder.parameters()}
+        return [ParameterGroup("diffuse_texture", [face.diffuse_texture], self.config.lr_texture),
+                ParameterGroup("pixel_decoder", list(face.pixel_decoder.parameters()), self.config.lr_pixel_decoder),
+                ParameterGroup("fixed", [p for p in face.parameters() if id(p) not in trained], 0.0, trainable=False)]
+
+    def begin_step(self, step: int) -> None:
+        # Batch-norm statistics of the fixed decoders stay as trained.
+        self.avatar.face.eval()
+
+    def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        mask = self.painted["paint_mask"]
+        error = (self._render(self.painted)["rgb"] - self.painted["image"]) ** 2
+        paint = masked_mean(error, mask)
+        keep_painted_view = masked_mean(error, 1 - mask)
+        out = self._render(batch)
+        with torch.no_grad():
+            target = self._render(batch, self.before)["rgb"]
+        rast = out["face"]["rast"]
+        region = painted_region(self.uv_mask, pixel_uvs(self.avatar.face, rast), rast[..., 3] > 0)
+        keep = 0.5 * (keep_painted_view + masked_mean((out["rgb"] - target) ** 2, 1 - region))
+        return paint + self.config.keep_weight * keep, {"paint": paint, "keep": keep}, {}
+
+
+def masked_mean(error: Tensor, weight: Tensor) -> Tensor:
+    """Mean of error [B, C, H, W] over the pixels weight [B, 1, H, W] selects (0 when none)."""
+    return (error * weight).sum() / (weight.sum() * error.shape[1]).clamp_min(1.0)
+
+
+def paint_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, union_dir: str | Path,
+                 painting: Painting, work_dir: str | Path, config: PaintConfig, device: torch.device,
+                 progress: bool = True) -> Tensor:
+    """Optimise ``avatar``'s face in place for ``painting``; checkpoints and loss log in
+    ``work_dir`` (resumable). Returns M_p^uv [T, T]."""
+    dataset = SubjectDataset(union_dir, "train", parsing="off", depth="off")
+    sample = painted_sample(dataset, painting)
+    camera = sample["camera"]
+    if (camera.width, camera.height) != (painting.image.shape[2], painting.image.shape[1]):
+        raise DataError(f"the painting is {painting.image.shape[2]} x {painting.image.shape[1]} pixels, camera "
+                        f"{painting.camera} renders {camera.width} x {camera.height}")
+    stage = PaintStage(avatar, frames, rigid, sample, config, device)
+    settings = LoopSettings(steps=config.iterations, batch_size=config.batch_size, seed=config.seed,
+                            checkpoint_every=config.checkpoint_every)
+    fingerprint = {**config.to_dict(), "camera": painting.camera, "timestep": painting.timestep,
+                   "paint_pixels": int(painting.mask.sum())}
+    train(stage, dataset, work_dir, settings, fingerprint, device, progress=progress, on_settings_change="restart")
+    return stage.uv_mask
+
+
+# ----------------------------------------------------------------------------- an example painting
+def frontal_train_camera(union_dir: str | Path) -> int:
+    """The training camera nearest the val camera (NeRSemble's frontal camera 8 is held out of
+    training for novel views, so a painting is made on its nearest neighbour)."""
+    train_split = SubjectDataset(union_dir, "train", parsing="off", depth="off")
+    val_split = SubjectDataset(union_dir, "val", parsing="off", depth="off")
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise DataError(f"{union_dir}: the train and val splits must both have images")
+    reference = val_split[0]["camera"].center
+    first_of = {}
+    for i in range(len(train_split)):
+        first_of.setdefault(int(train_split.frames.camera_index[i]), i)
+    distance = {c: float((train_split[i]["camera"].center - reference).norm()) for c, i in first_of.items()}
+    return min(distance, key=distance.get)
+
+
+@torch.no_grad()
+def example_painting(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, union_dir: str | Path,
+                     camera: int | None = None, colour: tuple[float, float, float] = (0.15, 0.35, 0.95),
+                     radius_frac: float = 0.12) -> Painting:
+    """A coloured disc painted on the cheek of the avatar's own render of ``camera`` at the first
+    training timestep: the default painting of the synthetic subjects. The disc sits a quarter of
+    the face's width from its centre towards the image's left, a tenth of its height below it
+    (the subject's right cheek in a frontal view), clipped to the face. ``camera`` None: the
+    training camera nearest the frontal one."""
+    if camera is None:
+        camera = frontal_train_camera(union_dir)
+    dataset = SubjectDataset(union_dir, "train", parsing="off", depth="off")
+    timesteps = sorted({int(t) for t in dataset.frames.timestep})
+    indices = [i for i in range(len(dataset)) if int(dataset.frames.camera_index[i]) == camera
+               and int(dataset.frames.timestep[i]) == timesteps[0]]
+    if not indices:
+        raise DataError(f"{union_dir}: no training image of camera {camera} at timestep {timesteps[0]}")
+    device = avatar.face.diffuse_texture.device
+    batch = to_device(collate_samples([dataset[indices[0]]]), device)
+    rotation, translation = rigid(batch["timestep_index"])
+    out = avatar(frames(batch["timestep_index"]), batch["camera"], rotation, translation, evaluation=True)
+    face = out["face"]["mask"][0, 0] & (out["hair_weight"][0, 0] < 0.5)
+    rows, cols = torch.nonzero(face, as_tuple=True)
+    if rows.numel() == 0:
+        raise DataError(f"the avatar's face is not visible from camera {camera}")
+    height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+    centre_y = float(rows.float().mean()) + 0.1 * height
+    centre_x = float(cols.float().mean()) - 0.25 * width
+    radius = max(radius_frac * width, 1.5)
+    yy, xx = torch.meshgrid(torch.arange(face.shape[0], device=device), torch.arange(face.shape[1], device=device),
+                            indexing="ij")
+    mask = ((yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= radius ** 2) & face
+    if not bool(mask.any()):
+        raise DataError(f"the example mark misses the face from camera {camera}")
+    image = out["rgb"][0].clone()
+    image[:, mask] = torch.tensor(colour, device=device)[:, None]
+    return Painting(image.cpu(), mask.cpu(), camera, timesteps[0])
+
+
+def write_painting(painting: Painting, folder: str | Path) -> dict[str, Path]:
+    """painted.png, mask.png and view.json (camera, timestep) in ``folder``, atomically."""
+    from mega.atomic import atomic_path, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"image": folder / "painted.png", "mask": folder / "mask.png", "view": folder / "view.json"}
+    image = (painting.image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    for key, array in (("image", image), ("mask", painting.mask.numpy().astype(np.uint8) * 255)):
+        with atomic_path(paths[key]) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+    write_json(paths["view"], {"camera": painting.camera, "timestep": painting.timestep})
+    return paths
+
