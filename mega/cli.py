@@ -664,9 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model` (both avatars')")
     p.add_argument("--out", required=True, help="output folder: val/, test/, comparison.png, turntable.mp4, "
                                                 "summary.json")
-    p.add_argument("--frames", type=int, default=90, help="turntable frames")
-    p.add_argument("--degrees", type=float, default=60.0, help="turntable swing left and right of the camera")
-    p.add_argument("--fps", type=int, default=30)
+    _turntable_arguments(p)
     p.add_argument("--limit", type=int, help="render only the first N images of each split")
     _runtime_arguments(p)
     p.set_defaults(func=_swap_hair)
@@ -693,9 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default="{}", help="JSON of paint settings (mega/edit/paint.py PaintConfig)")
     p.add_argument("--out", required=True, help="output folder: paint.pt, paint/, comparison.png, turntable.mp4, "
                                                 "summary.json")
-    p.add_argument("--frames", type=int, default=90, help="turntable frames")
-    p.add_argument("--degrees", type=float, default=60.0, help="turntable swing left and right of the camera")
-    p.add_argument("--fps", type=int, default=30)
+    _turntable_arguments(p)
     p.add_argument("--limit", type=int, help="held-out images per split in the summary's measures")
     _runtime_arguments(p)
     p.set_defaults(func=_paint)
@@ -738,6 +734,12 @@ def _trained_avatar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("union", help="the subject's UNION folder")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
     p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+
+
+def _turntable_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=90, help="turntable frames")
+    p.add_argument("--degrees", type=float, default=60.0, help="turntable swing left and right of the camera")
+    p.add_argument("--fps", type=int, default=30)
 
 
 def _runtime_arguments(p: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
 from mega.hair.rigid import rigid_icp, scalp_vertices
 from mega.train.checkpoint import load_checkpoint
-from mega.train.joint import load_avatar
+from mega.train.joint import hair_parts, load_avatar
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,8 @@ def load_hair_of(run_dir: str | Path, head, device: torch.device) -> tuple[Gauss
             raise DataError(f"{path}: not found; the hair's subject must be trained to the end (rule train_joint)")
     joint, hair_state = load_checkpoint(joint_path, device), load_checkpoint(hair_path, device)
     check_head_model(joint, joint_path, head)
-    config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
-    hair = GaussianHair(0, config.sh_degree).to(device)
-    hair.load_state_dict(hair_state["hair"])
-    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
-                                   scale=config.deform_scale).to(device)
-    deformation.load_state_dict(joint["deformation"])
-    return hair, deformation.eval(), config, int(hair_state["canonical_timestep"])
+    hair, deformation, config = hair_parts(joint, hair_state, joint_path, device)
+    return hair, deformation, config, int(hair_state["canonical_timestep"])
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from kornia.color import rgb_to_lab
 
-from mega.atomic import atomic_path, write_json
+from mega.atomic import write_json
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
 from mega.edit.paint import Painting, painted_region, pixel_uvs
 from mega.eval.face import driving_parameters
@@ -73,9 +73,8 @@ def held_out_change(before, after, frames, rigid, union_dir: str | Path, uv_mask
 def before_after_figure(before, after, frames, rigid, union_dir: str | Path, path: str | Path,
                         device: torch.device, views: int = 2) -> Path:
     """A PNG: rows of held-out views (val, then test), columns before | after."""
-    import matplotlib
+    from mega.report.result_figures import save_figure  # first: it selects the Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = []
@@ -94,11 +93,7 @@ def before_after_figure(before, after, frames, rigid, union_dir: str | Path, pat
             axes[r, c].set_axis_off()
             axes[r, c].set_title(f"{split} {title}", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_paint(before, after, frames, rigid, union_dir: str | Path, painting: Painting, uv_mask: torch.Tensor,

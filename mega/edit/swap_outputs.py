@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mega.atomic import atomic_path, write_json
+from mega.atomic import write_json
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
 from mega.edit.hairswap import SwappedAvatar
 from mega.eval.face import driving_parameters
@@ -31,9 +31,8 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
 def comparison_figure(swap: SwappedAvatar, union_dir: str | Path, path: str | Path, device: torch.device,
                       views: int = 3) -> Path:
     """A PNG of ``views`` val images of A: as trained (left) and with B's hair (right)."""
-    import matplotlib
+    from mega.report.result_figures import save_figure  # first: it selects the Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     dataset = SubjectDataset(union_dir, "val", parsing="off", depth="off")
@@ -51,11 +50,7 @@ def comparison_figure(swap: SwappedAvatar, union_dir: str | Path, path: str | Pa
             if row == 0:
                 axes[row, col].set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_swap(swap: SwappedAvatar, union_dir: str | Path, out_dir: str | Path, device: torch.device,

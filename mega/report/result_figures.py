@@ -21,11 +21,12 @@ STAGES = ("face", "hair", "joint")
 PANELS = {"total": "total loss", "psnr_train": "training PSNR (dB)", "hair_iou": "hair IoU (training batch)"}
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return out
 
@@ -60,7 +61,7 @@ def write_stage_curves(run_dir: str | Path, out: str | Path, title: str = "") ->
     axes[0].legend(fontsize=8)
     fig.suptitle(title or f"training of {run_dir}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def pick_views(metrics_csv: str | Path, n: int) -> list[str]:
@@ -103,4 +104,4 @@ def write_comparison_grid(union_dir: str | Path, eval_dir: str | Path, variants:
                 ax.set_ylabel(f"{split}\n{Path(name).stem}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -191,12 +191,20 @@ def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device
     face = NeuralFace(head, FaceConfig.from_dict(joint["face_config"], where=f"{joint_path} face_config")).to(device)
     face.load_state_dict(model_weights(joint))
     frames = FrameParameters.from_state_dict(joint["frames"]).to(device)
+    hair, deformation, config = hair_parts(joint, hair_state, joint_path, device)
+    avatar = Avatar(face, hair, deformation, config).to(device)
+    avatar.eval()
+    return avatar, frames, joint
+
+
+def hair_parts(joint: dict, hair_state: dict, joint_path: str | Path, device: str | torch.device
+               ) -> tuple[GaussianHair, DeformationField, HairConfig]:
+    """The canonical hair (hair.pt's contents), the deformation field and the hair settings
+    (joint.pt's) of a trained avatar."""
     config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
     hair = GaussianHair(0, config.sh_degree).to(device)
     hair.load_state_dict(hair_state["hair"])
     deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
                                    scale=config.deform_scale).to(device)
     deformation.load_state_dict(joint["deformation"])
-    avatar = Avatar(face, hair, deformation, config).to(device)
-    avatar.eval()
-    return avatar, frames, joint
+    return hair, deformation.eval(), config
