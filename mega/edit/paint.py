@@ -248,7 +248,7 @@ def example_painting(avatar: Avatar, frames: FrameParameters, rigid: RigidTable,
                      radius_frac: float = 0.12) -> Painting:
     """A coloured disc painted on the cheek of the avatar's own render of ``camera`` at the first
     training timestep: the default painting of the synthetic subjects. The disc sits a quarter of
-    the face's width from its centre towards the image's left, a tenth of its height below it
+    the face region's width from its centre towards the image's left, a tenth of its height below it
     (the subject's right cheek in a frontal view), clipped to the face. ``camera`` None: the
     training camera nearest the frontal one."""
     if camera is None:
@@ -264,13 +264,20 @@ def example_painting(avatar: Avatar, frames: FrameParameters, rigid: RigidTable,
     rotation, translation = rigid(batch["timestep_index"])
     out = avatar(frames(batch["timestep_index"]), batch["camera"], rotation, translation, evaluation=True)
     face = out["face"]["mask"][0, 0] & (out["hair_weight"][0, 0] < 0.5)
-    rows, cols = torch.nonzero(face, as_tuple=True)
-    if rows.numel() == 0:
-        raise DataError(f"the avatar's face is not visible from camera {camera}")
-    height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
-    centre_y = float(rows.float().mean()) + 0.1 * height
-    centre_x = float(cols.float().mean()) - 0.25 * width
+    # Where the face region of the head model lands in the image (not the whole mesh: the neck
+    # would pull the mark down to the jaw).
+    region = torch.as_tensor(avatar.face.mesh.head.regions_mask(["face"]), device=device)
+    if not bool(region.any()):
+        raise DataError("the head model has no 'face' region to place the example mark on")
+    pixels, _ = batch["camera"].project(out["face"]["vertices"][:, region])
+    pixels = pixels[0]
+    width = float(pixels[:, 0].max() - pixels[:, 0].min())
+    height = float(pixels[:, 1].max() - pixels[:, 1].min())
+    centre_x = float(pixels[:, 0].mean()) - 0.25 * width
+    centre_y = float(pixels[:, 1].mean()) + 0.1 * height
     radius = max(radius_frac * width, 1.5)
+    # pixel (i, j) covers [j, j + 1) x [i, i + 1): its centre is (j + 0.5, i + 0.5)
+    centre_x, centre_y = centre_x - 0.5, centre_y - 0.5
     yy, xx = torch.meshgrid(torch.arange(face.shape[0], device=device), torch.arange(face.shape[1], device=device),
                             indexing="ij")
     mask = ((yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= radius ** 2) & face
