@@ -84,9 +84,10 @@ RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
 
 
 def _resource(rule_name, key, wildcards, attempt):
-    """The config's `key` for rule_name's job: from resources.synthetic for the synthetic subject
-    (and its synthesize rule), from resources.real otherwise. Memory grows with each attempt, so
-    that a retry after running out of memory asks for more."""
+    """The config's `key` for rule_name's job: from resources.synthetic for a synthetic subject
+    (the `subject` wildcard, or `a`, the face of a swap), from resources.real otherwise and for
+    rules without a subject. Memory grows with each attempt, so that a retry after running out
+    of memory asks for more."""
     subject = wildcards.get("subject", wildcards.get("a"))
     scale = "synthetic" if is_synthetic(subject) else "real"
     table = config.get("resources", {}).get(scale, {}).get(rule_name, {})
