@@ -301,8 +301,7 @@ def _evaluate(args) -> None:
 def _video(args) -> None:
     from mega.report.videos import expression_frames, turntable_frames, write_mp4
 
-    if args.frames < 2 or args.fps < 1:
-        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
+    _check_turntable_arguments(args)
     device, avatar, frames, _, rigid = _trained_avatar(args)
     if args.kind == "turntable":
         images = turntable_frames(avatar, frames, rigid, args.union, args.frames, args.degrees, device, not args.quiet)
@@ -326,8 +325,7 @@ def _swap_hair(args) -> None:
     from mega.flame.head_model import load_head_model_folder
     from mega.train.loop import pick_device
 
-    if args.frames < 2 or args.fps < 1:
-        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
+    _check_turntable_arguments(args)
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
     device = pick_device(args.device)
@@ -351,15 +349,13 @@ def _paint_example(args) -> None:
 
 
 def _paint(args) -> None:
-    import copy
     import json
 
-    from mega.edit.paint import PaintConfig, paint_avatar, read_painting
+    from mega.data.gaussian_avatars import SubjectFrames
+    from mega.edit.paint import PaintConfig, paint_avatar, read_painting, view_index
     from mega.edit.paint_outputs import write_paint
-    from mega.data.gaussian_avatars import SubjectDataset
 
-    if args.frames < 2 or args.fps < 1:
-        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
+    _check_turntable_arguments(args)
     try:
         settings = json.loads(args.settings)
     except json.JSONDecodeError as e:
@@ -374,15 +370,11 @@ def _paint(args) -> None:
     if args.camera is None or args.timestep is None:
         raise MegaError("give the painted view: --camera and --timestep, or --view")
     device, avatar, frames, joint, rigid = _trained_avatar(args)
-    train = SubjectDataset(args.union, "train", parsing="off", depth="off")
-    cameras = [i for i in range(len(train)) if int(train.frames.camera_index[i]) == args.camera]
-    if not cameras:
-        raise MegaError(f"{args.union}: the train split has no camera {args.camera}")
-    camera = train[cameras[0]]["camera"]
-    painting = read_painting(args.image, args.mask, args.camera, args.timestep, (camera.width, camera.height))
-    before = copy.deepcopy(avatar)
-    uv_mask = paint_avatar(avatar, frames, rigid, args.union, painting, Path(args.out) / "paint", config, device,
-                           progress=not args.quiet)
+    train = SubjectFrames(args.union, "train")
+    width, height = train.size_wh[view_index(train, args.camera, args.timestep)]
+    painting = read_painting(args.image, args.mask, args.camera, args.timestep, (int(width), int(height)))
+    uv_mask, before = paint_avatar(avatar, frames, rigid, args.union, painting, Path(args.out) / "paint", config,
+                                   device, progress=not args.quiet)
     avatar.eval()
     about = {"run": str(args.run_dir), "image": str(args.image), "mask": str(args.mask), "camera": args.camera,
              "timestep": args.timestep, "settings": config.to_dict()}
@@ -740,6 +732,11 @@ def _turntable_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=90, help="turntable frames")
     p.add_argument("--degrees", type=float, default=60.0, help="turntable swing left and right of the camera")
     p.add_argument("--fps", type=int, default=30)
+
+
+def _check_turntable_arguments(args) -> None:
+    if args.frames < 2 or args.fps < 1:
+        raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
 
 
 def _runtime_arguments(p: argparse.ArgumentParser) -> None:

@@ -201,7 +201,7 @@ def test_swap_refuses_an_avatar_of_another_head_model(two_avatars, tmp_path):
 def test_a_painted_pixel_lifts_to_the_texels_its_lookup_reads():
     tex = 8
     uv = torch.tensor([[(3 + 0.5) / tex, (5 + 0.5) / tex], [0.52 / tex, 0.49 / tex]])  # a centre; near a corner
-    mask = lift_mask_to_uv(uv, None, tex)
+    mask = lift_mask_to_uv(uv, tex)
     assert mask[5, 3] == 1 and mask[0, 0] == 1
     assert int(mask.sum()) <= 8 and mask[5, 5] == 0
     covered = torch.tensor([[[True, True, False]]])

@@ -35,9 +35,8 @@ from mega.face.frames import FrameParameters
 from mega.hair.config import HairConfig
 from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
-from mega.hair.rigid import rigid_icp, scalp_vertices
-from mega.train.checkpoint import load_checkpoint
-from mega.train.joint import hair_parts, load_avatar
+from mega.hair.rigid import read_hair_rigid, rigid_icp, scalp_vertices
+from mega.train.joint import hair_parts, load_avatar, read_avatar_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -121,26 +120,11 @@ def swap_hair(avatar_a: Avatar, avatar_b: Avatar, rigid_a: RigidTable, similarit
     return swapped.eval(), SwappedRigid(rigid_a, similarity).to(rigid_a.rotation.device)
 
 
-def check_head_model(joint: dict, joint_path: Path, head) -> None:
-    """A run's joint.pt was trained with ``head`` (when it records its head model: runs of
-    earlier versions do not, and are taken on trust)."""
-    recorded = joint.get("head_model")
-    if recorded is not None and recorded != head.fingerprint():
-        raise DataError(f"{joint_path}: trained with head model {recorded}, but the head model given is "
-                        f"{head.fingerprint()}; avatars exchange parts only under one head model")
-
-
 def load_hair_of(run_dir: str | Path, head, device: torch.device) -> tuple[GaussianHair, DeformationField, HairConfig,
                                                                           int]:
     """B's side of a swap from its run folder: the canonical hair (hair.pt), the deformation field
     and hair settings (joint.pt), and its canonical timestep. B's face is not loaded."""
-    run_dir = Path(run_dir)
-    joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
-    for path in (joint_path, hair_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found; the hair's subject must be trained to the end (rule train_joint)")
-    joint, hair_state = load_checkpoint(joint_path, device), load_checkpoint(hair_path, device)
-    check_head_model(joint, joint_path, head)
+    joint, hair_state, joint_path = read_avatar_checkpoints(run_dir, head, device)
     hair, deformation, config = hair_parts(joint, hair_state, joint_path, device)
     return hair, deformation, config, int(hair_state["canonical_timestep"])
 
@@ -162,11 +146,12 @@ def load_swap(face_run: str | Path, face_union: str | Path, face_rigid: str | Pa
               hair_union: str | Path, head, device: torch.device) -> SwappedAvatar:
     """A (face_*: its run folder, UNION folder and hair_rigid.npz) wearing B's hair (hair_*: its
     run folder and UNION folder), under the base ``head`` model both were trained with."""
-    avatar_a, frames, joint_a = load_avatar(face_run, head, device)
-    check_head_model(joint_a, Path(face_run) / "joint.pt", head)
-    rigid_a = RigidTable.from_file(face_rigid).to(device)
+    avatar_a, frames, _ = load_avatar(face_run, head, device)
+    # A's rigid table and the canonical frame it maps from, read once.
+    table = read_hair_rigid(face_rigid)
+    rigid_a = RigidTable(table["timestep"], table["rotation"], table["translation"]).to(device)
+    canonical_a = table["canonical_timestep"]
     hair_b, deformation_b, config_b, canonical_b = load_hair_of(hair_run, head, device)
-    canonical_a = int(load_checkpoint(Path(face_run) / "hair.pt", device)["canonical_timestep"])
     _, scalp_a, _ = scalp_vertices(face_union, head, timesteps=[], canonical_timestep=canonical_a)
     _, scalp_b, _ = scalp_vertices(hair_union, head, timesteps=[], canonical_timestep=canonical_b)
     similarity = align_scalps(scalp_b, scalp_a)

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from mega.avatar import Avatar, RigidTable
-from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
+from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames, collate_samples, to_device
 from mega.errors import DataError
 from mega.face.frames import FrameParameters
 from mega.render.mesh import interpolate, texture_at
@@ -88,16 +88,19 @@ def read_painting(image_path: str | Path, mask_path: str | Path, camera: int, ti
     return Painting(image, mask, camera, timestep)
 
 
+def view_index(frames: SubjectFrames, camera: int, timestep: int) -> int:
+    """The index of the image of ``camera`` at ``timestep`` in a split (a painting is of one)."""
+    matches = np.flatnonzero((frames.camera_index == camera) & (frames.timestep == timestep))
+    if len(matches) == 0:
+        raise DataError(f"{frames.json_path}: no image of camera {camera} at timestep {timestep}; a painting "
+                        f"must show a view of the {frames.split} split")
+    return int(matches[0])
+
+
 def painted_sample(dataset: SubjectDataset, painting: Painting) -> dict:
     """The training sample of the painting's camera and timestep, with the painted image in place
     of the photograph."""
-    frames = dataset.frames
-    matches = [i for i in range(len(dataset)) if int(frames.camera_index[i]) == painting.camera
-               and int(frames.timestep[i]) == painting.timestep]
-    if not matches:
-        raise DataError(f"no training image of camera {painting.camera} at timestep {painting.timestep}: the "
-                        f"painting must be of a view of the train split")
-    sample = dict(dataset[matches[0]])
+    sample = dict(dataset[view_index(dataset.frames, painting.camera, painting.timestep)])
     sample["image"] = painting.image
     sample["paint_mask"] = painting.mask[None].float()
     return sample
@@ -109,11 +112,11 @@ def pixel_uvs(face: nn.Module, rast: Tensor) -> Tensor:
     return interpolate(face.mesh.uvs[None], rast, face.mesh.faces_uv, backend=face.config.backend)
 
 
-def lift_mask_to_uv(uv: Tensor, covered: Tensor, tex_size: int) -> Tensor:
+def lift_mask_to_uv(uv: Tensor, tex_size: int) -> Tensor:
     """M_p^uv [T, T] float in {0, 1}: the texels a bilinear lookup at the painted pixels reads.
 
-    uv [N, 2] of the painted, mesh-covered pixels (v along the rows), ``covered`` unused pixels
-    excluded already; texel centres sit at (i + 0.5) / T (grid_sample, align_corners=False)."""
+    uv [N, 2] of the painted, mesh-covered pixels (v along the rows); texel centres sit at
+    (i + 0.5) / T (grid_sample, align_corners=False)."""
     mask = uv.new_zeros(tex_size * tex_size)
     if uv.numel() == 0:
         return mask.view(tex_size, tex_size)
@@ -163,7 +166,7 @@ class PaintStage:
             painted_face = covered & (self.painted["paint_mask"][:, 0] > 0.5)
             if not bool(painted_face.any()):
                 raise DataError("the painted pixels miss the face mesh in this view: paint on the face")
-            self.uv_mask = lift_mask_to_uv(uv[painted_face], covered, face.diffuse_texture.shape[-1])
+            self.uv_mask = lift_mask_to_uv(uv[painted_face], face.diffuse_texture.shape[-1])
         # Only the painted texels move: the diffuse texture's gradient is masked (Adam then leaves
         # the rest untouched: zero gradients keep its moments at zero).
         face.diffuse_texture.register_hook(lambda grad: grad * self.uv_mask)
@@ -208,9 +211,9 @@ def masked_mean(error: Tensor, weight: Tensor) -> Tensor:
 
 def paint_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, union_dir: str | Path,
                  painting: Painting, work_dir: str | Path, config: PaintConfig, device: torch.device,
-                 progress: bool = True) -> Tensor:
+                 progress: bool = True) -> tuple[Tensor, Avatar]:
     """Optimise ``avatar``'s face in place for ``painting``; checkpoints and loss log in
-    ``work_dir`` (resumable). Returns M_p^uv [T, T]."""
+    ``work_dir`` (resumable). Returns M_p^uv [T, T] and a copy of the avatar as it was before."""
     dataset = SubjectDataset(union_dir, "train", parsing="off", depth="off")
     sample = painted_sample(dataset, painting)
     camera = sample["camera"]
@@ -223,7 +226,7 @@ def paint_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, uni
     fingerprint = {**config.to_dict(), "camera": painting.camera, "timestep": painting.timestep,
                    "paint_pixels": int(painting.mask.sum())}
     train(stage, dataset, work_dir, settings, fingerprint, device, progress=progress, on_settings_change="restart")
-    return stage.uv_mask
+    return stage.uv_mask, stage.before
 
 
 # ----------------------------------------------------------------------------- an example painting
@@ -234,12 +237,10 @@ def frontal_train_camera(union_dir: str | Path) -> int:
     val_split = SubjectDataset(union_dir, "val", parsing="off", depth="off")
     if len(train_split) == 0 or len(val_split) == 0:
         raise DataError(f"{union_dir}: the train and val splits must both have images")
-    reference = val_split[0]["camera"].center
-    first_of = {}
-    for i in range(len(train_split)):
-        first_of.setdefault(int(train_split.frames.camera_index[i]), i)
-    distance = {c: float((train_split[i]["camera"].center - reference).norm()) for c, i in first_of.items()}
-    return min(distance, key=distance.get)
+    reference = val_split.camera(0).center
+    cameras, first = np.unique(train_split.frames.camera_index, return_index=True)
+    distance = [float((train_split.camera(int(i)).center - reference).norm()) for i in first]
+    return int(cameras[int(np.argmin(distance))])
 
 
 @torch.no_grad()
@@ -254,13 +255,9 @@ def example_painting(avatar: Avatar, frames: FrameParameters, rigid: RigidTable,
     if camera is None:
         camera = frontal_train_camera(union_dir)
     dataset = SubjectDataset(union_dir, "train", parsing="off", depth="off")
-    timesteps = sorted({int(t) for t in dataset.frames.timestep})
-    indices = [i for i in range(len(dataset)) if int(dataset.frames.camera_index[i]) == camera
-               and int(dataset.frames.timestep[i]) == timesteps[0]]
-    if not indices:
-        raise DataError(f"{union_dir}: no training image of camera {camera} at timestep {timesteps[0]}")
+    first_timestep = int(dataset.frames.timestep.min())
     device = avatar.face.diffuse_texture.device
-    batch = to_device(collate_samples([dataset[indices[0]]]), device)
+    batch = to_device(collate_samples([dataset[view_index(dataset.frames, camera, first_timestep)]]), device)
     rotation, translation = rigid(batch["timestep_index"])
     out = avatar(frames(batch["timestep_index"]), batch["camera"], rotation, translation, evaluation=True)
     face = out["face"]["mask"][0, 0] & (out["hair_weight"][0, 0] < 0.5)
@@ -285,17 +282,18 @@ def example_painting(avatar: Avatar, frames: FrameParameters, rigid: RigidTable,
         raise DataError(f"the example mark misses the face from camera {camera}")
     image = out["rgb"][0].clone()
     image[:, mask] = torch.tensor(colour, device=device)[:, None]
-    return Painting(image.cpu(), mask.cpu(), camera, timesteps[0])
+    return Painting(image.cpu(), mask.cpu(), camera, first_timestep)
 
 
 def write_painting(painting: Painting, folder: str | Path) -> dict[str, Path]:
     """painted.png, mask.png and view.json (camera, timestep) in ``folder``, atomically."""
     from mega.atomic import atomic_path, write_json
+    from mega.report.videos import to_uint8
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"image": folder / "painted.png", "mask": folder / "mask.png", "view": folder / "view.json"}
-    image = (painting.image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = to_uint8(painting.image)
     for key, array in (("image", image), ("mask", painting.mask.numpy().astype(np.uint8) * 255)):
         with atomic_path(paths[key]) as tmp:
             Image.fromarray(array).save(tmp, format="PNG")

@@ -23,7 +23,7 @@ from mega.atomic import write_json
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
 from mega.edit.paint import Painting, painted_region, pixel_uvs
 from mega.eval.face import driving_parameters
-from mega.report.videos import turntable_frames, write_mp4
+from mega.report.videos import to_uint8, turntable_frames, write_mp4
 
 
 def delta_e(rgb: torch.Tensor, colour_rgb: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ def before_after_figure(before, after, frames, rigid, union_dir: str | Path, pat
         rotation, translation = rigid(batch["timestep_index"])
         for c, (avatar, title) in enumerate(((before, "before"), (after, "after"))):
             out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
-            axes[r, c].imshow((out["rgb"][0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
+            axes[r, c].imshow(to_uint8(out["rgb"][0]))
             axes[r, c].set_axis_off()
             axes[r, c].set_title(f"{split} {title}", fontsize=8)
     fig.tight_layout()

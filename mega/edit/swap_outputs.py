@@ -20,11 +20,7 @@ from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_devic
 from mega.edit.hairswap import SwappedAvatar
 from mega.eval.face import driving_parameters
 from mega.report.avatar_renders import render_avatar_split
-from mega.report.videos import turntable_frames, write_mp4
-
-
-def _uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+from mega.report.videos import to_uint8, turntable_frames, write_mp4
 
 
 @torch.no_grad()
@@ -45,7 +41,7 @@ def comparison_figure(swap: SwappedAvatar, union_dir: str | Path, path: str | Pa
                                                       (swap.swapped, swap.rigid, "with the other hair"))):
             rotation, translation = rigid(batch["timestep_index"])
             out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
-            axes[row, col].imshow(_uint8(out["rgb"][0]))
+            axes[row, col].imshow(to_uint8(out["rgb"][0]))
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[row, col].set_title(title, fontsize=9)

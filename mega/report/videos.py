@@ -65,7 +65,8 @@ def write_mp4(frames, path: str | Path, fps: int, size: tuple[int, int]) -> Path
     return path
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """image [3, H, W] in [0, 1] → [H, W, 3] uint8 (rounded), on the CPU."""
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
@@ -84,7 +85,7 @@ def turntable_frames(avatar, frames, rigid: RigidTable, union_dir: str | Path, n
     for camera in tqdm(orbit_cameras(reference, n_frames, degrees), desc="turntable", unit="frame",
                        disable=not progress):
         out = avatar(flame, Camera.stack([camera]).to(device), rotation, translation, evaluation=True)
-        yield _to_uint8(out["rgb"][0])
+        yield to_uint8(out["rgb"][0])
 
 
 @torch.no_grad()
@@ -102,4 +103,4 @@ def expression_frames(avatar, frames, rigid: RigidTable, union_dir: str | Path, 
         rotation, translation = rigid(batch["timestep_index"])
         out = avatar(driving_parameters(frames, batch, refined=False), batch["camera"], rotation, translation,
                      evaluation=True)
-        yield np.concatenate([_to_uint8(batch["image"][0]), _to_uint8(out["rgb"][0])], axis=1)
+        yield np.concatenate([to_uint8(batch["image"][0]), to_uint8(out["rgb"][0])], axis=1)

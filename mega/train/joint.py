@@ -181,13 +181,7 @@ def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device
     """The trained avatar of a run folder: ``joint.pt`` (the face as the joint stage left it, its
     per-frame FLAME parameters, the deformation field) and ``hair.pt`` (the canonical hair).
     Returns (avatar, per-frame FLAME parameters, the joint file's contents)."""
-    run_dir = Path(run_dir)
-    joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
-    for path in (joint_path, hair_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found; train the avatar first (rules train_hair, train_joint)")
-    joint = load_checkpoint(joint_path, device)
-    hair_state = load_checkpoint(hair_path, device)
+    joint, hair_state, joint_path = read_avatar_checkpoints(run_dir, head, device)
     face = NeuralFace(head, FaceConfig.from_dict(joint["face_config"], where=f"{joint_path} face_config")).to(device)
     face.load_state_dict(model_weights(joint))
     frames = FrameParameters.from_state_dict(joint["frames"]).to(device)
@@ -195,6 +189,25 @@ def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device
     avatar = Avatar(face, hair, deformation, config).to(device)
     avatar.eval()
     return avatar, frames, joint
+
+
+def read_avatar_checkpoints(run_dir: str | Path, head: HeadModel, device: str | torch.device = "cpu"
+                            ) -> tuple[dict, dict, Path]:
+    """The contents of a run folder's ``joint.pt`` and ``hair.pt``, and joint.pt's path; both must
+    exist, and joint.pt must have been trained with ``head`` (when it records its head model:
+    runs of earlier versions do not, and are taken on trust)."""
+    run_dir = Path(run_dir)
+    joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
+    for path in (joint_path, hair_path):
+        if not path.is_file():
+            raise DataError(f"{path}: not found; train the avatar first (rules train_hair, train_joint)")
+    joint = load_checkpoint(joint_path, device)
+    recorded = joint.get("head_model")
+    if recorded is not None and recorded != head.fingerprint():
+        raise DataError(f"{joint_path}: trained with head model {recorded}, but the head model given is "
+                        f"{head.fingerprint()}; an avatar renders, and exchanges parts, only under its own head "
+                        f"model")
+    return joint, load_checkpoint(hair_path, device), joint_path
 
 
 def hair_parts(joint: dict, hair_state: dict, joint_path: str | Path, device: str | torch.device

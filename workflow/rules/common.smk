@@ -1,7 +1,6 @@
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
@@ -236,11 +235,17 @@ def table1_subjects():
 
 
 def avatar_inputs(wildcards):
-    run = f"results/train/{wildcards.subject}/{wildcards.variant}"
+    """A trained avatar's files (the subject and variant wildcards)."""
+    return avatar_files(wildcards.subject, wildcards.variant)
+
+
+def avatar_files(subject, variant):
+    """The files of a subject's trained avatar: joint.pt, hair.pt, its rigid table, the head model."""
+    run = f"results/train/{subject}/{variant}"
     return {
         "joint": f"{run}/joint.pt",
         "hair": f"{run}/hair.pt",
-        "rigid": f"results/preprocess/{wildcards.subject}/hair_rigid.npz",
+        "rigid": f"results/preprocess/{subject}/hair_rigid.npz",
         "head_model": f"{HEAD_MODEL_DIR}/summary.json",
     }
 
@@ -251,16 +256,16 @@ SUBJECT_NAMES = "|".join(sorted({*SYNTHETIC_SUBJECTS, *config["subjects"]}, key=
 
 
 def swap_inputs(wildcards):
-    """The two full models (a's face, b's hair), a's rigid table and the head model."""
-    face, hair = f"results/train/{wildcards.a}/mega", f"results/train/{wildcards.b}/mega"
+    """The two full models (a's face, b's hair), a's rigid table, b's subject and the head model."""
+    face, hair = avatar_files(wildcards.a, "mega"), avatar_files(wildcards.b, "mega")
     return {
-        "face_joint": f"{face}/joint.pt",
-        "face_hair": f"{face}/hair.pt",
-        "face_rigid": f"results/preprocess/{wildcards.a}/hair_rigid.npz",
-        "hair_joint": f"{hair}/joint.pt",
-        "hair_hair": f"{hair}/hair.pt",
+        "face_joint": face["joint"],
+        "face_hair": face["hair"],
+        "face_rigid": face["rigid"],
+        "hair_joint": hair["joint"],
+        "hair_hair": hair["hair"],
         "hair_subject": subject_ready_of(wildcards.b),
-        "head_model": f"{HEAD_MODEL_DIR}/summary.json",
+        "head_model": face["head_model"],
     }
 
 
@@ -273,7 +278,7 @@ def subject_ready_of(subject):
 
 def avatar_inputs_mega(wildcards):
     """avatar_inputs of a subject's full model."""
-    return avatar_inputs(SimpleNamespace(subject=wildcards.subject, variant="mega"))
+    return avatar_files(wildcards.subject, "mega")
 
 
 def paint_entry(wildcards):
