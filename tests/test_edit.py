@@ -16,7 +16,7 @@ from mega.avatar import Avatar, RigidTable
 from mega.cli import main
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples
 from mega.edit.hairswap import Similarity, align_scalps, load_swap, swap_hair
-from mega.edit.paint import lift_mask_to_uv, painted_region, read_painting
+from mega.edit.paint import lift_mask_to_uv, painted_region, pixel_uvs, read_painting, used_texels
 from mega.errors import DataError
 from mega.eval.face import driving_parameters
 from mega.flame.head_model import load_head_model_folder
@@ -208,6 +208,22 @@ def test_a_painted_pixel_lifts_to_the_texels_its_lookup_reads():
     pixel_uv = torch.tensor([[[[3.5 / tex, 5.5 / tex], [6.5 / tex, 1.5 / tex], [0.0, 0.0]]]])
     region = painted_region(mask, pixel_uv, covered)
     assert region[0, 0, 0].tolist() == [1.0, 0.0, 0.0]
+
+
+@torch.no_grad()
+def test_the_used_texels_hold_every_texel_a_render_reads(two_avatars):
+    head_dir, subjects = two_avatars
+    union, run, rigid = subjects["a"]
+    avatar, frames, _ = load_avatar(run, load_head_model_folder(head_dir))
+    face = avatar.face
+    used = used_texels(face)
+    dataset = SubjectDataset(union, "train", parsing="off", depth="off")
+    batch = collate_samples([dataset[i] for i in range(0, len(dataset), max(1, len(dataset) // 6))])
+    rast = face(driving_parameters(frames, batch, refined=False), batch["camera"])["rast"]
+    covered = rast[..., 3] > 0
+    read = lift_mask_to_uv(pixel_uvs(face, rast)[covered], face.diffuse_texture.shape[-1]) > 0
+    assert bool(read.any()) and not bool((read & ~used).any())  # every texel read is a used one
+    assert 0.2 < float(used.float().mean()) < 0.95  # and the layout leaves texels unused
 
 
 def test_painting_errors_name_the_file_and_what_is_wrong(tmp_path):

@@ -8,14 +8,21 @@ under M_p^uv (learning rate 0.01) and the pixel decoder (1e-4) are optimised, ev
 fixed, with
 
     L = mean_{M_p} (Î_p − I_p)²  +  λ_keep · ½ [ mean_{1−M_p} (Î_p − I_p)²  +  mean_{1−M_v} (Î_v − Î_v⁰)² ]
+        + λ_texel · mean_{texels ∉ M_p^uv} |D(e(uv), T_v) − D⁰(e(uv), T_v)|²
 
 over the painted view p and a batch of other training views v, where M_v is the painted UV region
 seen from v and Î_v⁰ the avatar's own render of v before painting: the painted view carries the
-paint, and everything outside it stays as it was. The authors optimise the same two parts at the
-same rates (``paint_opt.py``: 2000 epochs, L2 inside the painted region plus λ_s·L2 elsewhere);
-λ_keep = 1 here, as their λ_s is not published. Departure: the other views' targets are the
-avatar's renders before painting, not the photographs, so that fine-tuning the pixel decoder
-cannot go on fitting the photographs and change the rest of the face.
+paint, and everything outside it stays as it was. The last term holds the pixel decoder's output
+D (against its copy D⁰ before painting) on the unpainted texels the mesh uses, decoded from the
+full neural texture T_v of each view of the batch (its expression and view direction) at the
+texel centres: the decoder is shared by every pixel, and a few rendered views a step anchor too
+few of its inputs (fine-tuned alone it recoloured the whole skin in speckles).
+
+The authors optimise the same two parts at the same rates (``paint_opt.py``: 2000 epochs, L2
+inside the painted region plus λ_s·L2 elsewhere); λ_keep = 1 here, as their λ_s is not
+published. Departures: the other views' targets are the avatar's renders before painting, not
+the photographs, so that fine-tuning the pixel decoder cannot go on fitting the photographs and
+change the rest of the face; and the texel term, which the authors do not have.
 """
 
 from __future__ import annotations
@@ -28,13 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames, collate_samples, to_device
 from mega.errors import DataError
 from mega.face.frames import FrameParameters
-from mega.render.mesh import interpolate, texture_at
+from mega.face.export import texel_centre_uvs
+from mega.render.mesh import interpolate, rasterize, texture_at
 from mega.settings import Settings
 from mega.train.loop import LoopSettings, ParameterGroup, train
 
@@ -52,6 +61,8 @@ class PaintConfig(Settings):
     lr_texture: float = 0.01
     lr_pixel_decoder: float = 1e-4
     keep_weight: float = 1.0  # λ_keep
+    texel_keep_weight: float = 30.0  # λ_texel
+    texel_keep_samples: int = 65536  # unpainted texels decoded per view a step (all when fewer)
     seed: int = 0
     checkpoint_every: int = 200
 
@@ -130,6 +141,20 @@ def lift_mask_to_uv(uv: Tensor, tex_size: int) -> Tensor:
     return mask.view(tex_size, tex_size)
 
 
+@torch.no_grad()
+def used_texels(face: nn.Module) -> Tensor:
+    """[T, T] bool: the texels a bilinear lookup on the mesh can read — the UV layout rasterized
+    at the texture's resolution (texel centres inside a UV triangle), grown by one texel for the
+    lookups at the triangles' edges."""
+    size = face.diffuse_texture.shape[-1]
+    uvs = face.mesh.uvs
+    # Texture row k holds v = (k + 0.5) / T; the rasterizer's row is (y + 1) / 2 · H: y = 2v − 1.
+    clip = torch.cat([uvs * 2 - 1, torch.zeros_like(uvs[:, :1]), torch.ones_like(uvs[:, :1])], dim=1)
+    rast = rasterize(clip[None], face.mesh.faces_uv, (size, size), backend=face.config.backend)
+    inside = (rast[0, ..., 3] > 0).float()
+    return F.max_pool2d(inside[None, None], 3, stride=1, padding=1)[0, 0] > 0
+
+
 def painted_region(uv_mask: Tensor, uv: Tensor, covered: Tensor) -> Tensor:
     """M_v [B, 1, H, W] float: pixels of a view whose texture lookup reads painted texels."""
     region = uv.new_zeros(covered.shape)
@@ -146,7 +171,7 @@ class PaintStage:
     """The loop's stage: the painted view every step, plus a batch of other training views."""
 
     name = "paint"
-    loss_terms = ("paint", "keep")
+    loss_terms = ("paint", "keep", "texels")
     extra_columns = ()
 
     def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, painted: dict,
@@ -167,6 +192,11 @@ class PaintStage:
             if not bool(painted_face.any()):
                 raise DataError("the painted pixels miss the face mesh in this view: paint on the face")
             self.uv_mask = lift_mask_to_uv(uv[painted_face], face.diffuse_texture.shape[-1])
+            # The texels whose decoded colour must not change: used by the mesh, not painted.
+            self.kept_texels = torch.nonzero((used_texels(face) & (self.uv_mask == 0)).reshape(-1))[:, 0]
+            self.kept_codes = face.uv_encoding(texel_centre_uvs(face.diffuse_texture.shape[-1], device,
+                                                                face.diffuse_texture.dtype)[self.kept_texels])
+        self.generator = torch.Generator()
         # Only the painted texels move: the diffuse texture's gradient is masked (Adam then leaves
         # the rest untouched: zero gradients keep its moments at zero).
         face.diffuse_texture.register_hook(lambda grad: grad * self.uv_mask)
@@ -189,6 +219,8 @@ class PaintStage:
     def begin_step(self, step: int) -> None:
         # Batch-norm statistics of the fixed decoders stay as trained.
         self.avatar.face.eval()
+        # The texel sample of a step depends on the step alone: a resumed run draws the same ones.
+        self.generator.manual_seed(self.config.seed * 1_000_003 + step)
 
     def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         mask = self.painted["paint_mask"]
@@ -201,7 +233,25 @@ class PaintStage:
         rast = out["face"]["rast"]
         region = painted_region(self.uv_mask, pixel_uvs(self.avatar.face, rast), rast[..., 3] > 0)
         keep = 0.5 * (keep_painted_view + masked_mean((out["rgb"] - target) ** 2, 1 - region))
-        return paint + self.config.keep_weight * keep, {"paint": paint, "keep": keep}, {}
+        texels = self._texel_keep(batch, out)
+        loss = paint + self.config.keep_weight * keep + self.config.texel_keep_weight * texels
+        return loss, {"paint": paint, "keep": keep, "texels": texels}, {}
+
+    def _texel_keep(self, batch: dict, out: dict) -> Tensor:
+        """Mean squared change of the decoded colour of a random sample of the kept texels, under
+        the full neural texture of each view of the batch."""
+        face, before = self.avatar.face, self.before.face
+        count = min(self.config.texel_keep_samples, self.kept_texels.numel())
+        pick = torch.randperm(self.kept_texels.numel(), generator=self.generator)[:count].to(self.kept_texels.device)
+        texels = self.kept_texels[pick]
+        with torch.no_grad():
+            cameras = batch["camera"].to(device=out["face"]["vertices_flame"].device)
+            view_dir = F.normalize(cameras.center - out["face"]["vertices_flame"].mean(1), dim=-1)
+            texture = face.neural_texture(self.frames(batch["timestep_index"]), view_dir)  # [B, C, T, T]
+            features = texture.flatten(2)[:, :, texels].transpose(1, 2)  # [B, n, C]
+            inputs = torch.cat([self.kept_codes[pick].expand(features.shape[0], -1, -1), features], dim=2)
+            target = before.pixel_decoder(inputs)
+        return ((face.pixel_decoder(inputs) - target) ** 2).mean()
 
 
 def masked_mean(error: Tensor, weight: Tensor) -> Tensor:
