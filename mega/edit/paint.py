@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from mega.avatar import Avatar, RigidTable
@@ -245,8 +245,9 @@ class PaintStage:
         pick = torch.randperm(self.kept_texels.numel(), generator=self.generator)[:count].to(self.kept_texels.device)
         texels = self.kept_texels[pick]
         with torch.no_grad():
-            cameras = batch["camera"].to(device=out["face"]["vertices_flame"].device)
-            view_dir = F.normalize(cameras.center - out["face"]["vertices_flame"].mean(1), dim=-1)
+            vertices_flame = out["face"]["vertices_flame"]
+            cameras = batch["camera"].to(device=vertices_flame.device, dtype=vertices_flame.dtype)
+            view_dir = face.view_direction(cameras, vertices_flame)
             texture = face.neural_texture(self.frames(batch["timestep_index"]), view_dir)  # [B, C, T, T]
             features = texture.flatten(2)[:, :, texels].transpose(1, 2)  # [B, n, C]
             inputs = torch.cat([self.kept_codes[pick].expand(features.shape[0], -1, -1), features], dim=2)

@@ -85,6 +85,12 @@ class NeuralFace(nn.Module):
             offsets = dynamic if offsets is None else offsets + dynamic
         return offsets
 
+    @staticmethod
+    def view_direction(cameras: Camera, vertices_flame: Tensor) -> Tensor:
+        """[B, 3] unit vectors from the head (the FLAME vertices' mean, [B, V, 3] metres) to the
+        cameras: the view decoder's input (the authors assume the head at the origin)."""
+        return F.normalize(cameras.center - vertices_flame.detach().mean(1), dim=-1)
+
     def neural_texture(self, flame: dict[str, Tensor], view_dir: Tensor) -> Tensor:
         """T = T_di + T_v + T_dy (eq. 3), [B, C, T, T]."""
         offsets = self.texture_offsets(flame, view_dir)
@@ -101,8 +107,7 @@ class NeuralFace(nn.Module):
                             backend=self.config.backend)[..., 0]
         uv = interpolate(self.mesh.uvs[None], rast, self.mesh.faces_uv, backend=self.config.backend)
 
-        # The view vector points from the head to the camera (the authors assume the head at the origin).
-        view_dir = F.normalize(cameras.center - vertices_flame.detach().mean(1), dim=-1)
+        view_dir = self.view_direction(cameras, vertices_flame)
         # Sample and decode only the covered pixels; the background stays white. Bilinear
         # lookup is linear, so T_di is read once from its single copy and T_v + T_dy per image:
         # the diffuse texture is never copied to the batch.
