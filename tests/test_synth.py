@@ -123,6 +123,23 @@ def test_bad_options_are_refused(tmp_path, capsys):
     assert "9 cameras" in capsys.readouterr().err
 
 
+def frontal_parsing(union: Path) -> np.ndarray:
+    frame = json.loads((union / "transforms_val.json").read_text())["frames"][0]
+    seq = (union / frame["file_path"]).parent.parent
+    return np.array(Image.open(seq / "parsing" / f"{Path(frame['file_path']).stem}_labels.png"))
+
+
+def test_long_hair_leaves_the_face_open(tmp_path):
+    """The long style falls beside and behind the head: the frontal view sees both eyes (a face
+    that never sees its eyes cannot wear another hairstyle), and far more hair than the short."""
+    size = ["--width", "69", "--height", "100"]
+    long_hair = frontal_parsing(make_subject(tmp_path / "long", "--hair", "long", *size))
+    short_hair = frontal_parsing(make_subject(tmp_path / "short", *size))
+    for labels in (long_hair, short_hair):
+        assert {LABEL["l_eye"], LABEL["r_eye"]} <= set(np.unique(labels).tolist())
+    assert (long_hair == LABEL["hair"]).sum() > 1.3 * (short_hair == LABEL["hair"]).sum()
+
+
 def test_a_rig_of_nine_to_fifteen_cameras_keeps_camera_8_frontal(tmp_path):
     from mega.data.rig import nersemble_like_rig
 

@@ -285,9 +285,15 @@ def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray)
     root_normals /= np.linalg.norm(root_normals, axis=1, keepdims=True)
     lengths = length_m * rng.uniform(0.7, 1.2, n_strands)
     segment = lengths / n_segments
-    # Short hair is combed back and up; long hair falls under gravity after leaving the scalp.
-    comb = np.array([0.0, 0.15, -1.0]) if style == "short" else np.array([0.0, -1.0, -0.15])
-    stiffness = 5.0 if style == "short" else 2.0
+    # Short hair is combed back and up; long hair is parted in the middle and falls under gravity
+    # beside and behind the head, leaving the face open (a fringe over the eyes would hide them in
+    # every view, and a face that never saw its eyes cannot wear another hairstyle).
+    if style == "short":
+        comb = np.array([0.0, 0.15, -1.0])
+    else:
+        side = np.where(roots[:, :1] >= 0, 1.0, -1.0)
+        comb = np.concatenate([0.55 * side, np.full_like(side, -1.0), np.full_like(side, -0.45)], axis=1)
+    stiffness = 5.0 if style == "short" else 4.0
     points = [roots + root_normals * 0.0015]
     directions = []
     for k in range(n_segments):
