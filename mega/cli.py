@@ -356,11 +356,7 @@ def _paint(args) -> None:
     from mega.edit.paint_outputs import write_paint
 
     _check_turntable_arguments(args)
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as e:
-        raise MegaError(f"--settings is not JSON ({e}): {args.settings}") from e
-    config = PaintConfig.from_dict(settings, where="--settings")
+    config = PaintConfig.from_dict(_json_settings(args.settings), where="--settings")
     if args.view:
         try:
             view = json.loads(Path(args.view).read_text())

@@ -26,6 +26,13 @@ def make_subject(out: Path, *extra: str) -> Path:
     return out / summary["union"]
 
 
+def frontal_parsing(union: Path) -> tuple[dict, np.ndarray]:
+    """The first val frame (the frontal camera's) and its parsing labels [H, W]."""
+    frame = json.loads((union / "transforms_val.json").read_text())["frames"][0]
+    seq = (union / frame["file_path"]).parent.parent
+    return frame, np.array(Image.open(seq / "parsing" / f"{Path(frame['file_path']).stem}_labels.png"))
+
+
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> Path:
     return make_subject(tmp_path_factory.mktemp("synth") / "synthetic")
@@ -71,10 +78,8 @@ def test_images_masks_parsing_and_depth_agree(subject):
 
 
 def test_frontal_camera_sees_eyes_nose_lips(subject):
-    frame = next(f for f in json.loads((subject / "transforms_val.json").read_text())["frames"])
+    frame, parsing = frontal_parsing(subject)
     assert frame["camera_index"] == 8
-    seq = (subject / frame["file_path"]).parent.parent
-    parsing = np.array(Image.open(seq / "parsing" / f"{Path(frame['file_path']).stem}_labels.png"))
     assert {LABEL["nose"], LABEL["u_lip"], LABEL["neck"]} <= set(np.unique(parsing).tolist())
 
 
@@ -123,18 +128,12 @@ def test_bad_options_are_refused(tmp_path, capsys):
     assert "9 cameras" in capsys.readouterr().err
 
 
-def frontal_parsing(union: Path) -> np.ndarray:
-    frame = json.loads((union / "transforms_val.json").read_text())["frames"][0]
-    seq = (union / frame["file_path"]).parent.parent
-    return np.array(Image.open(seq / "parsing" / f"{Path(frame['file_path']).stem}_labels.png"))
-
-
 def test_long_hair_leaves_the_face_open(tmp_path):
     """The long style falls beside and behind the head: the frontal view sees both eyes (a face
     that never sees its eyes cannot wear another hairstyle), and far more hair than the short."""
     size = ["--width", "69", "--height", "100"]
-    long_hair = frontal_parsing(make_subject(tmp_path / "long", "--hair", "long", *size))
-    short_hair = frontal_parsing(make_subject(tmp_path / "short", *size))
+    _, long_hair = frontal_parsing(make_subject(tmp_path / "long", "--hair", "long", *size))
+    _, short_hair = frontal_parsing(make_subject(tmp_path / "short", *size))
     for labels in (long_hair, short_hair):
         assert {LABEL["l_eye"], LABEL["r_eye"]} <= set(np.unique(labels).tolist())
     assert (long_hair == LABEL["hair"]).sum() > 1.3 * (short_hair == LABEL["hair"]).sum()
