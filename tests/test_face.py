@@ -92,6 +92,12 @@ def test_model_outputs(subject):
     # Off the mesh: white and no depth.
     assert bool((out["rgb"][:, :, ~out["mask"][0, 0]][0] == 1).all())
     assert out["vertices"].shape == out["vertices_flame"].shape == (2, model.mesh.n_vertices, 3)
+    # The texture offsets handed back are eq. 3's T_v + T_dy for these views and frames.
+    as_if_trained(model)
+    out = model(frame_batch(model), cameras())
+    view = NeuralFace.view_direction(cameras(), out["vertices_flame"])
+    expected = model.neural_texture(frame_batch(model), view) - model.diffuse_texture
+    assert out["texture_offsets"].abs().max() > 0 and torch.allclose(out["texture_offsets"], expected, atol=1e-6)
 
 
 def texture_of(model: NeuralFace, expr_scale: float, view: torch.Tensor) -> torch.Tensor:

@@ -245,11 +245,12 @@ class PaintStage:
         pick = torch.randperm(self.kept_texels.numel(), generator=self.generator)[:count].to(self.kept_texels.device)
         texels = self.kept_texels[pick]
         with torch.no_grad():
-            vertices_flame = out["face"]["vertices_flame"]
-            cameras = batch["camera"].to(device=vertices_flame.device, dtype=vertices_flame.dtype)
-            view_dir = face.view_direction(cameras, vertices_flame)
-            texture = face.neural_texture(self.frames(batch["timestep_index"]), view_dir)  # [B, C, T, T]
-            features = texture.flatten(2)[:, :, texels].transpose(1, 2)  # [B, n, C]
+            # T = T_di + T_v + T_dy at the sampled texels; the render already decoded T_v + T_dy.
+            features = face.diffuse_texture.flatten(2)[:, :, texels].transpose(1, 2)  # [1, n, C]
+            offsets = out["face"].get("texture_offsets")
+            if offsets is not None:
+                features = features + offsets.flatten(2)[:, :, texels].transpose(1, 2)  # [B, n, C]
+            features = features.expand(out["rgb"].shape[0], -1, -1)
             inputs = torch.cat([self.kept_codes[pick].expand(features.shape[0], -1, -1), features], dim=2)
             target = before.pixel_decoder(inputs)
         return ((face.pixel_decoder(inputs) - target) ** 2).mean()

@@ -43,6 +43,7 @@ class NeuralFace(nn.Module):
         vertices     [B, V, 3] refined (displaced) vertices, metres
         vertices_flame [B, V, 3] before displacement
         rast         [B, H, W, 4] the G-buffer
+        texture_offsets [B, C, T, T] T_v + T_dy (absent when both decoders are ablated)
     """
 
     def __init__(self, head: HeadModel, config: FaceConfig):
@@ -123,5 +124,8 @@ class NeuralFace(nn.Module):
         for colours in (both[:n], both[n:]):
             image = colours.new_full((B, H, W, 3), BACKGROUND).index_put((mask,), colours)
             images.append(image.permute(0, 3, 1, 2))
-        return {"rgb": images[0], "rgb_diffuse": images[1], "mask": mask[:, None], "depth": depth[:, None],
-                "vertices": vertices, "vertices_flame": vertices_flame, "rast": rast}
+        out = {"rgb": images[0], "rgb_diffuse": images[1], "mask": mask[:, None], "depth": depth[:, None],
+               "vertices": vertices, "vertices_flame": vertices_flame, "rast": rast}
+        if offsets is not None:
+            out["texture_offsets"] = offsets  # T_v + T_dy, for texture-space terms that reuse them
+        return out
