@@ -1,6 +1,6 @@
 """Renderer speed and memory: the mesh primitives and the Gaussian rasterizer, at the real
 802×550 resolution and at the default synthetic training size, on the torch backend (CPU or
-CUDA) and, where CUDA is present, nvdiffrast and gsplat for comparison.
+CUDA), and where CUDA is present the triton Gaussian kernels, nvdiffrast, and gsplat for comparison.
 
     python benchmarks/render.py [--repeats 5] [--device cpu|cuda] [--gaussians 50000]
 
@@ -124,27 +124,29 @@ def main() -> None:
         cam = nersemble_like_rig(550, 802)[8].resized(width, height).to(device)
         scene = [t.to(device).requires_grad_() for t in hair_gaussians(n, vertices, faces, scalp)]
 
-        def gaussians_forward():
-            return rasterize_gaussians(*scene[:4], cam, colors=scene[4])
+        for gaussian_backend in (["torch", "triton"] if device == "cuda" else ["torch"]):
 
-        def gaussians_forward_backward():
-            out = gaussians_forward()
-            (out["color"].sum() + out["alpha"].sum() + out["depth"].sum()).backward()
+            def gaussians_forward():
+                return rasterize_gaussians(*scene[:4], cam, colors=scene[4], backend=gaussian_backend)
 
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        rss_before = psutil.Process().memory_info().rss / 2**30
-        forward = timed(gaussians_forward, args.repeats, device)
-        both = timed(gaussians_forward_backward, args.repeats, device)
-        if device == "cuda":
-            memory = f"peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GB"
-        else:
-            memory = f"peak RSS {peak_rss_gb():.2f} GB (was {rss_before:.2f} before)"
-        with torch.no_grad():
-            out = gaussians_forward()
-        coverage = float((out["alpha"] > 0.5).float().mean())
-        rows.append((f"{n:,} Gaussians, fwd / fwd + bwd", "torch", f"{width}×{height}",
-                     f"{forward * 1000:.0f} / {both * 1000:.0f} ms", f"{memory}; {coverage:.0%} px α>0.5"))
+            def gaussians_forward_backward():
+                out = gaussians_forward()
+                (out["color"].sum() + out["alpha"].sum() + out["depth"].sum()).backward()
+
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            rss_before = psutil.Process().memory_info().rss / 2**30
+            forward = timed(gaussians_forward, args.repeats, device)
+            both = timed(gaussians_forward_backward, args.repeats, device)
+            if device == "cuda":
+                memory = f"peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GB"
+            else:
+                memory = f"peak RSS {peak_rss_gb():.2f} GB (was {rss_before:.2f} before)"
+            with torch.no_grad():
+                out = gaussians_forward()
+            coverage = float((out["alpha"] > 0.5).float().mean())
+            rows.append((f"{n:,} Gaussians, fwd / fwd + bwd", gaussian_backend, f"{width}×{height}",
+                         f"{forward * 1000:.1f} / {both * 1000:.1f} ms", f"{memory}; {coverage:.0%} px α>0.5"))
         if device == "cuda":
             rows.append(_gsplat_row(scene, cam, n, width, height, args.repeats))
 

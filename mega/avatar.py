@@ -91,7 +91,8 @@ class Avatar(nn.Module):
         c = self.config
         face = self.face(flame, cameras) if face is None else face
         gaussians, offsets = self.hair_of(flame, rotation, translation)
-        hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha)
+        hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha,
+                           c.gaussian_backend)
         blended = blend_renders(face, hair, c.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma,
                                 self.evaluation_near_z)
         return {"face": face, "hair": hair, **blended, "offsets": offsets, "gaussians": gaussians}

@@ -91,6 +91,8 @@ class HairConfig(Settings):
     """The hair depth of the occlusion test: near_z (the method) or alpha_depth (``gsdepth``)."""
     blur_kernel: int = 5
     blur_sigma: float = 1.5
+    gaussian_backend: str = "auto"
+    """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), or auto."""
 
     # ---- bookkeeping
     seed: int = 42
@@ -113,6 +115,8 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.occlusion_depth not in ("near_z", "alpha_depth"):
             raise ConfigError(f"{where}: 'occlusion_depth' must be near_z or alpha_depth, got {self.occlusion_depth!r}")
+        if self.gaussian_backend not in ("auto", "torch", "triton"):
+            raise ConfigError(f"{where}: 'gaussian_backend' must be auto, torch or triton, got {self.gaussian_backend!r}")
         if self.blur_kernel % 2 == 0:
             raise ConfigError(f"{where}: 'blur_kernel' must be odd, got {self.blur_kernel}")
         if not self.deform_layers or min(self.deform_layers) < 1:

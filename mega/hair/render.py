@@ -17,7 +17,7 @@ def camera_at(cameras: Camera, i: int) -> Camera:
 
 
 def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, early_stop_gap_m: float | None = 0.1,
-                near_z_alpha: float = 0.05) -> dict:
+                near_z_alpha: float = 0.05, backend: str = "auto") -> dict:
     """gaussians: activated hair of B frames (means [B, N, 3], quats [B, N, 4], scales [B, N, 3],
     opacities [B, N], sh [B, N, K, 3]); cameras batched [B].
 
@@ -25,7 +25,7 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     depth [B, 1, H, W] (alpha-weighted, metres), near_z [B, 3, H, W] (``inf`` = none), and for
     densification ``means2d`` (a list of B [N, 2] tensors whose ``.grad`` is the screen-space
     gradient after backward) and ``radii`` [B, N] pixels. An infinite early-stop gap (the
-    ``allgs`` variant) turns early stopping off.
+    ``allgs`` variant) turns early stopping off. ``backend``: the Gaussian rasterizer's.
     """
     gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
     cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
@@ -33,7 +33,8 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     for i in range(gaussians["means"].shape[0]):
         outs.append(rasterize_gaussians(gaussians["means"][i], gaussians["quats"][i], gaussians["scales"][i],
                                         gaussians["opacities"][i], camera_at(cameras, i), sh=gaussians["sh"][i],
-                                        sh_degree=sh_degree, near_z_alpha=near_z_alpha, early_stop_gap_m=gap))
+                                        sh_degree=sh_degree, near_z_alpha=near_z_alpha, early_stop_gap_m=gap,
+                                        backend=backend))
     alpha = torch.stack([o["alpha"] for o in outs])[:, None]
     color = torch.stack([o["color"] for o in outs]).permute(0, 3, 1, 2)
     return {

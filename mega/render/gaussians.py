@@ -32,12 +32,15 @@ The torch backend (CPU or CUDA) enumerates exactly the pixels inside each Gaussi
 once with segmented scans, in chunks of at most ``pair_budget`` (pixel, Gaussian) pairs taken
 front to back; pixels whose compositing has stopped drop out of later chunks, so Gaussians
 hidden behind dense hair cost little. The backward pass is written by hand (3DGS's recurrence,
-vectorized) and checked against autograd of a plain per-pixel loop in the tests.
+vectorized) and checked against autograd of a plain per-pixel loop in the tests. The triton
+backend (:mod:`mega.render.gaussians_triton`) composites the same table in 16 × 16 pixel tiles
+on a GPU, with the same outputs and gradients.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal, NamedTuple
 
 import torch
@@ -115,9 +118,13 @@ def rasterize_gaussians(
     min_transmittance: float | None = 1e-4,
     near_plane_m: float = 0.01,
     pair_budget: int | None = None,  # default: DEFAULT_PAIR_BUDGET for the device
-    backend: Literal["auto", "torch"] = "auto",
+    backend: Literal["auto", "torch", "triton"] = "auto",
 ) -> dict[str, Tensor]:
-    """Render Gaussians into one camera; see the module docstring for the outputs."""
+    """Render Gaussians into one camera; see the module docstring for the outputs.
+
+    ``backend``: ``torch`` (any device), ``triton`` (the tiled kernels of
+    :mod:`mega.render.gaussians_triton`: CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``),
+    ``auto`` = torch (see :data:`AUTO_PICKS_TRITON`)."""
     N = means.shape[0]
     _check_shape("means", means, (N, 3))
     _check_shape("quats", quats, (N, 4))
@@ -125,8 +132,9 @@ def rasterize_gaussians(
     _check_shape("opacities", opacities, (N,))
     if (colors is None) == (sh is None):
         raise ValueError("give exactly one of colors [N, C] or sh [N, K, 3]")
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"Gaussian backend must be 'auto' or 'torch', got {backend!r}")
+    if backend not in GAUSSIAN_BACKENDS:
+        raise ValueError(f"Gaussian backend must be one of {', '.join(GAUSSIAN_BACKENDS)}, got {backend!r}")
+    backend = resolve_gaussian_backend(backend, means.device)
     H, W = camera.height, camera.width
     if mesh_depth is not None:
         _check_shape("mesh_depth", mesh_depth, (H, W))
@@ -159,7 +167,6 @@ def rasterize_gaussians(
         radii = torch.where(drawn, torch.ceil(3 * torch.sqrt(lam_max)), torch.zeros_like(lam_max)).long()
         order = torch.argsort(torch.where(drawn, depths.detach(), torch.full_like(depths.detach(), math.inf)))
         order = order[: int(drawn.sum())]
-        spans = _row_spans(means2d.detach()[order], conic.detach()[order], level[order], extent_y[order], H, W)
 
     # One table of everything compositing reads per Gaussian: (mean x, mean y, conic A, B, C,
     # opacity, depth, colour…), so that a pair needs one gather.
@@ -168,7 +175,15 @@ def rasterize_gaussians(
         pair_budget = DEFAULT_PAIR_BUDGET.get(means.device.type, DEFAULT_PAIR_BUDGET["cpu"])
     settings = _Settings(H, W, near_z_alpha, early_stop_gap_m, min_transmittance, pair_budget)
     mesh_depth_flat = None if mesh_depth is None else mesh_depth.reshape(-1).detach().to(means.dtype)
-    image, near_z, num_significant = _Composite.apply(table, order, *spans, mesh_depth_flat, settings)
+    if backend == "triton":
+        from mega.render import gaussians_triton
+
+        image, near_z, num_significant = gaussians_triton.composite(table, means2d, extent_x, extent_y, order,
+                                                                    mesh_depth_flat, settings)
+    else:
+        with torch.no_grad():
+            spans = _row_spans(means2d.detach()[order], conic.detach()[order], level[order], extent_y[order], H, W)
+        image, near_z, num_significant = _Composite.apply(table, order, *spans, mesh_depth_flat, settings)
     return {
         "color": image[:, :C].reshape(H, W, C),
         "alpha": image[:, C].reshape(H, W),
@@ -179,6 +194,22 @@ def rasterize_gaussians(
         "radii": radii,
         "depths": depths,
     }
+
+
+GAUSSIAN_BACKENDS = ("auto", "torch", "triton")
+# ``auto`` stays on the torch backend until the triton kernels' CUDA tests have passed on a GPU
+# (they pass in Triton's CPU interpreter); then it is to pick triton for CUDA tensors.
+AUTO_PICKS_TRITON = False
+
+
+def resolve_gaussian_backend(backend: str, device: torch.device) -> str:
+    """``auto`` → the backend used on ``device``; ``triton`` is refused where it cannot run."""
+    if backend == "auto":
+        return "triton" if AUTO_PICKS_TRITON and device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(f"the triton Gaussian backend needs CUDA tensors, got tensors on {device} "
+                         "(TRITON_INTERPRET=1 runs it on the CPU in Triton's interpreter, slowly)")
+    return backend
 
 
 def _check_shape(name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("rgb", "ssim", "diffuse_rgb", "solid", "offset_quats", "offset_scales", "offset_opacities",
               "offset_sh0", "aiap_xyz", "aiap_cov")
-RESUMABLE = {"joint_epochs", "joint_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers"}
+RESUMABLE = {"joint_epochs", "joint_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers",
+             "gaussian_backend"}
 FROZEN_FACE_GROUPS = ("displacement", "flame_shape", "flame_expr", "flame_rotation", "flame_neck_pose",
                       "flame_jaw_pose", "flame_eyes_pose", "flame_translation")
 

@@ -1,0 +1,164 @@
+"""The triton Gaussian backend against the torch backend: on a GPU compiled, on a CPU in Triton's
+interpreter (the same kernels, run element by element), so these run in CI without a GPU."""
+
+import ast
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Must be set before the kernels are defined (mega.render.gaussians_triton is imported lazily).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from mega.data.camera import Camera  # noqa: E402
+from mega.render.gaussians import rasterize_gaussians, resolve_gaussian_backend  # noqa: E402
+from test_render_gaussians import loss_of, random_scene  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+H, W = 20, 36  # 2 × 3 tiles, the last row and column of tiles partly outside the image
+
+
+def camera() -> Camera:
+    K = torch.tensor([[30.0, 0, 17.3], [0, 30.0, 9.1], [0, 0, 1]])
+    return Camera(K, torch.eye(4), W, H)
+
+
+def dense_scene(n: int, seed: int) -> list[torch.Tensor]:
+    """Opaque, overlapping Gaussians: most pixels stop on the transmittance cut-off."""
+    scene = [t.float() for t in random_scene(n, seed=seed)]
+    scene[3] = scene[3] * 0.2 + 0.8
+    return scene
+
+
+SCENES = {"sparse": lambda: [t.float() for t in random_scene(60)], "dense": lambda: dense_scene(150, 3)}
+
+
+def mesh_plane() -> torch.Tensor:
+    mesh = torch.full((H, W), 1.2)
+    mesh[:, :5] = math.inf  # no mesh there
+    mesh[:3, 10:20] = 0.0  # nor there
+    return mesh
+
+
+@pytest.mark.parametrize("scene", list(SCENES))
+@pytest.mark.parametrize("options", [
+    {},
+    {"early_stop_gap_m": None},
+    {"min_transmittance": None, "early_stop_gap_m": None},
+    {"mesh_depth": "plane"},
+])
+def test_triton_matches_torch_outputs_and_gradients(scene, options):
+    if options.get("mesh_depth") == "plane":
+        options = {**options, "mesh_depth": mesh_plane()}
+    reference = [t.clone().requires_grad_() for t in SCENES[scene]()]
+    kernel = [t.detach().to(DEVICE).requires_grad_() for t in reference]
+    on_device = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in options.items()}
+    ref = rasterize_gaussians(*reference[:4], camera(), colors=reference[4], backend="torch", **options)
+    out = rasterize_gaussians(*kernel[:4], camera().to(DEVICE), colors=kernel[4], backend="triton", **on_device)
+    assert 0.05 < float(ref["alpha"].detach().mean()) < 0.95
+    if scene == "dense" and options.get("min_transmittance", 1e-4) is not None:
+        assert float(ref["alpha"].detach().max()) > 1 - 1e-3  # the cut-off is reached somewhere
+    for key in ("color", "alpha", "depth", "near_z"):
+        torch.testing.assert_close(out[key].detach().cpu(), ref[key].detach(), atol=2e-6, rtol=1e-5)
+    assert torch.equal(out["num_significant"].cpu(), ref["num_significant"])
+    assert torch.equal(out["radii"].cpu(), ref["radii"])
+    loss_of(ref).backward()
+    loss_of(out).backward()
+    for name, mine, expected in zip(("means", "quats", "scales", "opacities", "colors"), kernel, reference):
+        torch.testing.assert_close(mine.grad.cpu(), expected.grad, atol=1e-4, rtol=1e-4, msg=name)
+    torch.testing.assert_close(out["means2d"].grad.cpu(), ref["means2d"].grad, atol=1e-5, rtol=1e-4)
+
+
+def test_triton_renders_many_colour_channels_and_float64_inputs():
+    scene = [t.double() for t in random_scene(30, seed=5)]
+    features = torch.rand(30, 6, dtype=torch.float64)  # C = 6 (padded to 8 in the kernel)
+    ref = rasterize_gaussians(*scene[:4], camera().to(dtype=torch.float64), colors=features, backend="torch")
+    out = rasterize_gaussians(*[t.to(DEVICE) for t in scene[:4]], camera().to(DEVICE, torch.float64),
+                              colors=features.to(DEVICE), backend="triton")
+    assert out["color"].dtype == torch.float64 and out["color"].shape == (H, W, 6)
+    torch.testing.assert_close(out["color"].cpu(), ref["color"], atol=1e-5, rtol=1e-4)
+
+
+def test_every_pixel_a_gaussian_reaches_is_in_its_tile_list():
+    from mega.render.gaussians_triton import TILE, bin_tiles
+
+    means2d = torch.tensor([[3.0, 4.0], [17.2, 15.9], [35.5, 19.5], [-3.0, 8.0], [20.0, 40.0]])
+    extent = torch.tensor([2.0, 1.6, 3.0, 4.0, 2.0])
+    order = torch.tensor([1, 0, 2, 3])  # the last one is not drawn
+    gaussians, ranges = bin_tiles(means2d, extent, extent, order, H, W)
+    tiles_x = math.ceil(W / TILE)
+    lists = [gaussians[ranges[t]:ranges[t + 1]].tolist() for t in range(len(ranges) - 1)]
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    for g in order.tolist():
+        reached = ((xs - means2d[g, 0]).abs() <= extent[g]) & ((ys - means2d[g, 1]).abs() <= extent[g])
+        tiles = {int(y) // TILE * tiles_x + int(x) // TILE for y, x in torch.nonzero(reached).tolist()}
+        assert tiles and all(g in lists[t] for t in tiles)
+        assert sum(g in tile_list for tile_list in lists) == len(tiles)  # and no other tile
+    assert 4 not in gaussians.tolist()
+    # Each tile's list keeps the depth order (1 before 0 before 2 before 3).
+    for tile_list in lists:
+        assert tile_list == sorted(tile_list, key=order.tolist().index)
+    # Tile (1, 1) holds Gaussian 1 (at pixel 17, 15: its bounding box crosses into tiles 0 and 1).
+    assert 1 in lists[1 * tiles_x + 1] and 1 in lists[0 * tiles_x + 1]
+
+
+def test_triton_backend_is_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        resolve_gaussian_backend("triton", torch.device("cpu"))
+    assert resolve_gaussian_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="one of auto, torch, triton"):
+        rasterize_gaussians(*[t.float() for t in random_scene(3)][:4], camera(), colors=torch.rand(3, 3),
+                            backend="cuda")
+
+
+def test_kernels_compile_for_an_h100_without_one():
+    # In a process of its own: under the interpreter the kernels are not compilable objects.
+    script = ("from mega.render.gaussians_triton import compile_for\n"
+              "cubins = compile_for(90)\n"
+              "print(sorted((name, len(cubin)) for name, cubin in cubins.items()))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = dict(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    assert set(sizes) == {"backward", "forward"} and min(sizes.values()) > 1000
+
+
+def test_the_hair_renders_through_the_backend_its_config_names(monkeypatch):
+    from mega.errors import ConfigError
+    from mega.render import gaussians_triton
+    from mega.hair.config import HairConfig
+    from mega.hair.render import render_hair
+
+    with pytest.raises(ConfigError, match="gaussian_backend"):
+        HairConfig(gaussian_backend="cuda").check("hair settings")
+    means, quats, scales, opacities, colors = [t.float() for t in random_scene(40, seed=2)]
+    sh = torch.zeros(40, 16, 3)
+    sh[:, 0] = (colors - 0.5) / 0.28209479177387814  # degree-0 SH of these colours
+    hair = {"means": means[None], "quats": quats[None], "scales": scales[None], "opacities": opacities[None],
+            "sh": sh[None]}
+    cameras = camera()
+    batched = Camera(cameras.intrinsics[None], cameras.world_to_camera[None], W, H)
+    calls = []
+    composite = gaussians_triton.composite
+    monkeypatch.setattr(gaussians_triton, "composite", lambda *args: calls.append(1) or composite(*args))
+    ref = render_hair(hair, batched, 3, backend="torch")
+    assert not calls
+    out = render_hair({k: v.to(DEVICE) for k, v in hair.items()}, batched.to(DEVICE), 3, backend="triton")
+    assert len(calls) == 1 and out["rgb"].shape == ref["rgb"].shape == (1, 3, H, W)
+    for key in ("rgb", "alpha", "depth", "near_z"):
+        torch.testing.assert_close(out[key].cpu(), ref[key], atol=2e-6, rtol=1e-5)
+
+
+def test_nothing_drawn_renders_empty_and_has_zero_gradients():
+    scene = [t.float() for t in random_scene(5)]
+    scene[0][:, 2] = -1.0  # all behind the camera
+    scene = [t.to(DEVICE).requires_grad_() for t in scene]
+    out = rasterize_gaussians(*scene[:4], camera().to(DEVICE), colors=scene[4], backend="triton")
+    assert float(out["alpha"].detach().abs().max()) == 0.0 and bool(torch.isinf(out["near_z"]).all())
+    loss_of(out).backward()
+    assert all(float(t.grad.abs().max()) == 0.0 for t in scene)
