@@ -12,7 +12,7 @@ import torch
 
 if not torch.cuda.is_available():
     # Must be set before the kernels are defined (mega.render.gaussians_triton is imported lazily).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 from mega.data.camera import Camera  # noqa: E402
 from mega.render.gaussians import rasterize_gaussians, resolve_gaussian_backend  # noqa: E402
@@ -73,14 +73,66 @@ def test_triton_matches_torch_outputs_and_gradients(scene, options):
     torch.testing.assert_close(out["means2d"].grad.cpu(), ref["means2d"].grad, atol=1e-5, rtol=1e-4)
 
 
-def test_triton_renders_many_colour_channels_and_float64_inputs():
-    scene = [t.double() for t in random_scene(30, seed=5)]
-    features = torch.rand(30, 6, dtype=torch.float64)  # C = 6 (padded to 8 in the kernel)
-    ref = rasterize_gaussians(*scene[:4], camera().to(dtype=torch.float64), colors=features, backend="torch")
-    out = rasterize_gaussians(*[t.to(DEVICE) for t in scene[:4]], camera().to(DEVICE, torch.float64),
-                              colors=features.to(DEVICE), backend="triton")
-    assert out["color"].dtype == torch.float64 and out["color"].shape == (H, W, 6)
-    torch.testing.assert_close(out["color"].cpu(), ref["color"], atol=1e-5, rtol=1e-4)
+@pytest.mark.parametrize("n_colors, dtype", [(1, torch.float32), (6, torch.float64)])
+def test_triton_renders_any_number_of_channels_and_float64_inputs(n_colors, dtype):
+    scene = [t.to(dtype) for t in random_scene(30, seed=5)][:4] + [torch.rand(30, n_colors, dtype=dtype)]
+    reference = [t.clone().requires_grad_() for t in scene]
+    kernel = [t.detach().to(DEVICE).requires_grad_() for t in scene]
+    ref = rasterize_gaussians(*reference[:4], camera().to(dtype=dtype), colors=reference[4], backend="torch")
+    out = rasterize_gaussians(*kernel[:4], camera().to(DEVICE, dtype), colors=kernel[4], backend="triton")
+    assert out["color"].dtype == dtype and out["color"].shape == (H, W, n_colors)
+    torch.testing.assert_close(out["color"].detach().cpu(), ref["color"].detach(), atol=1e-5, rtol=1e-4)
+    loss_of(ref).backward()
+    loss_of(out).backward()
+    for name, mine, expected in zip(("means", "quats", "scales", "opacities", "colors"), kernel, reference):
+        assert mine.grad.dtype == dtype
+        torch.testing.assert_close(mine.grad.cpu(), expected.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_gradients_reach_the_front_of_a_deep_opaque_stack_without_the_cut_off():
+    """40 nearly opaque layers on one pixel and no T cut-off: T falls below float32's range, yet
+    the front layers' gradients must not vanish (the backward works from log T)."""
+    z = torch.linspace(1.0, 1.39, 40)
+    means = torch.stack([(8.5 - 17.3) / 30 * z, (8.5 - 9.1) / 30 * z, z], 1)  # on pixel (8, 8)
+    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(40, 1)
+    scales = torch.full((40, 3), 0.02)
+    opacities = torch.ones(40)
+    colors = torch.rand(40, 3, generator=torch.Generator().manual_seed(1))
+    reference = [t.clone().requires_grad_() for t in (means, quats, scales, opacities, colors)]
+    kernel = [t.detach().to(DEVICE).requires_grad_() for t in reference]
+    options = {"min_transmittance": None, "early_stop_gap_m": None}
+    ref = rasterize_gaussians(*reference[:4], camera(), colors=reference[4], backend="torch", **options)
+    out = rasterize_gaussians(*kernel[:4], camera().to(DEVICE), colors=kernel[4], backend="triton", **options)
+    assert int(ref["num_significant"][8, 8]) == 40
+    (ref["color"][8, 8].sum()).backward()
+    (out["color"][8, 8].sum()).backward()
+    assert float(reference[4].grad[0].abs().min()) > 0.5  # the front layer carries most of the pixel
+    for name, mine, expected in zip(("means", "quats", "scales", "opacities", "colors"), kernel, reference):
+        torch.testing.assert_close(mine.grad.cpu(), expected.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_every_pixel_the_torch_backend_composites_is_in_its_tile_list():
+    from mega.render.gaussians import _row_spans, project_gaussians
+    from mega.render.gaussians_triton import TILE, bin_tiles
+
+    means, quats, scales, opacities, _ = [t.float() for t in random_scene(80, seed=4)]
+    means2d, depths, cov2d, _ = project_gaussians(means, quats, scales, camera())
+    a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    det = a * c - b * b
+    conic = torch.stack([c / det, -b / det, a / det], 1)
+    level = 2 * torch.log(opacities * 255)
+    extent_x, extent_y = torch.sqrt(level * a), torch.sqrt(level * c)
+    order = torch.argsort(depths)
+    gaussians, ranges = bin_tiles(means2d, extent_x, extent_y, order, H, W)
+    rank, row, col0, length = _row_spans(means2d[order], conic[order], level[order], extent_y[order], H, W)
+    tiles_x = math.ceil(W / TILE)
+    lists = [set(gaussians[ranges[t]:ranges[t + 1]].tolist()) for t in range(len(ranges) - 1)]
+    checked = 0
+    for r, y, x0, n in zip(rank.tolist(), row.tolist(), col0.tolist(), length.tolist()):
+        for x in range(x0, x0 + n):
+            assert int(order[r]) in lists[y // TILE * tiles_x + x // TILE]
+            checked += 1
+    assert checked > 1000
 
 
 def test_every_pixel_a_gaussian_reaches_is_in_its_tile_list():
@@ -116,10 +168,11 @@ def test_triton_backend_is_refused_where_it_cannot_run(monkeypatch):
                             backend="cuda")
 
 
-def test_kernels_compile_for_an_h100_without_one():
+@pytest.mark.parametrize("n_colors, flags", [(3, True), (1, False)])
+def test_kernels_compile_for_an_h100_without_one(n_colors, flags):
     # In a process of its own: under the interpreter the kernels are not compilable objects.
     script = ("from mega.render.gaussians_triton import compile_for\n"
-              "cubins = compile_for(90)\n"
+              f"cubins = compile_for(90, {n_colors}, {flags})\n"
               "print(sorted((name, len(cubin)) for name, cubin in cubins.items()))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

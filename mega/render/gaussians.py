@@ -345,7 +345,7 @@ class _Composite(torch.autograd.Function):
             transmittance = torch.exp(log_t_before).to(dtype)
 
             contributes = alpha > 0
-            significant = alpha > settings.near_z_alpha
+            significant = contributes & (alpha > settings.near_z_alpha)
             stop_here = torch.zeros_like(contributes)
             if settings.min_transmittance is not None:
                 stop_here |= contributes & (transmittance * (1 - alpha) < settings.min_transmittance)

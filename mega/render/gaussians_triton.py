@@ -7,9 +7,10 @@ skipped below 1/255), the same three stops (transmittance, MeGA's early-stop gap
 last significant Gaussian, the mesh depth), the same outputs (Σ w·c, Σ w, Σ w·z, the 1st–3rd
 near-z and the count of significant Gaussians) and the same gradients to the per-Gaussian table
 (means2d, conic, opacity, depth, colours). Two differences of arithmetic, not of method: the
-transmittance is a float32 running product (the torch backend sums log(1 − α) in float64), and
-the backward pass recovers each Gaussian's transmittance by dividing the pixel's final one by
-(1 − α) on the way back, as 3DGS does, instead of storing it.
+transmittance is a float32 running product (the torch backend sums log(1 − α) in float64; float64
+inputs are composited in float32 here, so a threshold test can fall the other way at the last
+bit), and the backward pass recovers each Gaussian's transmittance from the pixel's final
+log T on the way back, as 3DGS does from the final T, instead of storing it per pair.
 
 Why Triton and not CUDA C++: its interpreter (``TRITON_INTERPRET=1``) runs these very kernels on
 CPU tensors, so the tests compare them with the torch backend on a machine without a GPU, and
@@ -20,8 +21,6 @@ Imported only when the ``triton`` backend is chosen.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -39,11 +38,6 @@ MAX_ALPHA = tl.constexpr(reference.MAX_ALPHA)
 GEOMETRY_COLUMNS = 7  # table columns before the colours: mean x, mean y, conic A, B, C, opacity, depth
 
 
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (set before this module is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 # ----------------------------------------------------------------------------- binning (torch)
 def bin_tiles(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor, H: int, W: int
               ) -> tuple[Tensor, Tensor]:
@@ -59,11 +53,15 @@ def bin_tiles(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor
     ex, ey = extent_x[order], extent_y[order]
     # The pixel columns/rows whose centres (i + 0.5) the ellipse's bounding box reaches.
     col0 = torch.ceil(mx - ex - 0.5).clamp(0, W - 1).long() // TILE
-    col1 = torch.floor(mx + ex - 0.5).clamp(0, W - 1).long() // TILE
+    col1 = torch.floor(mx + ex - 0.5).clamp(-1, W - 1).long() // TILE  # −1: reaches no pixel centre
     row0 = torch.ceil(my - ey - 0.5).clamp(0, H - 1).long() // TILE
-    row1 = torch.floor(my + ey - 0.5).clamp(0, H - 1).long() // TILE
+    row1 = torch.floor(my + ey - 0.5).clamp(-1, H - 1).long() // TILE
     nx, ny = (col1 - col0 + 1).clamp_min(0), (row1 - row0 + 1).clamp_min(0)
-    rank, offset = expand_ranges(nx * ny)
+    pairs = nx * ny
+    if int(pairs.sum()) >= 2**31:
+        raise ValueError(f"{int(pairs.sum()):,} (tile, Gaussian) pairs: more than the kernels' int32 lists hold; "
+                         "render fewer or smaller Gaussians per call")
+    rank, offset = expand_ranges(pairs)
     tile = (row0[rank] + offset // nx[rank]) * tiles_x + col0[rank] + offset % nx[rank]
     # A stable sort by tile keeps each tile's Gaussians in depth order (rank is ascending).
     tile, by_tile = torch.sort(tile, stable=True)
@@ -76,15 +74,28 @@ def bin_tiles(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _load_gaussian(table_ptr, g, STRIDE: tl.constexpr):
+def _gaussian_at(table_ptr, list_ptr, k, valid, fx, fy, STRIDE: tl.constexpr):
+    """The k-th Gaussian of a tile list and its α at the pixel centres (fx, fy); a slot past the
+    list (``valid`` False) has opacity 0. One function for both kernels, so that the backward
+    finds α ≥ 1/255 exactly where the forward did."""
+    g = tl.load(list_ptr + k, mask=valid, other=0)
     row = table_ptr + g.to(tl.int64) * STRIDE
-    return (tl.load(row + 0), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(row + 4),
-            tl.load(row + 5), tl.load(row + 6))
+    mx, my = tl.load(row + 0), tl.load(row + 1)
+    ca, cb, cc = tl.load(row + 2), tl.load(row + 3), tl.load(row + 4)
+    opacity = tl.where(valid, tl.load(row + 5), 0.0)
+    z = tl.load(row + 6)
+    dx = fx - mx
+    dy = fy - my
+    power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
+    gauss = tl.exp(power)
+    raw = opacity * gauss
+    alpha = tl.minimum(raw, MAX_ALPHA)
+    return g, ca, cb, cc, z, dx, dy, gauss, raw, alpha
 
 
 @triton.jit
 def _composite_forward(table_ptr, list_ptr, ranges_ptr, mesh_ptr, image_ptr, near_z_ptr, count_ptr,
-                       final_t_ptr, last_ptr, H, W, tiles_x, near_z_alpha, gap_m, min_transmittance,
+                       final_log_t_ptr, last_ptr, H, W, tiles_x, near_z_alpha, gap_m, min_transmittance,
                        STRIDE: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, TILE_SIZE: tl.constexpr,
                        HAS_MESH: tl.constexpr, USE_GAP: tl.constexpr, USE_MIN_T: tl.constexpr,
                        BATCH: tl.constexpr):
@@ -105,6 +116,9 @@ def _composite_forward(table_ptr, list_ptr, ranges_ptr, mesh_ptr, image_ptr, nea
     color_mask = cols < C
 
     transmittance = tl.full([TILE_SIZE * TILE_SIZE], 1.0, tl.float32)
+    # log T as well: the backward recovers each Gaussian's T from it, which a product that has
+    # underflowed to 0 (about 20 opaque layers without the T cut-off) could not give back.
+    log_t = tl.zeros([TILE_SIZE * TILE_SIZE], tl.float32)
     alive = inside
     last_significant = tl.full([TILE_SIZE * TILE_SIZE], float("-inf"), tl.float32)
     count = tl.zeros([TILE_SIZE * TILE_SIZE], tl.int32)
@@ -121,14 +135,8 @@ def _composite_forward(table_ptr, list_ptr, ranges_ptr, mesh_ptr, image_ptr, nea
     while (i < end) & (tl.max(alive.to(tl.int32), 0) > 0):
         for j in tl.static_range(BATCH):
             k = i + j
-            valid = k < end
-            g = tl.load(list_ptr + k, mask=valid, other=0)
-            mx, my, ca, cb, cc, opacity, z = _load_gaussian(table_ptr, g, STRIDE)
-            opacity = tl.where(valid, opacity, 0.0)  # past the tile's list: draws nothing
-            dx = fx - mx
-            dy = fy - my
-            power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
-            alpha = tl.minimum(opacity * tl.exp(power), MAX_ALPHA)
+            g, ca, cb, cc, z, dx, dy, gauss, raw, alpha = _gaussian_at(table_ptr, list_ptr, k, k < end, fx, fy,
+                                                                       STRIDE)
             contributes = alive & (alpha >= MIN_ALPHA)
             stop = contributes & (contributes != contributes)  # all False, of the right shape
             if USE_MIN_T:
@@ -150,6 +158,7 @@ def _composite_forward(table_ptr, list_ptr, ranges_ptr, mesh_ptr, image_ptr, nea
             count += significant.to(tl.int32)
             last_significant = tl.where(significant, z, last_significant)
             transmittance = tl.where(take, transmittance * (1 - alpha), transmittance)
+            log_t = tl.where(take, log_t + tl.log(1 - alpha), log_t)
             last = tl.where(take, k + 1, last)
             alive = alive & ~stop
         i += BATCH
@@ -163,12 +172,12 @@ def _composite_forward(table_ptr, list_ptr, ranges_ptr, mesh_ptr, image_ptr, nea
     tl.store(near_z_ptr + n_pixels + pix, near1, mask=inside)
     tl.store(near_z_ptr + 2 * n_pixels + pix, near2, mask=inside)
     tl.store(count_ptr + pix, count, mask=inside)
-    tl.store(final_t_ptr + pix, transmittance, mask=inside)
+    tl.store(final_log_t_ptr + pix, log_t, mask=inside)
     tl.store(last_ptr + pix, last, mask=inside)
 
 
 @triton.jit
-def _composite_backward(table_ptr, list_ptr, ranges_ptr, grad_image_ptr, final_t_ptr, last_ptr, grad_table_ptr,
+def _composite_backward(table_ptr, list_ptr, ranges_ptr, grad_image_ptr, final_log_t_ptr, last_ptr, grad_table_ptr,
                         H, W, tiles_x, STRIDE: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                         TILE_SIZE: tl.constexpr, BATCH: tl.constexpr):
     tile = tl.program_id(0)
@@ -188,7 +197,7 @@ def _composite_backward(table_ptr, list_ptr, ranges_ptr, grad_image_ptr, final_t
                          other=0.0)
     grad_weight = tl.load(grad_image_ptr + row + C, mask=inside, other=0.0)
     grad_depth = tl.load(grad_image_ptr + row + C + 1, mask=inside, other=0.0)
-    transmittance = tl.load(final_t_ptr + pix, mask=inside, other=1.0)
+    log_t = tl.load(final_log_t_ptr + pix, mask=inside, other=0.0)
     last = tl.load(last_ptr + pix, mask=inside, other=0)
     behind = tl.zeros([TILE_SIZE * TILE_SIZE], tl.float32)  # Σ over later Gaussians of w·value
 
@@ -196,25 +205,19 @@ def _composite_backward(table_ptr, list_ptr, ranges_ptr, grad_image_ptr, final_t
     while i >= start:
         for j in tl.static_range(BATCH):
             k = i - j
-            valid = k >= start
-            g = tl.load(list_ptr + k, mask=valid, other=0)
-            mx, my, ca, cb, cc, opacity, z = _load_gaussian(table_ptr, g, STRIDE)
-            dx = fx - mx
-            dy = fy - my
-            power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
-            gauss = tl.exp(power)
-            raw = opacity * gauss
-            alpha = tl.minimum(raw, MAX_ALPHA)
+            g, ca, cb, cc, z, dx, dy, gauss, raw, alpha = _gaussian_at(table_ptr, list_ptr, k, k >= start, fx, fy,
+                                                                       STRIDE)
             # Every Gaussian with α ≥ 1/255 before the pixel's last composited one was composited.
-            active = valid & inside & (k < last) & (alpha >= MIN_ALPHA)
+            active = inside & (k < last) & (alpha >= MIN_ALPHA)
             if tl.max(active.to(tl.int32), 0) > 0:
                 color = tl.load(table_ptr + g.to(tl.int64) * STRIDE + 7 + cols, mask=color_mask, other=0.0)
-                t_before = tl.where(active, transmittance / (1 - alpha), transmittance)
+                log_before = tl.where(active, log_t - tl.log(1 - alpha), log_t)
+                t_before = tl.exp(log_before)
                 value = tl.sum(color[None, :] * grad_color, 1) + grad_weight + z * grad_depth
                 weight = tl.where(active, alpha * t_before, 0.0)
                 grad_raw = tl.where(active & (raw <= MAX_ALPHA), t_before * value - behind / (1 - alpha), 0.0)
                 behind += weight * value
-                transmittance = t_before
+                log_t = log_before
                 grad_power = grad_raw * raw
                 out = grad_table_ptr + g.to(tl.int64) * STRIDE
                 tl.atomic_add(out + 0, tl.sum(grad_power * (ca * dx + cb * dy), 0))
@@ -249,32 +252,32 @@ class TritonComposite(torch.autograd.Function):
         image = torch.empty(H * W, n_colors + 2, dtype=torch.float32, device=device)
         near_z = torch.empty(3, H * W, dtype=torch.float32, device=device)
         count = torch.empty(H * W, dtype=torch.int32, device=device)
-        final_t = torch.empty(H * W, dtype=torch.float32, device=device)
+        final_log_t = torch.empty(H * W, dtype=torch.float32, device=device)
         last = torch.empty(H * W, dtype=torch.int32, device=device)
         mesh = image if mesh_depth is None else mesh_depth.detach().to(torch.float32).contiguous()
         tiles_x = triton.cdiv(W, TILE)
         grid = (tiles_x * triton.cdiv(H, TILE),)
         _composite_forward[grid](
-            work, gaussians, ranges, mesh, image, near_z, count, final_t, last, H, W, tiles_x,
+            work, gaussians, ranges, mesh, image, near_z, count, final_log_t, last, H, W, tiles_x,
             float(settings.near_z_alpha), float(settings.early_stop_gap_m or 0.0),
             float(settings.min_transmittance or 0.0), STRIDE=work.shape[1], C=n_colors,
             CP=triton.next_power_of_2(n_colors), TILE_SIZE=TILE, HAS_MESH=mesh_depth is not None,
             USE_GAP=settings.early_stop_gap_m is not None, USE_MIN_T=settings.min_transmittance is not None,
             BATCH=BATCH)
         ctx.mark_non_differentiable(near_z, count)
-        ctx.save_for_backward(work, gaussians, ranges, final_t, last)
+        ctx.save_for_backward(work, gaussians, ranges, final_log_t, last)
         ctx.shape, ctx.dtype = (H, W), dtype
         return image.to(dtype), near_z.to(dtype), count
 
     @staticmethod
     def backward(ctx, grad_image, _grad_near_z, _grad_count):
-        work, gaussians, ranges, final_t, last = ctx.saved_tensors
+        work, gaussians, ranges, final_log_t, last = ctx.saved_tensors
         H, W = ctx.shape
         n_colors = work.shape[1] - GEOMETRY_COLUMNS
         grad_table = torch.zeros_like(work)
         tiles_x = triton.cdiv(W, TILE)
         _composite_backward[(tiles_x * triton.cdiv(H, TILE),)](
-            work, gaussians, ranges, grad_image.to(torch.float32).contiguous(), final_t, last, grad_table, H, W,
+            work, gaussians, ranges, grad_image.to(torch.float32).contiguous(), final_log_t, last, grad_table, H, W,
             tiles_x, STRIDE=work.shape[1], C=n_colors, CP=triton.next_power_of_2(n_colors), TILE_SIZE=TILE,
             BATCH=BATCH)
         return grad_table.to(ctx.dtype), None, None, None, None
@@ -288,24 +291,26 @@ def composite(table: Tensor, means2d: Tensor, extent_x: Tensor, extent_y: Tensor
     return TritonComposite.apply(table, gaussians, ranges, mesh_depth, settings)
 
 
-def compile_for(capability: int = 90) -> dict[str, bytes]:
-    """Compile both kernels for a CUDA GPU of ``capability`` (90 = H100/H200) without one:
-    returns each kernel's cubin. Raises if they do not compile."""
+def compile_for(capability: int = 90, n_colors: int = 3, flags: bool = True) -> dict[str, bytes]:
+    """Compile both kernels for a CUDA GPU of ``capability`` (90 = H100/H200) without one, for
+    ``n_colors`` channels and the three stops on (``flags``) or off: returns each kernel's
+    cubin. Raises if they do not compile."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", capability, 32)
-    constants = {"STRIDE": 10, "C": 3, "CP": 4, "TILE_SIZE": TILE, "BATCH": BATCH}
+    constants = {"STRIDE": GEOMETRY_COLUMNS + n_colors, "C": n_colors, "CP": triton.next_power_of_2(n_colors),
+                 "TILE_SIZE": TILE, "BATCH": BATCH}
     common = {"H": "i32", "W": "i32", "tiles_x": "i32"}
     forward = ASTSource(fn=_composite_forward, signature={
         "table_ptr": "*fp32", "list_ptr": "*i32", "ranges_ptr": "*i32", "mesh_ptr": "*fp32", "image_ptr": "*fp32",
-        "near_z_ptr": "*fp32", "count_ptr": "*i32", "final_t_ptr": "*fp32", "last_ptr": "*i32", **common,
+        "near_z_ptr": "*fp32", "count_ptr": "*i32", "final_log_t_ptr": "*fp32", "last_ptr": "*i32", **common,
         "near_z_alpha": "fp32", "gap_m": "fp32", "min_transmittance": "fp32",
         **{name: "constexpr" for name in (*constants, "HAS_MESH", "USE_GAP", "USE_MIN_T")}},
-        constexprs={**constants, "HAS_MESH": True, "USE_GAP": True, "USE_MIN_T": True})
+        constexprs={**constants, "HAS_MESH": flags, "USE_GAP": flags, "USE_MIN_T": flags})
     backward = ASTSource(fn=_composite_backward, signature={
         "table_ptr": "*fp32", "list_ptr": "*i32", "ranges_ptr": "*i32", "grad_image_ptr": "*fp32",
-        "final_t_ptr": "*fp32", "last_ptr": "*i32", "grad_table_ptr": "*fp32", **common,
+        "final_log_t_ptr": "*fp32", "last_ptr": "*i32", "grad_table_ptr": "*fp32", **common,
         **{name: "constexpr" for name in constants}}, constexprs=constants)
     return {name: triton.compile(source, target=target).asm["cubin"]
             for name, source in (("forward", forward), ("backward", backward))}
