@@ -74,6 +74,15 @@ def bin_tiles(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
+def _tile_pixels(tile, H, W, tiles_x, TILE_SIZE: tl.constexpr):
+    """The TILE_SIZE² pixels of a tile: flat index, inside the image, pixel-centre x and y."""
+    p = tl.arange(0, TILE_SIZE * TILE_SIZE)
+    px = (tile % tiles_x) * TILE_SIZE + p % TILE_SIZE
+    py = (tile // tiles_x) * TILE_SIZE + p // TILE_SIZE
+    return py * W + px, (px < W) & (py < H), px.to(tl.float32) + 0.5, py.to(tl.float32) + 0.5
+
+
+@triton.jit
 def _gaussian_at(table_ptr, list_ptr, k, valid, fx, fy, STRIDE: tl.constexpr):
     """The k-th Gaussian of a tile list and its α at the pixel centres (fx, fy); a slot past the
     list (``valid`` False) has opacity 0. One function for both kernels, so that the backward
@@ -100,13 +109,7 @@ def _composite_forward(table_ptr, list_ptr, ranges_ptr, mesh_ptr, image_ptr, nea
                        HAS_MESH: tl.constexpr, USE_GAP: tl.constexpr, USE_MIN_T: tl.constexpr,
                        BATCH: tl.constexpr):
     tile = tl.program_id(0)
-    p = tl.arange(0, TILE_SIZE * TILE_SIZE)
-    px = (tile % tiles_x) * TILE_SIZE + p % TILE_SIZE
-    py = (tile // tiles_x) * TILE_SIZE + p // TILE_SIZE
-    inside = (px < W) & (py < H)
-    pix = py * W + px
-    fx = px.to(tl.float32) + 0.5
-    fy = py.to(tl.float32) + 0.5
+    pix, inside, fx, fy = _tile_pixels(tile, H, W, tiles_x, TILE_SIZE)
     start = tl.load(ranges_ptr + tile)
     end = tl.load(ranges_ptr + tile + 1)
     if HAS_MESH:
@@ -181,13 +184,7 @@ def _composite_backward(table_ptr, list_ptr, ranges_ptr, grad_image_ptr, final_l
                         H, W, tiles_x, STRIDE: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                         TILE_SIZE: tl.constexpr, BATCH: tl.constexpr):
     tile = tl.program_id(0)
-    p = tl.arange(0, TILE_SIZE * TILE_SIZE)
-    px = (tile % tiles_x) * TILE_SIZE + p % TILE_SIZE
-    py = (tile // tiles_x) * TILE_SIZE + p // TILE_SIZE
-    inside = (px < W) & (py < H)
-    pix = py * W + px
-    fx = px.to(tl.float32) + 0.5
-    fy = py.to(tl.float32) + 0.5
+    pix, inside, fx, fy = _tile_pixels(tile, H, W, tiles_x, TILE_SIZE)
     start = tl.load(ranges_ptr + tile)
     cols = tl.arange(0, CP)
     color_mask = cols < C
