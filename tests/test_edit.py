@@ -16,7 +16,8 @@ from mega.avatar import Avatar, RigidTable
 from mega.cli import main
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples
 from mega.edit.hairswap import Similarity, align_scalps, load_swap, swap_hair
-from mega.edit.paint import lift_mask_to_uv, painted_region, pixel_uvs, read_painting, used_texels
+from mega.edit.paint import (lift_mask_to_uv, painted_region, pixel_uvs, read_painting, texel_colours,
+                             used_texels)
 from mega.errors import DataError
 from mega.eval.face import driving_parameters
 from mega.flame.head_model import load_head_model_folder
@@ -208,6 +209,17 @@ def test_a_painted_pixel_lifts_to_the_texels_its_lookup_reads():
     pixel_uv = torch.tensor([[[[3.5 / tex, 5.5 / tex], [6.5 / tex, 1.5 / tex], [0.0, 0.0]]]])
     region = painted_region(mask, pixel_uv, covered)
     assert region[0, 0, 0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_painted_pixels_give_their_texels_the_mean_of_their_colours():
+    tex = 8
+    # Two pixels in texel (row 5, column 3), one in texel (0, 0), none elsewhere.
+    uv = torch.tensor([[3.2 / tex, 5.9 / tex], [3.8 / tex, 5.1 / tex], [0.4 / tex, 0.3 / tex]])
+    rgb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    texels, colours = texel_colours(uv, rgb, tex)
+    assert texels.tolist() == [0, 5 * tex + 3]
+    torch.testing.assert_close(colours, torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]))
+    assert bool((lift_mask_to_uv(uv, tex).reshape(-1)[texels] == 1).all())  # inside the painted UV mask
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ fixed, with
 
     L = mean_{M_p} (Î_p − I_p)²  +  λ_keep · ½ [ mean_{1−M_p} (Î_p − I_p)²  +  mean_{1−M_v} (Î_v − Î_v⁰)² ]
         + λ_texel · mean_{texels ∉ M_p^uv} |D(e(uv), T_v) − D⁰(e(uv), T_v)|²
+        + λ_paint · mean_{texels under the paint} |D(e(uv), T_v) − c_p(uv)|²
 
 over the painted view p and a batch of other training views v, where M_v is the painted UV region
 seen from v and Î_v⁰ the avatar's own render of v before painting: the painted view carries the
@@ -16,13 +17,17 @@ paint, and everything outside it stays as it was. The last term holds the pixel 
 D (against its copy D⁰ before painting) on the unpainted texels the mesh uses, decoded from the
 full neural texture T_v of each view of the batch (its expression and view direction) at the
 texel centres: the decoder is shared by every pixel, and a few rendered views a step anchor too
-few of its inputs (fine-tuned alone it recoloured the whole skin in speckles).
+few of its inputs (fine-tuned alone it recoloured the whole skin in speckles). The fourth asks
+the texels the painted pixels fall in to decode to the paint there (c_p, the mean painted colour
+of each texel's pixels) under the other views' textures too: without it, the paint is learnt
+under the painted view's view and expression offsets only, and how much of it another view
+shows varied between trainings of one avatar from a clear mark to a pale one.
 
 The authors optimise the same two parts at the same rates (``paint_opt.py``: 2000 epochs, L2
 inside the painted region plus λ_s·L2 elsewhere); λ_keep = 1 here, as their λ_s is not
 published. Departures: the other views' targets are the avatar's renders before painting, not
 the photographs, so that fine-tuning the pixel decoder cannot go on fitting the photographs and
-change the rest of the face; and the texel term, which the authors do not have.
+change the rest of the face; and the two texel terms, which the authors do not have.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class PaintConfig(Settings):
     keep_weight: float = 1.0  # λ_keep
     texel_keep_weight: float = 30.0  # λ_texel
     texel_keep_samples: int = 65536  # unpainted texels decoded per view a step (all when fewer)
+    painted_texel_weight: float = 1.0  # λ_paint: the painted texels decode to the paint in other views
     seed: int = 0
     checkpoint_every: int = 200
 
@@ -141,6 +147,17 @@ def lift_mask_to_uv(uv: Tensor, tex_size: int) -> Tensor:
     return mask.view(tex_size, tex_size)
 
 
+def texel_colours(uv: Tensor, rgb: Tensor, tex_size: int) -> tuple[Tensor, Tensor]:
+    """The texels that pixels at ``uv`` [N, 2] fall in, and the mean of their colours ``rgb``
+    [N, 3] in each: (flat texel indices [n], colours [n, 3])."""
+    ij = (uv * tex_size).floor().long().clamp(0, tex_size - 1)
+    flat = ij[:, 1] * tex_size + ij[:, 0]
+    texels, owner = torch.unique(flat, return_inverse=True)
+    total = rgb.new_zeros(texels.numel(), rgb.shape[1]).index_add_(0, owner, rgb)
+    count = rgb.new_zeros(texels.numel()).index_add_(0, owner, torch.ones_like(rgb[:, 0]))
+    return texels, total / count[:, None]
+
+
 @torch.no_grad()
 def used_texels(face: nn.Module) -> Tensor:
     """[T, T] bool: the texels a bilinear lookup on the mesh can read — the UV layout rasterized
@@ -171,7 +188,7 @@ class PaintStage:
     """The loop's stage: the painted view every step, plus a batch of other training views."""
 
     name = "paint"
-    loss_terms = ("paint", "keep", "texels")
+    loss_terms = ("paint", "keep", "texels", "painted_texels")
     extra_columns = ()
 
     def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, painted: dict,
@@ -191,11 +208,16 @@ class PaintStage:
             painted_face = covered & (self.painted["paint_mask"][:, 0] > 0.5)
             if not bool(painted_face.any()):
                 raise DataError("the painted pixels miss the face mesh in this view: paint on the face")
-            self.uv_mask = lift_mask_to_uv(uv[painted_face], face.diffuse_texture.shape[-1])
+            size = face.diffuse_texture.shape[-1]
+            self.uv_mask = lift_mask_to_uv(uv[painted_face], size)
+            centres = texel_centre_uvs(size, device, face.diffuse_texture.dtype)
             # The texels whose decoded colour must not change: used by the mesh, not painted.
             self.kept_texels = torch.nonzero((used_texels(face) & (self.uv_mask == 0)).reshape(-1))[:, 0]
-            self.kept_codes = face.uv_encoding(texel_centre_uvs(face.diffuse_texture.shape[-1], device,
-                                                                face.diffuse_texture.dtype)[self.kept_texels])
+            self.kept_codes = face.uv_encoding(centres[self.kept_texels])
+            # The texels the painted pixels fall on, and the paint's colour there.
+            paint_rgb = self.painted["image"].permute(0, 2, 3, 1)[painted_face]
+            self.painted_texels, self.painted_rgb = texel_colours(uv[painted_face], paint_rgb, size)
+            self.painted_codes = face.uv_encoding(centres[self.painted_texels])
         self.generator = torch.Generator()
         # Only the painted texels move: the diffuse texture's gradient is masked (Adam then leaves
         # the rest untouched: zero gradients keep its moments at zero).
@@ -234,8 +256,22 @@ class PaintStage:
         region = painted_region(self.uv_mask, pixel_uvs(self.avatar.face, rast), rast[..., 3] > 0)
         keep = 0.5 * (keep_painted_view + masked_mean((out["rgb"] - target) ** 2, 1 - region))
         texels = self._texel_keep(batch, out)
-        loss = paint + self.config.keep_weight * keep + self.config.texel_keep_weight * texels
-        return loss, {"paint": paint, "keep": keep, "texels": texels}, {}
+        painted_texels = self._painted_texels(out)
+        loss = (paint + self.config.keep_weight * keep + self.config.texel_keep_weight * texels
+                + self.config.painted_texel_weight * painted_texels)
+        return loss, {"paint": paint, "keep": keep, "texels": texels, "painted_texels": painted_texels}, {}
+
+    def _painted_texels(self, out: dict) -> Tensor:
+        """Mean squared distance to the paint of the painted texels' decoded colour under the full
+        neural texture of each view of the batch (other views and expressions than the painted one)."""
+        face = self.avatar.face
+        features = face.diffuse_texture.flatten(2)[:, :, self.painted_texels].transpose(1, 2)  # [1, n, C]
+        offsets = out["face"].get("texture_offsets")
+        if offsets is not None:
+            features = features + offsets.detach().flatten(2)[:, :, self.painted_texels].transpose(1, 2)
+        features = features.expand(out["rgb"].shape[0], -1, -1)
+        inputs = torch.cat([self.painted_codes.expand(features.shape[0], -1, -1), features], dim=2)
+        return ((face.pixel_decoder(inputs) - self.painted_rgb) ** 2).mean()
 
     def _texel_keep(self, batch: dict, out: dict) -> Tensor:
         """Mean squared change of the decoded colour of a random sample of the kept texels, under
