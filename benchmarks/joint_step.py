@@ -1,7 +1,7 @@
 """One joint-stage training step of a real-size avatar: milliseconds and peak memory, and the
 projected time of the authors' joint schedule for one subject.
 
-    python benchmarks/joint_step.py --device cuda [--gaussian-backend triton] [--steps 10]
+    python benchmarks/joint_step.py --device cuda [--gaussian-backend triton] [--decoder-precision bfloat16]
     python benchmarks/joint_step.py --device cpu --tex-size 256 --gaussians 5000 --batch 2 \\
         --width 138 --height 200 --steps 2          # a quick check that the script runs
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import collate_samples
-from mega.face.config import FaceConfig
+from mega.face.config import DECODER_PRECISIONS, FaceConfig
 from mega.face.model import NeuralFace
 from mega.flame.head_model import load_head_model_folder
 from mega.hair.config import HairConfig
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=550)
     parser.add_argument("--height", type=int, default=802)
     parser.add_argument("--gaussian-backend", default="auto", choices=("auto", "torch", "triton"))
+    parser.add_argument("--decoder-precision", default="float32", choices=DECODER_PRECISIONS,
+                        help="the view and dynamic texture decoders' arithmetic (FaceConfig.decoder_precision)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -105,7 +107,7 @@ def main() -> None:
 
     head = load_head_model_folder(results / "head_model")
     _, frames = load_face(results / "train" / "synthetic" / "mega" / "face.pt", head)
-    face_config = FaceConfig(tex_size=args.tex_size)
+    face_config = FaceConfig(tex_size=args.tex_size, decoder_precision=args.decoder_precision)
     face = NeuralFace(head, face_config)
     n_on = args.gaussians // 3
     config = HairConfig(init_on_scalp=n_on, init_off_scalp=args.gaussians - n_on,
@@ -160,7 +162,7 @@ def main() -> None:
     steps = config.joint_steps_for(REAL_SUBJECT_IMAGES)
     print(f"machine: {name}; {versions}")
     print(f"joint step: textures {args.tex_size}², {hair.n:,} Gaussians, {args.width} × {args.height}, "
-          f"batch {args.batch}, Gaussian backend {args.gaussian_backend}")
+          f"batch {args.batch}, Gaussian backend {args.gaussian_backend}, texture decoders in {args.decoder_precision}")
     print(f"  {seconds * 1000:.1f} ms per step (median of {args.steps}; min {min(times) * 1000:.1f}), {memory}")
     print(f"  hair initialisation {init_seconds:.1f} s (CPU)")
     print(f"  authors' joint schedule: {config.joint_epochs} epochs of {REAL_SUBJECT_IMAGES:,} images at batch "

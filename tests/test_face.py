@@ -124,6 +124,26 @@ def test_decoders_start_as_no_ops(subject):
     assert torch.equal(model.neural_texture(frame_batch(model, 1), view), model.diffuse_texture)
 
 
+def test_half_precision_texture_decoders_stay_close_and_train(subject):
+    """decoder_precision runs the view and dynamic decoders under autocast (bfloat16 here, on the
+    CPU): the texture offsets come back in float32, within bfloat16's rounding of the float32
+    ones, and the decoders still get gradients."""
+    head = head_of(subject[1])
+    full = as_if_trained(NeuralFace(head, TINY_FACE))
+    half = as_if_trained(NeuralFace(head, TINY_FACE.replace(decoder_precision="bfloat16")))
+    half.load_state_dict(full.state_dict())
+    flame, view = frame_batch(full, 2), torch.tensor([[0.0, 0.0, 1.0], [0.6, 0.0, 0.8]])
+    reference = full.texture_offsets(flame, view)
+    offsets = half.texture_offsets(flame, view)
+    assert offsets.dtype == torch.float32 and not torch.equal(offsets, reference)  # it did run in bfloat16
+    assert float((offsets - reference).detach().abs().max()) < 0.05 * float(reference.detach().abs().max())
+    offsets.square().mean().backward()
+    grads = [p.grad for p in (*half.view_decoder.parameters(), *half.dynamic_decoder.parameters())]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    with pytest.raises(ConfigError, match="decoder_precision"):
+        TINY_FACE.replace(decoder_precision="half").check()
+
+
 @pytest.mark.parametrize("variant", ["noview", "nodyn", "nodisp", "nosubdiv"])
 def test_each_ablation_removes_its_component(subject, variant):
     _, head_dir = subject

@@ -8,6 +8,8 @@ from mega.errors import ConfigError
 from mega.settings import Settings
 
 
+DECODER_PRECISIONS = ("float32", "bfloat16", "float16")
+
 @dataclass(frozen=True)
 class FaceConfig(Settings):
     """Defaults are the authors' for real data (550 × 802 images, 1024² textures).
@@ -84,6 +86,10 @@ class FaceConfig(Settings):
     """DataLoader processes decoding images ahead of the step (0: decode in the training process)."""
     backend: str = "auto"
     """Mesh rasterizer: auto | torch | cuda."""
+    decoder_precision: str = "float32"
+    """The view and dynamic texture decoders' arithmetic: float32, or bfloat16 / float16 under
+    autocast (their outputs return to float32; the displacement decoder, the pixel decoder's
+    sines and all rendering stay in float32)."""
 
     def check(self, where: str = "face settings") -> None:
         for name in ("tex_size", "disp_size"):
@@ -98,6 +104,9 @@ class FaceConfig(Settings):
                 raise ConfigError(f"{where}: '{name}' must be 0 or more, got {getattr(self, name)}")
         if self.backend not in ("auto", "torch", "cuda"):
             raise ConfigError(f"{where}: 'backend' must be auto, torch or cuda, got {self.backend!r}")
+        if self.decoder_precision not in DECODER_PRECISIONS:
+            raise ConfigError(f"{where}: 'decoder_precision' must be one of {', '.join(DECODER_PRECISIONS)}, "
+                              f"got {self.decoder_precision!r}")
 
     def steps_for(self, n_images: int) -> int:
         """Training steps for a subject of ``n_images`` training images."""

@@ -77,14 +77,17 @@ class NeuralFace(nn.Module):
 
     # ---- appearance
     def texture_offsets(self, flame: dict[str, Tensor], view_dir: Tensor) -> Tensor | None:
-        """T_v + T_dy [B, C, T, T], or None when both are ablated."""
+        """T_v + T_dy [B, C, T, T] in view_dir's dtype, or None when both are ablated. The two
+        decoders run under autocast when ``config.decoder_precision`` asks for half precision."""
         offsets = None
-        if self.view_decoder is not None:
-            offsets = self.view_decoder(view_dir)
-        if self.dynamic_decoder is not None:
-            dynamic = self.dynamic_decoder(driving_signal(flame))
-            offsets = dynamic if offsets is None else offsets + dynamic
-        return offsets
+        precision = self.config.decoder_precision
+        with torch.autocast(view_dir.device.type, dtype=getattr(torch, precision), enabled=precision != "float32"):
+            if self.view_decoder is not None:
+                offsets = self.view_decoder(view_dir)
+            if self.dynamic_decoder is not None:
+                dynamic = self.dynamic_decoder(driving_signal(flame))
+                offsets = dynamic if offsets is None else offsets + dynamic
+        return None if offsets is None else offsets.to(view_dir.dtype)
 
     @staticmethod
     def view_direction(cameras: Camera, vertices_flame: Tensor) -> Tensor:

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 LOSS_TERMS = ("rgb", "ssim", "diffuse_rgb", "depth", "normal", "laplacian", "normal_consistency", "edges",
               "scalp_shrink")
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE = {"epochs", "iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers", "backend"}
+RESUMABLE = {"epochs", "iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers", "backend",
+             "decoder_precision"}
 MODEL_GROUPS = ("textures", "uv_encoding", "pixel_decoder", "displacement")
 """The face's parameter groups: the diffuse texture with the view and dynamic decoders; the
 learned UV encoding; the pixel decoder; the displacement decoder. The joint stage trains the
