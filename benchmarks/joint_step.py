@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from mega.avatar import Avatar, RigidTable
-from mega.data.gaussian_avatars import collate_samples
+from mega.data.gaussian_avatars import collate_samples, to_device
 from mega.face.config import DECODER_PRECISIONS, FaceConfig
 from mega.face.model import NeuralFace
 from mega.flame.head_model import load_head_model_folder
 from mega.hair.config import HairConfig
 from mega.hair.deform import DeformationField
 from mega.hair.rigid import read_hair_rigid
+from mega.render.gaussians import GAUSSIAN_BACKENDS
 from mega.train.face import load_face
 from mega.train.hair import initial_hair, open_hair_split
 from mega.train.joint import JointStage
@@ -55,18 +56,6 @@ def resized_batch(batch: dict, width: int, height: int) -> dict:
     out["parsing"] = F.interpolate(batch["parsing"][:, None].float(), size=(height, width), mode="nearest")[:, 0].long()
     out["camera"] = batch["camera"].resized(width, height)
     return out
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            moved[key] = to_device(value, device)
-        elif hasattr(value, "to"):
-            moved[key] = value.to(device)
-        else:
-            moved[key] = value
-    return moved
 
 
 def driver_version() -> str:
@@ -92,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=HairConfig().joint_batch_size)
     parser.add_argument("--width", type=int, default=550)
     parser.add_argument("--height", type=int, default=802)
-    parser.add_argument("--gaussian-backend", default="auto", choices=("auto", "torch", "triton"))
+    parser.add_argument("--gaussian-backend", default="auto", choices=GAUSSIAN_BACKENDS)
     parser.add_argument("--decoder-precision", default="float32", choices=DECODER_PRECISIONS,
                         help="the view and dynamic texture decoders' arithmetic (FaceConfig.decoder_precision)")
     parser.add_argument("--steps", type=int, default=10)

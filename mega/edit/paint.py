@@ -261,35 +261,32 @@ class PaintStage:
                 + self.config.painted_texel_weight * painted_texels)
         return loss, {"paint": paint, "keep": keep, "texels": texels, "painted_texels": painted_texels}, {}
 
+    def _texel_inputs(self, out: dict, texels: Tensor, codes: Tensor) -> Tensor:
+        """The pixel decoder's inputs [B, n, code + C] at ``texels`` [n] (UV codes [n, code]) under
+        the full neural texture T = T_di + T_v + T_dy of each view of the batch; T_v + T_dy are the
+        render's own (fixed here), T_di carries its gradient."""
+        features = self.avatar.face.diffuse_texture.flatten(2)[:, :, texels].transpose(1, 2)  # [1, n, C]
+        offsets = out["face"].get("texture_offsets")
+        if offsets is not None:
+            features = features + offsets.detach().flatten(2)[:, :, texels].transpose(1, 2)  # [B, n, C]
+        features = features.expand(out["rgb"].shape[0], -1, -1)
+        return torch.cat([codes.expand(features.shape[0], -1, -1), features], dim=2)
+
     def _painted_texels(self, out: dict) -> Tensor:
         """Mean squared distance to the paint of the painted texels' decoded colour under the full
         neural texture of each view of the batch (other views and expressions than the painted one)."""
-        face = self.avatar.face
-        features = face.diffuse_texture.flatten(2)[:, :, self.painted_texels].transpose(1, 2)  # [1, n, C]
-        offsets = out["face"].get("texture_offsets")
-        if offsets is not None:
-            features = features + offsets.detach().flatten(2)[:, :, self.painted_texels].transpose(1, 2)
-        features = features.expand(out["rgb"].shape[0], -1, -1)
-        inputs = torch.cat([self.painted_codes.expand(features.shape[0], -1, -1), features], dim=2)
-        return ((face.pixel_decoder(inputs) - self.painted_rgb) ** 2).mean()
+        inputs = self._texel_inputs(out, self.painted_texels, self.painted_codes)
+        return ((self.avatar.face.pixel_decoder(inputs) - self.painted_rgb) ** 2).mean()
 
     def _texel_keep(self, batch: dict, out: dict) -> Tensor:
         """Mean squared change of the decoded colour of a random sample of the kept texels, under
         the full neural texture of each view of the batch."""
-        face, before = self.avatar.face, self.before.face
         count = min(self.config.texel_keep_samples, self.kept_texels.numel())
         pick = torch.randperm(self.kept_texels.numel(), generator=self.generator)[:count].to(self.kept_texels.device)
-        texels = self.kept_texels[pick]
         with torch.no_grad():
-            # T = T_di + T_v + T_dy at the sampled texels; the render already decoded T_v + T_dy.
-            features = face.diffuse_texture.flatten(2)[:, :, texels].transpose(1, 2)  # [1, n, C]
-            offsets = out["face"].get("texture_offsets")
-            if offsets is not None:
-                features = features + offsets.flatten(2)[:, :, texels].transpose(1, 2)  # [B, n, C]
-            features = features.expand(out["rgb"].shape[0], -1, -1)
-            inputs = torch.cat([self.kept_codes[pick].expand(features.shape[0], -1, -1), features], dim=2)
-            target = before.pixel_decoder(inputs)
-        return ((face.pixel_decoder(inputs) - target) ** 2).mean()
+            inputs = self._texel_inputs(out, self.kept_texels[pick], self.kept_codes[pick])
+            target = self.before.face.pixel_decoder(inputs)
+        return ((self.avatar.face.pixel_decoder(inputs) - target) ** 2).mean()
 
 
 def masked_mean(error: Tensor, weight: Tensor) -> Tensor:

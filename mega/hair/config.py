@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from mega.errors import ConfigError
+from mega.render.gaussians import GAUSSIAN_BACKENDS
 from mega.settings import Settings, check_at_least
 
 
@@ -115,8 +116,9 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.occlusion_depth not in ("near_z", "alpha_depth"):
             raise ConfigError(f"{where}: 'occlusion_depth' must be near_z or alpha_depth, got {self.occlusion_depth!r}")
-        if self.gaussian_backend not in ("auto", "torch", "triton"):
-            raise ConfigError(f"{where}: 'gaussian_backend' must be auto, torch or triton, got {self.gaussian_backend!r}")
+        if self.gaussian_backend not in GAUSSIAN_BACKENDS:
+            raise ConfigError(f"{where}: 'gaussian_backend' must be one of {', '.join(GAUSSIAN_BACKENDS)}, "
+                              f"got {self.gaussian_backend!r}")
         if self.blur_kernel % 2 == 0:
             raise ConfigError(f"{where}: 'blur_kernel' must be odd, got {self.blur_kernel}")
         if not self.deform_layers or min(self.deform_layers) < 1:
