@@ -3,6 +3,7 @@
 CUDA), and where CUDA is present the triton Gaussian kernels, nvdiffrast, and gsplat for comparison.
 
     python benchmarks/render.py [--repeats 5] [--device cpu|cuda] [--gaussians 50000]
+        [--gaussian-backends torch triton gsplat]
 
 Scenes: the procedural head's enhanced mesh, its largest faces split once more to reach the
 paper's 40,212 faces, seen by the frontal camera of the NeRSemble-like rig (f = 1604 px, 1 m);
@@ -90,9 +91,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--gaussians", type=int, nargs="+", default=None,
                         help="Gaussian counts at 802×550 (default: 50k on CPU, 100k on CUDA)")
+    parser.add_argument("--gaussian-backends", nargs="+", choices=["torch", "triton", "gsplat"], default=None,
+                        help="Gaussian rows (default: torch on CPU; torch, triton and gsplat on CUDA, where gsplat "
+                             "compiles its CUDA sources on first use: minutes)")
     args = parser.parse_args()
     device = args.device
     counts = args.gaussians or ([50_000] if device == "cpu" else [100_000])
+    gaussian_backends = args.gaussian_backends or (["torch"] if device == "cpu" else ["torch", "triton", "gsplat"])
 
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     print(f"machine: {name}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
@@ -124,30 +129,13 @@ def main() -> None:
         cam = nersemble_like_rig(550, 802)[8].resized(width, height).to(device)
         scene = [t.to(device).requires_grad_() for t in hair_gaussians(n, vertices, faces, scalp)]
 
-        for gaussian_backend in (["torch", "triton"] if device == "cuda" else ["torch"]):
-
-            def gaussians_forward():
-                return rasterize_gaussians(*scene[:4], cam, colors=scene[4], backend=gaussian_backend)
-
-            def gaussians_forward_backward():
-                out = gaussians_forward()
-                (out["color"].sum() + out["alpha"].sum() + out["depth"].sum()).backward()
-
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            rss_before = psutil.Process().memory_info().rss / 2**30
-            forward = timed(gaussians_forward, args.repeats, device)
-            both = timed(gaussians_forward_backward, args.repeats, device)
-            if device == "cuda":
-                memory = f"peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GB"
-            else:
-                memory = f"peak RSS {peak_rss_gb():.2f} GB (was {rss_before:.2f} before)"
-            with torch.no_grad():
-                out = gaussians_forward()
-            coverage = float((out["alpha"] > 0.5).float().mean())
-            rows.append((f"{n:,} Gaussians, fwd / fwd + bwd", gaussian_backend, f"{width}×{height}",
-                         f"{forward * 1000:.1f} / {both * 1000:.1f} ms", f"{memory}; {coverage:.0%} px α>0.5"))
-        if device == "cuda":
+        for gaussian_backend in (b for b in gaussian_backends if b != "gsplat"):
+            try:
+                rows.append(_gaussian_row(scene, cam, n, width, height, gaussian_backend, args.repeats, device))
+            except Exception as exc:  # noqa: BLE001 - a failing backend is reported, the others still run
+                rows.append((f"{n:,} Gaussians", gaussian_backend, f"{width}×{height}", "n/a",
+                             f"{type(exc).__name__}: {exc}"))
+        if "gsplat" in gaussian_backends:
             rows.append(_gsplat_row(scene, cam, n, width, height, args.repeats))
 
     print()
@@ -155,6 +143,33 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def _gaussian_row(scene, cam: Camera, n: int, width: int, height: int, backend: str, repeats: int,
+                  device: str) -> tuple:
+    """Forward and forward + backward times of our rasterizer on ``backend``, memory and coverage."""
+
+    def gaussians_forward():
+        return rasterize_gaussians(*scene[:4], cam, colors=scene[4], backend=backend)
+
+    def gaussians_forward_backward():
+        out = gaussians_forward()
+        (out["color"].sum() + out["alpha"].sum() + out["depth"].sum()).backward()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = psutil.Process().memory_info().rss / 2**30
+    forward = timed(gaussians_forward, repeats, device)
+    both = timed(gaussians_forward_backward, repeats, device)
+    if device == "cuda":
+        memory = f"peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GB"
+    else:
+        memory = f"peak RSS {peak_rss_gb():.2f} GB (was {rss_before:.2f} before)"
+    with torch.no_grad():
+        out = gaussians_forward()
+    coverage = float((out["alpha"] > 0.5).float().mean())
+    return (f"{n:,} Gaussians, fwd / fwd + bwd", backend, f"{width}×{height}",
+            f"{forward * 1000:.1f} / {both * 1000:.1f} ms", f"{memory}; {coverage:.0%} px α>0.5")
 
 
 def _gsplat_row(scene, camera: Camera, n: int, width: int, height: int, repeats: int):
@@ -165,12 +180,15 @@ def _gsplat_row(scene, camera: Camera, n: int, width: int, height: int, repeats:
         return (f"{n:,} Gaussians (gsplat)", "gsplat", f"{width}×{height}", "n/a", str(exc))
     means, quats, scales, opacities, colors = scene
 
-    def run():
+    def run():  # compiles gsplat's CUDA sources on the first call (the warm-up)
         out, alpha, _ = rasterization(means, quats, scales, opacities, colors, camera.world_to_camera[None],
                                       camera.intrinsics[None], width, height, render_mode="RGB+ED")
         (out.sum() + alpha.sum()).backward()
 
-    seconds = timed(run, repeats, "cuda")
+    try:
+        seconds = timed(run, repeats, "cuda")
+    except Exception as exc:  # noqa: BLE001 - e.g. its CUDA sources failed to compile
+        return (f"{n:,} Gaussians (gsplat)", "gsplat", f"{width}×{height}", "n/a", f"{type(exc).__name__}: {exc}")
     return (f"{n:,} Gaussians, fwd + bwd (gsplat)", "gsplat", f"{width}×{height}", f"{seconds * 1000:.2f} ms",
             "plain 3DGS, the speed reference")
 

@@ -18,6 +18,7 @@ selected), ``"auto"`` (nvdiffrast for CUDA tensors when it imports, torch otherw
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from typing import Literal
@@ -50,7 +51,30 @@ def _nvdiffrast():
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise ImportError("the 'cuda' mesh backend needs nvdiffrast: pip install diffrp-nvdiffrast "
                           "(or choose backend 'torch')") from exc
+    _load_nvdiffrast_plugin()
     return dr
+
+
+def _load_nvdiffrast_plugin() -> None:
+    """Build (on first use) and import nvdiffrast's CUDA plugin; later calls find it cached.
+
+    nvdiffrast up to 0.3.3 imports the plugin it has just built by module name, but torch's JIT
+    loader no longer puts the build folder on ``sys.path`` (NVlabs/nvdiffrast#228), so the import
+    fails even though the build succeeded: put the folder there and import again.
+    """
+    from nvdiffrast.torch import ops  # noqa: PLC0415
+
+    try:
+        ops._get_plugin(gl=False)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("nvdiffrast_plugin"):
+            raise
+        from torch.utils.cpp_extension import _get_build_directory  # noqa: PLC0415
+
+        folder = _get_build_directory(exc.name, verbose=False)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        ops._get_plugin(gl=False)
 
 
 def _cuda_context(device: torch.device):
