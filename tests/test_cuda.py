@@ -90,8 +90,7 @@ def test_hair_and_joint_stages_on_cuda_match_the_cpu(subject, tmp_path, backend)
     union, head, rigid, runs = subject
     face = runs["cpu"] / "face.pt"  # both devices continue from the same stage-1 face
     metrics = {}
-    for device, config in (("cpu", TINY_HAIR), ("cuda", HairConfig.from_dict(
-            {**TINY_HAIR.to_dict(), "gaussian_backend": backend}, where="test"))):
+    for device, config in (("cpu", TINY_HAIR), ("cuda", TINY_HAIR.replace(gaussian_backend=backend))):
         out = tmp_path / device
         train_hair(union, face, rigid, out, head, config, device=device, progress=False)
         metrics[device] = train_joint(union, face, out / "hair.pt", rigid, out, head, config, device=device,
