@@ -16,24 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mega.cli import main
-from mega.face.config import FaceConfig
-from mega.flame.head_model import load_head_model_folder
 from mega.geometry import fit_similarity
 from mega.hair import rigid as hair_rigid
-from mega.hair.config import HairConfig
 from mega.train.face import train_face
 from mega.train.hair import train_hair
 from mega.train.joint import train_joint
+from test_hair import TINY_FACE, TINY_HAIR, tiny_subject
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-TINY_SUBJECT = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", "--quiet"]
-TINY_FACE = FaceConfig(tex_size=16, disp_size=16, uv_encoding_size=32, batch_size=15, iterations=2,
-                       learning_rate=0.01, checkpoint_every=1, val_views=2, data_workers=0)
-TINY_HAIR = HairConfig(init_on_scalp=150, init_off_scalp=300, hair_iterations=2, hair_batch_size=15,
-                       joint_iterations=2, joint_batch_size=15, deform_layers=(16, 16), checkpoint_every=1,
-                       val_views=2, data_workers=0, densify_from_images=1_000_000)
 
 
 def closed_form_fit(source: np.ndarray, target: np.ndarray, max_distance_m: float = 0.01,
@@ -48,10 +38,7 @@ def closed_form_fit(source: np.ndarray, target: np.ndarray, max_distance_m: floa
 def subject(tmp_path_factory):
     """(UNION folder, head model, hair_rigid.npz, the stage-1 run folders on 'cpu' and 'cuda')."""
     root = tmp_path_factory.mktemp("cuda")
-    assert main(["head-model", "--out", str(root / "head_model")]) == 0
-    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
-    union = root / "synthetic" / json.loads((root / "synthetic" / "summary.json").read_text())["union"]
-    head = load_head_model_folder(root / "head_model")
+    union, head = tiny_subject(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(hair_rigid, "rigid_icp", closed_form_fit)
         hair_rigid.compute_hair_rigid(union, head, root / "hair_rigid.npz")

@@ -33,14 +33,19 @@ TINY_HAIR = HairConfig(init_on_scalp=150, init_off_scalp=300, hair_iterations=2,
                        val_views=2, data_workers=0, densify_from_images=1_000_000)
 
 
+def tiny_subject(root: Path):
+    """(UNION folder, head model) of a 28 × 40 synthetic subject made in ``root``."""
+    assert main(["head-model", "--out", str(root / "head_model")]) == 0
+    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
+    union = root / "synthetic" / json.loads((root / "synthetic" / "summary.json").read_text())["union"]
+    return union, load_head_model_folder(root / "head_model")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(UNION folder, head model, run folder with face.pt, hair_rigid.npz) of a 28 × 40 subject."""
     root = tmp_path_factory.mktemp("hair")
-    assert main(["head-model", "--out", str(root / "head_model")]) == 0
-    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
-    union = root / "synthetic" / json.loads((root / "synthetic" / "summary.json").read_text())["union"]
-    head = load_head_model_folder(root / "head_model")
+    union, head = tiny_subject(root)
     train_face(union, head, root / "run", TINY_FACE, progress=False)
     rigid = root / "hair_rigid.npz"
     assert main(["hair-rigid", str(union), "--head-model", str(root / "head_model"), "--out", str(rigid)]) == 0
