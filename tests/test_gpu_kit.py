@@ -11,10 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "benchmarks" / "gpu"
-# The modules the check runs: the tests and benchmarks it names, and the stages they train.
-ENTRY_POINTS = ["mega.cli", "mega.train.face", "mega.train.hair", "mega.train.joint", "mega.render.gaussians_triton",
-                "mega.render.mesh", "mega.eval.avatar", "test_render_triton", "test_render_gaussians",
-                "test_render_mesh", "test_cuda", "render", "joint_step", "synthetic_stages"]
+# The modules the check runs: every module of the package, and the tests and benchmarks it names.
+ENTRY_POINTS = ["test_render_triton", "test_render_gaussians", "test_render_mesh", "test_cuda", "render", "joint_step",
+                "synthetic_stages"]
 
 
 def normalized(name: str) -> str:
@@ -41,7 +40,10 @@ def test_wheels_are_the_pinned_versions():
 
 
 def test_what_the_check_imports_is_on_the_gpu_machine_or_carried():
-    code = (f"import sys, json, importlib; sys.path[:0] = {[str(ROOT / 'tests'), str(ROOT / 'benchmarks')]!r}\n"
+    paths = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+    code = (f"import sys, json, importlib, pkgutil, mega; sys.path[:0] = {paths!r}\n"
+            "for m in pkgutil.walk_packages(mega.__path__, 'mega.'):\n"
+            "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
             f"for m in {ENTRY_POINTS!r}: importlib.import_module(m)\n"
             "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -277,3 +277,23 @@ def test_texture_at_matches_texture_at_covered_pixels():
     uv_pts = uv[covered].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t, u: texture_at(t, u, torch.nonzero(covered)[:, 0]),
                                     (tex, uv_pts), eps=1e-6, atol=1e-5)
+
+
+def test_auto_falls_back_once_where_nvdiffrast_cannot_be_built(monkeypatch):
+    from mega.render import mesh
+
+    attempts = []
+
+    def failing_build(device):
+        attempts.append(device)
+        raise RuntimeError("nvcc failed")
+
+    monkeypatch.setattr(mesh, "_cuda_context", failing_build)
+    monkeypatch.setattr(mesh, "_nvdiffrast_unavailable", {})
+    device = torch.device("cuda", 0)  # only its type is read: no GPU needed
+    with pytest.warns(UserWarning, match="nvdiffrast unavailable on cuda:0 .*nvcc failed"):
+        assert mesh.resolve_backend("auto", device) == "torch"
+    for _ in range(3):  # the failed build is not tried again on every call
+        assert mesh.resolve_backend("auto", device) == "torch"
+    assert attempts == [device]
+    assert mesh.resolve_backend("auto", torch.device("cpu")) == "torch"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks of docs/benchmarks.md ("On a GPU") in one command, from the repository root of a
 # machine with a CUDA GPU. Every step has its own time limit and writes its log as it goes; a
-# failing step does not stop the next. $OUT/summary.txt gets one line per step: status, seconds.
+# failing step does not stop the next; the steps share one deadline (DEADLINE seconds, default
+# 540, inside a 10-minute command), and a step that would start with under 30 s left is
+# skipped. $OUT/summary.txt gets one line per step: status and seconds.
 #
-#   bash benchmarks/gpu/check.sh [STEP ...]     # default: env tests render joint gsplat
+#   bash benchmarks/gpu/check.sh [STEP ...]   # default: env nvdiffrast tests render joint gsplat
 #
 # Steps, most telling first:
-#   env        GPU, driver, Python, torch, CUDA, triton
+#   env        GPU, driver, Python and package versions, nvcc, gcc
+#   nvdiffrast nvdiffrast's CUDA plugin built and loaded (its compile log, on its own)
 #   tests      the triton kernels compiled, against the torch backend (test_render_triton.py);
 #              the torch backend on CUDA and nvdiffrast against the CPU (the `cuda` tests);
 #              every stage on CUDA, torch and triton backends, against the CPU (test_cuda.py)
@@ -15,48 +18,76 @@
 #   joint      benchmarks/joint_step.py: one real-size joint step (1024² textures, 150k
 #              Gaussians, 550 × 802, batch 16), triton and torch, float32 and bfloat16 decoders
 #   gsplat     gsplat's plain rasterization of the same 100k Gaussians, the speed reference
-#              (compiles gsplat's CUDA sources first: minutes)
+#              (compiles gsplat's CUDA sources first: a minute or two on 16 cores)
 #   synthetic  the default synthetic avatar's three stages on CUDA with the triton backend
-#              (benchmarks/synthetic_stages.py): times and quality beside the CPU's run
+#              (benchmarks/synthetic_stages.py): times and quality, beside the workflow's run
+#              when its metrics are there
 #
 # Inputs: the wheels of what the GPU machine lacks in .whl/ (bash benchmarks/gpu/fetch_wheels.sh);
 # for joint and synthetic, the synthetic subject's results/data/synthetic,
-# results/preprocess/synthetic/hair_rigid.npz and (joint) results/train/synthetic/mega/face.pt,
-# made by the workflow beforehand (the head model is made here when missing).
-# DEVICE=cpu runs the same steps at toy sizes on a CPU: a dry run of this script.
+# results/preprocess/synthetic/hair_rigid.npz and results/train/synthetic/mega/ (face.pt for
+# joint; the metrics for synthetic's comparison), made by the workflow beforehand (the head
+# model is made here when missing).
+# DEVICE=cpu runs the same steps at toy sizes on a CPU, without the wheels: a dry run.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-results/gpu_check}
 DEVICE=${DEVICE:-cuda}
+DEADLINE=${DEADLINE:-540}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-WHEELS=${WHEELS:-.whl}
-if compgen -G "$WHEELS/*.whl" > /dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        "$WHEELS"/*.whl || { echo "installing $WHEELS/*.whl failed" | tee -a "$OUT/summary.txt"; exit 1; }
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+# Build caches outside the tree; a build killed by a time limit leaves a lock file there that
+# would make the next build wait forever: they are removed before each step.
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+    TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions} \
+    TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton}
+if [ "$DEVICE" != cpu ] || [ -n "${WHEELS:-}" ]; then
+    WHEELS=${WHEELS:-.whl}
+    if compgen -G "$WHEELS/*.whl" > /dev/null; then
+        if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$WHEELS"/*.whl; then
+            export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+        else
+            echo "installing $WHEELS/*.whl failed: steps that need them will fail" | tee -a "$OUT/summary.txt"
+        fi
+    fi
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 # nvdiffrast and gsplat compile against torch's headers, which include cuSPARSE's and cuBLAS's:
 # where the CUDA toolkit lacks them, the pip packages of the CUDA libraries have them.
-NVIDIA_INCLUDES=$($PY -c 'import glob, os, nvidia
+CUDA_HOME=${CUDA_HOME:-$($PY -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")' \
+    2> /dev/null)}
+# torch guesses the toolkit from nvcc's folder, which misses it where nvcc is a wrapper elsewhere.
+[ -f "$CUDA_HOME/include/cuda_runtime.h" ] || [ ! -f /usr/local/cuda/include/cuda_runtime.h ] || CUDA_HOME=/usr/local/cuda
+export CUDA_HOME
+if [ ! -f "$CUDA_HOME/include/cusparse.h" ]; then
+    NVIDIA_INCLUDES=$($PY -c 'import glob, os, nvidia
 print(":".join(sorted(p for root in nvidia.__path__ for p in glob.glob(os.path.join(root, "*", "include")))))' \
-    2> /dev/null)
-export CPATH=${NVIDIA_INCLUDES}${CPATH:+:$CPATH}
+        2> /dev/null)
+    export CPATH=${NVIDIA_INCLUDES}${CPATH:+:$CPATH}
+fi
 
-# step NAME LIMIT_SECONDS COMMAND...: run, log to $OUT/NAME.log, summarise.
+# step NAME LIMIT_SECONDS COMMAND...: run within the limit and the deadline, log to
+# $OUT/NAME.log, summarise.
 step() {
     local name=$1 limit=$2
     shift 2
+    local left=$((DEADLINE - SECONDS))
+    if [ $left -lt 30 ]; then
+        echo "$name: SKIPPED, ${left}s left before the deadline" | tee -a "$OUT/summary.txt"
+        return
+    fi
+    [ $limit -le $left ] || limit=$left
+    find "$TORCH_EXTENSIONS_DIR" -name lock -delete 2> /dev/null
     local started=$SECONDS
     echo "== $name: $*" | tee -a "$OUT/$name.log"
     timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1
     local status=$?
     local verdict=ok
     [ $status -eq 0 ] || verdict="FAILED (exit $status)"
-    [ $status -eq 124 ] && verdict="TIMED OUT after ${limit}s"
-    echo "$name: $verdict, $((SECONDS - started)) s: $*" | tee -a "$OUT/summary.txt"
+    [ $status -eq 124 ] || [ $status -eq 137 ] && verdict="TIMED OUT after ${limit}s"
+    local command="$*"
+    echo "$name: $verdict, $((SECONDS - started)) s: ${command%%$'\n'*}" | tee -a "$OUT/summary.txt"
 }
 
 if [ "$DEVICE" = cpu ]; then  # toy sizes: the dry run
@@ -68,32 +99,42 @@ else
     JOINT=(--device cuda --steps 5)
 fi
 
-[ -f results/head_model/summary.json ] || step head_model 120 $PY -m mega head-model --out results/head_model
+[ -f results/head_model/summary.json ] || step head_model 60 $PY -m mega head-model --out results/head_model
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(env tests render joint gsplat)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(env nvdiffrast tests render joint gsplat)
 for name in "${STEPS[@]}"; do
     case $name in
     env)
-        step env 60 bash -c "nvidia-smi; $PY -c 'import platform, torch, triton; print(platform.python_version(), \
-torch.__version__, torch.version.cuda, triton.__version__, \
-torch.cuda.is_available() and torch.cuda.get_device_name())'" ;;
+        step env 60 bash -c "nvidia-smi; nvcc --version | tail -2; gcc --version | head -1; $PY -c '
+import importlib.metadata as md, platform, torch
+print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"CUDA\", torch.version.cuda,
+      torch.cuda.is_available() and torch.cuda.get_device_name())
+for name in (\"triton\", \"numpy\", \"scipy\", \"pandas\", \"pillow\", \"kornia\", \"gsplat\", \"diffrp-nvdiffrast\"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, \"missing\")'" ;;
+    nvdiffrast)
+        step nvdiffrast 150 $PY -c "from mega.render.mesh import _nvdiffrast
+_nvdiffrast()
+print('nvdiffrast plugin loaded')" ;;
     tests)
-        step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_render_triton.py tests/test_cuda.py \
-            tests/test_render_gaussians.py::test_cuda_matches_cpu \
+        step tests 300 $PY -m pytest -v -p no:cacheprovider --durations=10 tests/test_render_triton.py \
+            tests/test_cuda.py tests/test_render_gaussians.py::test_cuda_matches_cpu \
             tests/test_render_mesh.py::test_nvdiffrast_matches_torch_backend ;;
     render)
-        step render 240 $PY benchmarks/render.py "${RENDER[@]}" ;;
+        step render 150 $PY benchmarks/render.py "${RENDER[@]}" ;;
     joint)
-        step joint 120 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend triton
-        step joint 120 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend triton --decoder-precision bfloat16
-        step joint 120 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend torch ;;
+        step joint 90 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend triton
+        step joint 90 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend triton --decoder-precision bfloat16
+        step joint 90 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend torch ;;
     gsplat)
-        step gsplat 420 $PY benchmarks/render.py --device "$DEVICE" --gaussian-backends gsplat ;;
+        step gsplat 240 $PY benchmarks/render.py --device "$DEVICE" --gaussian-backends gsplat ;;
     synthetic)
-        step synthetic 600 $PY benchmarks/synthetic_stages.py --device "$DEVICE" --gaussian-backend triton ;;
+        step synthetic 540 $PY benchmarks/synthetic_stages.py --device "$DEVICE" --gaussian-backend triton ;;
     *)
-        echo "unknown step '$name' (env tests render joint gsplat synthetic)" | tee -a "$OUT/summary.txt" ;;
+        echo "unknown step '$name' (env nvdiffrast tests render joint gsplat synthetic)" | tee -a "$OUT/summary.txt" ;;
     esac
 done
 cat "$OUT/summary.txt"

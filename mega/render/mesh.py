@@ -42,7 +42,9 @@ _INSIDE_TOLERANCE = 1e-6
 # ----------------------------------------------------------------------------- backend choice
 _nvdiffrast_contexts: dict[torch.device, object] = {}
 _context_lock = threading.Lock()
-_fallback_warned: set[torch.device] = set()
+# Devices on which nvdiffrast failed to build or load, with why: 'auto' falls back to torch there
+# at once rather than trying the build again on every call.
+_nvdiffrast_unavailable: dict[torch.device, str] = {}
 
 
 def _nvdiffrast():
@@ -92,15 +94,14 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"mesh backend 'cuda' needs CUDA tensors, got tensors on {device}")
     if backend == "auto":
-        if device.type != "cuda":
+        if device.type != "cuda" or device in _nvdiffrast_unavailable:
             return "torch"
         try:
             _cuda_context(device)  # the first call compiles nvdiffrast's CUDA sources
         except Exception as exc:  # noqa: BLE001 - any failure to build or load means: fall back
-            if device not in _fallback_warned:
-                _fallback_warned.add(device)
-                warnings.warn(f"nvdiffrast unavailable on {device} ({type(exc).__name__}: {exc}); "
-                              "using the torch mesh backend", stacklevel=3)
+            _nvdiffrast_unavailable[device] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"nvdiffrast unavailable on {device} ({_nvdiffrast_unavailable[device]}); "
+                          "using the torch mesh backend", stacklevel=3)
             return "torch"
         return "cuda"
     return backend
