@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from mega.avatar import RigidTable
 from mega.data.gaussian_avatars import collate_samples, to_device
+from mega.data.synth import synthesized_union
 from mega.eval.avatar import evaluate_avatar
 from mega.eval.face import driving_parameters
 from mega.flame.head_model import load_head_model_folder
@@ -73,8 +73,7 @@ def main() -> None:
     results = Path(args.results)
     run = Path(args.run) if args.run else results / "train" / args.subject / "mega"
     avatar, frames, _ = load_avatar(run, load_head_model_folder(results / "head_model"), device)
-    summary = json.loads((results / "data" / args.subject / "summary.json").read_text())
-    union = results / "data" / args.subject / summary["union"]
+    union = synthesized_union(results / "data" / args.subject)
     rigid = RigidTable.from_file(results / "preprocess" / args.subject / "hair_rigid.npz").to(device)
     gap = avatar.config.early_stop_gap_mm
     other = math.inf if math.isfinite(gap) else HairConfig().early_stop_gap_mm

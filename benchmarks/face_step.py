@@ -11,7 +11,6 @@ synthetic subject decoded beforehand (no data loading), with the settings of con
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+from mega.data.synth import synthesized_union
 from mega.face.config import FaceConfig
 from mega.face.frames import FrameParameters
 from mega.face.model import NeuralFace
@@ -38,8 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(args.results)
-    union = results / "data" / "synthetic" / json.loads((results / "data" / "synthetic" / "summary.json")
-                                                       .read_text())["union"]
+    union = synthesized_union(results / "data" / "synthetic")
     config = FaceConfig(**SYNTHETIC_FACE)
     model = NeuralFace(load_head_model_folder(results / "head_model"), config)
     frames = FrameParameters(frame_parameters_of(union))

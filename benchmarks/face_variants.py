@@ -25,6 +25,9 @@ import pandas as pd
 import psutil
 import yaml
 
+from mega.data.synth import synthesized_union
+from mega.settings import synthetic_stage_settings
+
 VARIANTS = ("mega", "noview", "nodyn", "nosubdiv", "nodisp")
 # Paper, Table 2, subject 306: PSNR, Geo. MAE (mm).
 PAPER = {"mega": (33.57, 2.25), "noview": (31.68, 2.87), "nodyn": (32.81, 2.91), "nosubdiv": (32.81, 3.38),
@@ -38,14 +41,6 @@ COLUMNS = {  # column: (split, metric)
     "test PSNR head": ("test", "psnr_head"),
     "test depth MAE (mm)": ("test", "depth_mae_face_mm"),
 }
-
-
-def synthetic_settings(config_path: Path) -> dict:
-    config = yaml.safe_load(config_path.read_text())
-    settings = dict(config.get("face") or {})
-    settings.update((config.get("synthetic") or {}).get("face") or {})
-    settings.setdefault("backend", config.get("backend", "auto"))
-    return settings
 
 
 def train(variant: str, seed: int, out: Path, union: Path, head_model: Path, settings: dict, threads: int) -> None:
@@ -68,9 +63,8 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="only print the table of finished runs")
     args = parser.parse_args()
     results = Path(args.results)
-    summary = json.loads((results / "data" / "synthetic" / "summary.json").read_text())
-    union = results / "data" / "synthetic" / summary["union"]
-    settings = synthetic_settings(Path(args.config))
+    union = synthesized_union(results / "data" / "synthetic")
+    settings = synthetic_stage_settings(yaml.safe_load(Path(args.config).read_text()), "face")
     rows = []
     for variant in args.variants:
         for seed in args.seeds:

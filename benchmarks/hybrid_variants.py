@@ -26,6 +26,9 @@ import pandas as pd
 import psutil
 import yaml
 
+from mega.data.synth import synthesized_union
+from mega.settings import synthetic_stage_settings
+
 VARIANTS = ("mega", "gsdepth", "allgs")
 # Paper, Table 2 (c), subject 306: PSNR.
 PAPER = {"mega": 33.57, "gsdepth": 27.94, "allgs": 31.42}
@@ -41,13 +44,6 @@ COLUMNS = {  # column: (file, split, metric)
     "hair s": ("hair", None, "train_seconds"),
     "joint s": ("joint", None, "train_seconds"),
 }
-
-
-def synthetic_settings(config_path: Path) -> dict:
-    config = yaml.safe_load(config_path.read_text())
-    settings = dict(config.get("hair") or {})
-    settings.update((config.get("synthetic") or {}).get("hair") or {})
-    return settings
 
 
 def run(command: list[str]) -> None:
@@ -77,9 +73,8 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="only print the table of finished runs")
     args = parser.parse_args()
     results = Path(args.results)
-    summary = json.loads((results / "data" / "synthetic" / "summary.json").read_text())
-    union = results / "data" / "synthetic" / summary["union"]
-    settings = synthetic_settings(Path(args.config))
+    union = synthesized_union(results / "data" / "synthetic")
+    settings = synthetic_stage_settings(yaml.safe_load(Path(args.config).read_text()), "hair")
     rows = []
     for variant in args.variants:
         for seed in args.seeds:

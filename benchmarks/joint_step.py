@@ -19,7 +19,6 @@ results/train/synthetic/mega/face.pt results/preprocess/synthetic/hair_rigid.npz
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import collate_samples, to_device
+from mega.data.synth import synthesized_union
 from mega.face.config import DECODER_PRECISIONS, FaceConfig
 from mega.face.model import NeuralFace
 from mega.flame.head_model import load_head_model_folder
@@ -91,8 +91,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = Path(args.results)
-    summary = json.loads((results / "data" / "synthetic" / "summary.json").read_text())
-    union = results / "data" / "synthetic" / summary["union"]
+    union = synthesized_union(results / "data" / "synthetic")
 
     head = load_head_model_folder(results / "head_model")
     _, frames = load_face(results / "train" / "synthetic" / "mega" / "face.pt", head)

@@ -21,14 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from mega.data.synth import synthesized_union
 from mega.render.gaussians import GAUSSIAN_BACKENDS
-
-
-def merged_settings(config: dict, section: str) -> dict:
-    """The workflow's settings of a synthetic subject: the section, then synthetic.<section>."""
-    settings = dict(config.get(section) or {})
-    settings.update((config.get("synthetic") or {}).get(section) or {})
-    return settings
+from mega.settings import synthetic_stage_settings
 
 
 def run_stage(command: list[str]) -> float:
@@ -53,13 +48,12 @@ def main() -> None:
     args = parser.parse_args()
     results = Path(args.results)
     config = yaml.safe_load(Path(args.config).read_text())
-    summary = json.loads((results / "data" / "synthetic" / "summary.json").read_text())
-    union = results / "data" / "synthetic" / summary["union"]
+    union = synthesized_union(results / "data" / "synthetic")
     head_model = results / "head_model"
     rigid = results / "preprocess" / "synthetic" / "hair_rigid.npz"
     out = results / "benchmarks" / "synthetic_stages" / f"{args.device.replace(':', '')}-{args.gaussian_backend}"
-    face = merged_settings(config, "face")
-    hair = {**merged_settings(config, "hair"), "gaussian_backend": args.gaussian_backend}
+    face = synthetic_stage_settings(config, "face")
+    hair = {**synthetic_stage_settings(config, "hair"), "gaussian_backend": args.gaussian_backend}
     common = ["--device", args.device, "--quiet", "--on-settings-change", "restart"]
     if args.threads:
         common += ["--threads", str(args.threads)]

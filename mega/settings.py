@@ -73,3 +73,14 @@ def check_at_least(settings, where: str, minimum: float, *names: str) -> None:
     for name in names:
         if getattr(settings, name) < minimum:
             raise ConfigError(f"{where}: '{name}' must be at least {minimum}, got {getattr(settings, name)}")
+
+
+def synthetic_stage_settings(config: dict, section: str) -> dict:
+    """The settings the workflow gives a synthetic subject's ``section`` ("face" or "hair"): the
+    config's section, then its ``synthetic.<section>`` overrides; the face takes the config's
+    mesh ``backend`` unless it sets its own (workflow/rules/common.smk does the same)."""
+    settings = dict(config.get(section) or {})
+    settings.update((config.get("synthetic") or {}).get(section) or {})
+    if section == "face":
+        settings.setdefault("backend", config.get("backend", "auto"))
+    return settings

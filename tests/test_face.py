@@ -179,6 +179,18 @@ def test_unknown_or_mistyped_settings_are_named():
         FaceConfig.from_dict({"tex_size": 100})
 
 
+def test_synthetic_stage_settings_layer_the_synthetic_overrides_as_the_workflow_does():
+    from mega.settings import synthetic_stage_settings
+
+    config = {"backend": "torch", "face": {"tex_size": 1024, "batch_size": 16},
+              "hair": {"hair_epochs": 3000}, "synthetic": {"face": {"tex_size": 128}, "hair": {"hair_epochs": 80}}}
+    assert synthetic_stage_settings(config, "face") == {"tex_size": 128, "batch_size": 16, "backend": "torch"}
+    assert synthetic_stage_settings(config, "hair") == {"hair_epochs": 80}
+    config["synthetic"]["face"]["backend"] = "cuda"
+    assert synthetic_stage_settings(config, "face")["backend"] == "cuda"
+    assert synthetic_stage_settings({}, "face") == {"backend": "auto"}
+
+
 def test_batches_cover_each_epoch_and_depend_on_the_step_alone():
     epoch = [i for step in range(5) for i in batch_indices(step, 10, 2, seed=3)]
     assert sorted(epoch) == list(range(10))

@@ -12,6 +12,7 @@ from mega import losses
 from mega.blend import blend, blend_renders, occlusion_mask, soften
 from mega.cli import main
 from mega.data.camera import Camera
+from mega.data.synth import synthesized_union
 from mega.errors import TrainingError
 from mega.face.config import FaceConfig
 from mega.flame.head_model import load_head_model_folder
@@ -37,8 +38,7 @@ def tiny_subject(root: Path):
     """(UNION folder, head model) of a 28 × 40 synthetic subject made in ``root``."""
     assert main(["head-model", "--out", str(root / "head_model")]) == 0
     assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
-    union = root / "synthetic" / json.loads((root / "synthetic" / "summary.json").read_text())["union"]
-    return union, load_head_model_folder(root / "head_model")
+    return synthesized_union(root / "synthetic"), load_head_model_folder(root / "head_model")
 
 
 @pytest.fixture(scope="module")

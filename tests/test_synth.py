@@ -13,7 +13,7 @@ from mega.data.depth import read_depth
 from mega.data.fixtures import write_fixture_subject
 from mega.data.gaussian_avatars import SubjectDataset
 from mega.data.parsing import LABEL
-from mega.data.synth import build_geometric_detail
+from mega.data.synth import build_geometric_detail, synthesized_union
 from mega.data.validate import validate_union
 from mega.flame.toy import EXPRESSIONS
 
@@ -22,8 +22,7 @@ TINY = ["--width", "28", "--height", "40", "--sequences", "2", "--frames", "1", 
 
 def make_subject(out: Path, *extra: str) -> Path:
     assert main(["synth", str(out), *TINY, *extra]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    return out / summary["union"]
+    return synthesized_union(out)
 
 
 def frontal_parsing(union: Path) -> tuple[dict, np.ndarray]:
@@ -36,6 +35,12 @@ def frontal_parsing(union: Path) -> tuple[dict, np.ndarray]:
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> Path:
     return make_subject(tmp_path_factory.mktemp("synth") / "synthetic")
+
+
+def test_the_union_folder_is_found_from_the_summary_or_named_missing(subject, tmp_path):
+    assert subject.is_dir() and synthesized_union(subject.parent) == subject
+    with pytest.raises(FileNotFoundError, match=r"summary\.json: not found; synthesize the subject first"):
+        synthesized_union(tmp_path)
 
 
 def test_passes_the_validator_with_every_split(subject):

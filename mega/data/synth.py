@@ -22,6 +22,7 @@ render at the output size: depth is the camera z of the mesh at each pixel centr
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -468,3 +469,11 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def options_summary(options: SynthOptions) -> dict:
     return {**asdict(options), "frontal_camera": FRONTAL_CAMERA}
+
+
+def synthesized_union(folder: str | Path) -> Path:
+    """The UNION folder that `mega synth` wrote into ``folder`` (named by its summary.json)."""
+    summary = Path(folder) / "summary.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"{summary}: not found; synthesize the subject first (`mega synth`, rule synthesize)")
+    return Path(folder) / json.loads(summary.read_text())["union"]

@@ -10,6 +10,7 @@ from mega.settings import Settings
 
 DECODER_PRECISIONS = ("float32", "bfloat16", "float16")
 
+
 @dataclass(frozen=True)
 class FaceConfig(Settings):
     """Defaults are the authors' for real data (550 × 802 images, 1024² textures).
