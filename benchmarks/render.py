@@ -1,9 +1,10 @@
 """Renderer speed and memory: the mesh primitives and the Gaussian rasterizer, at the real
 802×550 resolution and at the default synthetic training size, on the torch backend (CPU or
-CUDA), and where CUDA is present the triton Gaussian kernels, nvdiffrast, and gsplat for comparison.
+CUDA), on the CPU the numba Gaussian backend, and where CUDA is present the triton Gaussian
+kernels, nvdiffrast, and gsplat for comparison.
 
     python benchmarks/render.py [--repeats 5] [--device cpu|cuda] [--gaussians 50000]
-        [--gaussian-backends torch triton gsplat]
+        [--gaussian-backends torch triton numba gsplat]
 
 Scenes: the procedural head's enhanced mesh, its largest faces split once more to reach the
 paper's 40,212 faces, seen by the frontal camera of the NeRSemble-like rig (f = 1604 px, 1 m);
@@ -91,13 +92,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--gaussians", type=int, nargs="+", default=None,
                         help="Gaussian counts at 802×550 (default: 50k on CPU, 100k on CUDA)")
-    parser.add_argument("--gaussian-backends", nargs="+", choices=["torch", "triton", "gsplat"], default=None,
-                        help="Gaussian rows (default: torch on CPU; torch, triton and gsplat on CUDA, where gsplat "
+    parser.add_argument("--gaussian-backends", nargs="+", choices=["torch", "triton", "numba", "gsplat"], default=None,
+                        help="Gaussian rows (default: torch and numba on CPU; torch, triton and gsplat on CUDA, where gsplat "
                              "compiles its CUDA sources on first use: minutes)")
     args = parser.parse_args()
     device = args.device
     counts = args.gaussians or ([50_000] if device == "cpu" else [100_000])
-    gaussian_backends = args.gaussian_backends or (["torch"] if device == "cpu" else ["torch", "triton", "gsplat"])
+    gaussian_backends = args.gaussian_backends or (["torch", "numba"] if device == "cpu" else ["torch", "triton", "gsplat"])
 
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     print(f"machine: {name}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "

@@ -55,7 +55,8 @@ def loss_of(out):
     {"mesh_depth": "plane"},
     {"pair_budget": 7},  # many chunks: the per-pixel state is carried across them
 ])
-def test_matches_sequential_reference_forward_and_gradients(options):
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_matches_sequential_reference_forward_and_gradients(options, backend):
     camera = off_centre_camera()
     if options.get("mesh_depth") == "plane":
         mesh = torch.full((H, W), 1.2, dtype=torch.float64)
@@ -63,7 +64,7 @@ def test_matches_sequential_reference_forward_and_gradients(options):
         options = {**options, "mesh_depth": mesh}
     ours = [t.clone().requires_grad_() for t in random_scene()]
     theirs = [t.clone().requires_grad_() for t in random_scene()]
-    out = rasterize_gaussians(*ours[:4], camera, colors=ours[4], **options)
+    out = rasterize_gaussians(*ours[:4], camera, colors=ours[4], backend=backend, **options)
     ref = reference_render(*theirs, camera, **{k: v for k, v in options.items() if k != "pair_budget"})
     assert 0.05 < float(ref["alpha"].detach().mean()) < 0.95
     for key in ("color", "alpha", "depth"):
@@ -133,7 +134,8 @@ def test_mesh_depth_hides_gaussians_behind_it():
     assert out["alpha"][CENTRE] == pytest.approx(0.5, abs=1e-6)
 
 
-def test_gradcheck_float64_tiny():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_gradcheck_float64_tiny(backend):
     camera = Camera(torch.tensor([[8.0, 0, 3.7], [0, 8.0, 2.6], [0, 0, 1]], dtype=torch.float64),
                     torch.eye(4, dtype=torch.float64), 6, 5)
     means, quats, scales, opacities, colors = random_scene(n=5, seed=3)
@@ -141,7 +143,7 @@ def test_gradcheck_float64_tiny():
     opacities = opacities.clamp(max=0.85)  # away from the 0.99 clamp, where α has a kink
 
     def render(m, q, s, o, c):
-        out = rasterize_gaussians(m, q, s, o, camera, colors=c, pair_budget=9)
+        out = rasterize_gaussians(m, q, s, o, camera, colors=c, pair_budget=9, backend=backend)
         return out["color"], out["alpha"], out["depth"]
 
     inputs = [t.clone().requires_grad_() for t in (means, quats, scales, opacities, colors)]

@@ -6,6 +6,9 @@ Per image, renders read as 8-bit images (the authors save PNGs and reload them):
                        truth × (object mask from the parsing × the rendered full mask), PSNR over
                        the whole frame
     psnr_hair          PSNR of the error over the ground-truth hair pixels
+    psnr_face          the same over the ground-truth face pixels (the parsing's face region: skin,
+                       brows, eyes, nose, lips; where long hair falls wrongly over the face, or the
+                       face shows the white it learnt under the hair, this drops)
     hair_iou           IoU of the rendered hair as the blend shows it (Â_hair = α·G(M_o) > 0.5)
                        with the ground-truth hair mask (the visible hair, as the parsing sees it)
     face_only_psnr_head_paper   the same protocol for the face render alone (its mask = the mesh)
@@ -50,7 +53,7 @@ def evaluate_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, 
     hair | blended | occlusion for ``n_views`` views spread over the split."""
     was_training = avatar.training
     avatar.eval()
-    per_image: dict[str, list[float]] = {k: [] for k in ("psnr_head_paper", "psnr_hair", "hair_iou",
+    per_image: dict[str, list[float]] = {k: [] for k in ("psnr_head_paper", "psnr_hair", "psnr_face", "hair_iou",
                                                          "face_only_psnr_head_paper")}
     every = max(1, len(dataset) // max(n_views, 1))
     shown = []
@@ -60,7 +63,7 @@ def evaluate_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, 
         flame = driving_parameters(frames, batch, refined)
         rotation, translation = rigid(batch["timestep_index"])
         out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
-        hair, _, _ = batch_regions(batch)
+        hair, _, face_region = batch_regions(batch)
         obj = object_mask(batch["parsing"])[:, None]
         rgb, face_rgb = as_8bit(out["rgb"]), as_8bit(out["face"]["rgb"])
         used, face_used = obj * full_mask(out), obj & out["face"]["mask"]
@@ -70,6 +73,7 @@ def evaluate_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, 
             per_image["psnr_head_paper"].append(psnr_frame(rgb[b], target, used[b, 0]))
             per_image["face_only_psnr_head_paper"].append(psnr_frame(face_rgb[b], target, face_used[b, 0]))
             per_image["psnr_hair"].append(psnr_masked(rgb[b], target, hair[b, 0]))
+            per_image["psnr_face"].append(psnr_masked(rgb[b], target, face_region[b, 0]))
             if figure is not None and index % every == 0 and index // every < n_views:
                 shown.append(({"image": batch["image"][b:b + 1]},
                               {"face": {"rgb": out["face"]["rgb"][b:b + 1]}, "hair": {"rgb": out["hair"]["rgb"][b:b + 1]},

@@ -9,6 +9,8 @@ expression (the held-out sequence, every camera). Per image:
                         truth is known (subjects with depth maps; see face_metrics.depth_mae_mm)
     depth_unknown       share of that region without ground-truth depth
     hair_iou            the blend's hair (Â_hair > 0.5) against the parsing's hair
+    psnr_hair, psnr_face  PSNR of the blended render over the parsing's hair pixels and over its
+                        face region (skin, brows, eyes, nose, lips): where each method wins
 
 The avatar is driven as the authors evaluate it: the refined shape with the tracked expression
 and pose, the 2nd near-z and the cleaned occlusion mask. Images are read one batch at a time,
@@ -36,12 +38,12 @@ from mega.data.parsing import batch_regions, object_mask
 from mega.errors import DataError
 from mega.eval.avatar import full_mask, hair_iou
 from mega.eval.face import driving_parameters
-from mega.eval.face_metrics import depth_mae_mm, unknown_fraction
+from mega.eval.face_metrics import as_8bit, depth_mae_mm, psnr_masked, unknown_fraction
 from mega.eval.protocol import PaperMetrics
 
 SPLITS = {"val": "novel view (camera 8 of the training sequences)",
           "test": "novel expression (the held-out sequence, all cameras)"}
-COLUMNS = ("psnr", "ssim", "lpips", "depth_mae_mm", "depth_unknown", "hair_iou")
+COLUMNS = ("psnr", "ssim", "lpips", "depth_mae_mm", "depth_unknown", "hair_iou", "psnr_hair", "psnr_face")
 PROTOCOL = ("render and ground truth x (object mask from the parsing, hat and cloth excluded, x the rendered "
             "full mask), metrics over the whole frame; renders rounded to 8 bits; LPIPS AlexNet v0.1; depth "
             "MAE on the face region the mesh covers where the ground truth is known")
@@ -89,11 +91,15 @@ def evaluate_split(avatar, frames, rigid: RigidTable, union_dir: str | Path, spl
         hair, _, face = batch_regions(batch)
         values["hair_iou"] = (hair_iou(out["hair_weight"], hair).tolist() if "parsing" in batch
                               else [math.nan] * len(indices))
+        rgb_8bit = as_8bit(out["rgb"])
+        for key, region in (("psnr_hair", hair), ("psnr_face", face)):
+            values[key] = ([psnr_masked(rgb_8bit[b], batch["image"][b], region[b, 0]) for b in range(len(indices))]
+                           if "parsing" in batch else [math.nan] * len(indices))
         for b, index in enumerate(indices):
             timestep, camera = int(batch["timestep_index"][b]), int(batch["camera_index"][b])
             name = f"{timestep:05d}_{camera:02d}.png"
             row = {"index": index, "timestep_index": timestep, "camera_index": camera, "render": f"renders/{name}",
-                   **{k: values[k][b] for k in ("psnr", "ssim", "lpips", "hair_iou")}}
+                   **{k: values[k][b] for k in ("psnr", "ssim", "lpips", "hair_iou", "psnr_hair", "psnr_face")}}
             if "depth" in batch:
                 region = (face & out["face"]["mask"])[b, 0]
                 row["depth_mae_mm"] = depth_mae_mm(out["face"]["depth"][b, 0], batch["depth"][b, 0], region)

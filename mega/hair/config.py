@@ -14,6 +14,8 @@ from mega.errors import ConfigError
 from mega.render.gaussians import GAUSSIAN_BACKENDS
 from mega.settings import Settings, check_at_least
 
+INIT_COLOURS = ("random", "views")
+
 
 @dataclass(frozen=True)
 class HairConfig(Settings):
@@ -25,6 +27,14 @@ class HairConfig(Settings):
     init_off_scalp: int = 100_000
     """Points pushed off the scalp along the normal, by up to ``init_offset_m`` per axis."""
     init_offset_m: float = 0.02
+    init_in_hull: int = 0
+    """Points drawn in the visual hull of the canonical views' hair masks (0: the authors' scalp
+    sampling alone; a departure, docs/hair.md)."""
+    init_hull_margin_m: float = 0.1
+    """The box the hull points are drawn in: the canonical mesh's bounding box grown by this."""
+    init_colour: str = "random"
+    """random (the authors') or views: each point the mean colour of the hair pixels it projects
+    to in the canonical views (3DGS's practice; a departure, docs/hair.md)."""
     init_opacity: float = 0.1
     sh_degree: int = 3
     sh_degree_every: int = 1000
@@ -106,10 +116,15 @@ class HairConfig(Settings):
         check_at_least(self, where, 1, "hair_epochs", "hair_batch_size", "joint_epochs", "joint_batch_size",
                        "sh_degree_every", "densify_every_images", "opacity_reset_every_images", "checkpoint_every",
                        "deform_frequencies", "aiap_neighbours", "erode_px", "lr_position_steps")
-        check_at_least(self, where, 0, "init_on_scalp", "init_off_scalp", "hair_iterations", "joint_iterations",
-                       "data_workers", "cache_mb", "val_views")
-        if self.init_on_scalp + self.init_off_scalp < 1:
-            raise ConfigError(f"{where}: 'init_on_scalp' + 'init_off_scalp' must be at least 1")
+        check_at_least(self, where, 0, "init_on_scalp", "init_off_scalp", "init_in_hull", "hair_iterations",
+                       "joint_iterations", "data_workers", "cache_mb", "val_views")
+        if self.init_on_scalp + self.init_off_scalp + self.init_in_hull < 1:
+            raise ConfigError(f"{where}: 'init_on_scalp' + 'init_off_scalp' + 'init_in_hull' must be at least 1")
+        if self.init_colour not in INIT_COLOURS:
+            raise ConfigError(f"{where}: 'init_colour' must be one of {', '.join(INIT_COLOURS)}, "
+                              f"got {self.init_colour!r}")
+        if self.init_hull_margin_m < 0:
+            raise ConfigError(f"{where}: 'init_hull_margin_m' must be at least 0, got {self.init_hull_margin_m}")
         if not 0 <= self.sh_degree <= 3:
             raise ConfigError(f"{where}: 'sh_degree' must be 0..3, got {self.sh_degree}")
         if not 0 < self.init_opacity < 1:

@@ -118,13 +118,14 @@ def rasterize_gaussians(
     min_transmittance: float | None = 1e-4,
     near_plane_m: float = 0.01,
     pair_budget: int | None = None,  # default: DEFAULT_PAIR_BUDGET for the device
-    backend: Literal["auto", "torch", "triton"] = "auto",
+    backend: Literal["auto", "torch", "triton", "numba"] = "auto",
 ) -> dict[str, Tensor]:
     """Render Gaussians into one camera; see the module docstring for the outputs.
 
-    ``backend``: ``torch`` (any device), ``triton`` (the tiled kernels of
+    ``backend``: ``torch`` (any device, the reference), ``triton`` (the tiled kernels of
     :mod:`mega.render.gaussians_triton`: CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``),
-    ``auto`` = torch (see :data:`AUTO_PICKS_TRITON`)."""
+    ``numba`` (:mod:`mega.render.gaussians_numba`, CPU tensors), ``auto`` = numba on the CPU,
+    torch on CUDA (see :data:`AUTO_PICKS_TRITON`)."""
     N = means.shape[0]
     _check_shape("means", means, (N, 3))
     _check_shape("quats", quats, (N, 4))
@@ -180,6 +181,13 @@ def rasterize_gaussians(
 
         image, near_z, num_significant = gaussians_triton.composite(table, means2d, extent_x, extent_y, order,
                                                                     mesh_depth_flat, settings)
+    elif backend == "numba":
+        from mega.render import gaussians_numba
+
+        with torch.no_grad():
+            spans = gaussians_numba.row_spans(means2d.detach()[order], conic.detach()[order], level[order],
+                                              extent_y[order], H, W)
+        image, near_z, num_significant = gaussians_numba.composite(table, order, spans, mesh_depth_flat, settings)
     else:
         with torch.no_grad():
             spans = _row_spans(means2d.detach()[order], conic.detach()[order], level[order], extent_y[order], H, W)
@@ -196,20 +204,32 @@ def rasterize_gaussians(
     }
 
 
-GAUSSIAN_BACKENDS = ("auto", "torch", "triton")
-# ``auto`` stays on the torch backend until the triton kernels' CUDA tests have passed on a GPU
-# (they pass in Triton's CPU interpreter); then it is to pick triton for CUDA tensors.
+GAUSSIAN_BACKENDS = ("auto", "torch", "triton", "numba")
+# ``auto`` stays on the torch backend on CUDA until the triton kernels' CUDA tests have passed on
+# a GPU (they pass in Triton's CPU interpreter); then it is to pick triton for CUDA tensors.
 AUTO_PICKS_TRITON = False
 
 
 def resolve_gaussian_backend(backend: str, device: torch.device) -> str:
-    """``auto`` → the backend used on ``device``; ``triton`` is refused where it cannot run."""
+    """``auto`` → the backend used on ``device`` (numba on the CPU, where it is installed);
+    ``triton`` and ``numba`` are refused where they cannot run."""
     if backend == "auto":
+        if device.type == "cpu":
+            return "numba" if numba_available() else "torch"
         return "triton" if AUTO_PICKS_TRITON and device.type == "cuda" else "torch"
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"the numba Gaussian backend runs on the CPU, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError(f"the triton Gaussian backend needs CUDA tensors, got tensors on {device} "
                          "(TRITON_INTERPRET=1 runs it on the CPU in Triton's interpreter, slowly)")
     return backend
+
+
+def numba_available() -> bool:
+    """Whether numba imports here (the CPU's fast compositing; requirements.txt installs it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
 
 
 def _check_shape(name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:

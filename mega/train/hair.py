@@ -13,6 +13,7 @@ Outputs in the run folder:
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from mega import losses
 from mega.atomic import write_json
 from mega.avatar import Avatar, RigidTable
+from mega.data.camera import Camera
 from mega.data.gaussian_avatars import SubjectDataset, subject_extras
 from mega.data.parsing import batch_regions
 from mega.errors import DataError
@@ -30,6 +32,7 @@ from mega.face.model import NeuralFace
 from mega.hair.config import HairConfig
 from mega.hair.densify import Densifier, DensifyState
 from mega.hair.model import GaussianHair, sample_scalp_points
+from mega.hair.views_init import CanonicalViews
 from mega.train.checkpoint import save_checkpoint
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
@@ -43,6 +46,8 @@ RESUMABLE = {"hair_epochs", "hair_iterations", "checkpoint_every", "val_views", 
              "w_offsets", "w_aiap_xyz", "w_aiap_cov", "deform_layers", "deform_frequencies", "deform_scale",
              "aiap_neighbours", "gaussian_backend"}
 """Settings the canonical hair does not depend on (the joint stage's) or that may change on resume."""
+FIXED_FACE_OUTPUTS = ("rgb", "mask", "depth")
+"""The face outputs the blend of the canonical-hair stage reads."""
 
 
 def open_hair_split(union_dir: Path, split: str) -> SubjectDataset:
@@ -62,18 +67,26 @@ def scene_extent_m(dataset: SubjectDataset) -> float:
     return 1.1 * float((centres - centres.mean(0)).norm(dim=1).max())
 
 
-def hair_losses(out: dict, batch: dict, config: HairConfig) -> dict[str, Tensor]:
-    """Eq. 14's terms, unweighted, as the authors compute them (docs/hair.md)."""
+def silhouette_weights(hair_mask: Tensor) -> Tensor:
+    """Δ of eq. 13 [B, 1, H, W] in pixels² of the authors' 802-pixel-high images, so that λ_sil
+    weighs the same at any image size."""
+    return losses.hair_distance_weights(hair_mask) * (REFERENCE_HEIGHT_PX / hair_mask.shape[-2]) ** 2
+
+
+def hair_losses(out: dict, batch: dict, config: HairConfig,
+                distance_weights: Tensor | None = None) -> dict[str, Tensor]:
+    """Eq. 14's terms, unweighted, as the authors compute them (docs/hair.md). ``distance_weights``:
+    the batch's :func:`silhouette_weights` where the caller keeps them (they depend on the mask
+    alone)."""
     hair_mask, _, _ = batch_regions(batch)
     hair = out["hair"]
     rendered_mask = hair["alpha"] * out["occlusion"]
-    # Δ in pixels² of the authors' 802-pixel-high images, so that λ_sil weighs the same at any size.
-    to_reference_px2 = (REFERENCE_HEIGHT_PX / hair_mask.shape[-2]) ** 2
     hair_rgb, hair_ssim = losses.hair_photometric(hair["rgb"], batch["image"], hair_mask)
+    if distance_weights is None:
+        distance_weights = silhouette_weights(hair_mask)
     return {
         "hair_rgb": hair_rgb, "hair_ssim": hair_ssim,
-        "silhouette": losses.silhouette_loss(rendered_mask, hair_mask,
-                                             losses.hair_distance_weights(hair_mask) * to_reference_px2),
+        "silhouette": losses.silhouette_loss(rendered_mask, hair_mask, distance_weights),
         "solid": losses.solid_hair_loss(hair["alpha"], hair_mask, config.erode_px),
     }
 
@@ -95,6 +108,7 @@ class HairStage:
         self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
         self.densifier, self.extent_m, self.total_steps = densifier, extent_m, total_steps
         self._hair_out: dict | None = None
+        self._fixed: dict[int, dict[str, Tensor]] = {}
 
     @property
     def hair(self) -> GaussianHair:
@@ -123,14 +137,32 @@ class HairStage:
     def begin_step(self, step: int) -> None:
         self.hair.raise_degree(step, self.config.sh_degree_every)
 
+    @torch.no_grad()
+    def fixed_inputs(self, flame: dict[str, Tensor], batch: dict) -> tuple[dict[str, Tensor], Tensor]:
+        """The stage-1 face of a batch (rgb, mask, depth: what the blend reads) and the silhouette
+        weights of its hair masks. The face is fixed, the masks too, and the one-frame split small,
+        so each image's are made once and kept."""
+        frame_index = batch["frame_index"].tolist()
+        missing = [i for i, f in enumerate(frame_index) if f not in self._fixed]
+        if missing:
+            pick = torch.tensor(missing, device=batch["timestep_index"].device)
+            cameras = batch["camera"]
+            subset = Camera(cameras.intrinsics[pick], cameras.world_to_camera[pick], cameras.width, cameras.height)
+            out = self.avatar.face({k: v[pick] for k, v in flame.items()}, subset)
+            hair_mask, _, _ = batch_regions(batch)
+            weights = silhouette_weights(hair_mask[pick])
+            for j, i in enumerate(missing):
+                self._fixed[frame_index[i]] = {**{k: out[k][j] for k in FIXED_FACE_OUTPUTS}, "silhouette": weights[j]}
+        face = {k: torch.stack([self._fixed[f][k] for f in frame_index]) for k in FIXED_FACE_OUTPUTS}
+        return face, torch.stack([self._fixed[f]["silhouette"] for f in frame_index])
+
     def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         flame = self.frames(batch["timestep_index"])
-        with torch.no_grad():
-            face = self.avatar.face(flame, batch["camera"])
+        face, distance_weights = self.fixed_inputs(flame, batch)
         rotation, translation = self.rigid(batch["timestep_index"])
         out = self.avatar(flame, batch["camera"], rotation, translation, face=face)
         self._hair_out = out["hair"]
-        terms = hair_losses(out, batch, self.config)
+        terms = hair_losses(out, batch, self.config, distance_weights)
         weights = hair_loss_weights(self.config)
         total = sum(weights[k] * v for k, v in terms.items())
         with torch.no_grad():
@@ -144,17 +176,61 @@ class HairStage:
         return self.densifier.after_backward(step, self.hair, optimizer, out["means2d"], out["radii"], W, H)
 
 
-def initial_hair(face: NeuralFace, frames: FrameParameters, timestep: int, config: HairConfig) -> GaussianHair:
+def initial_hair(face: NeuralFace, frames: FrameParameters, timestep: int, config: HairConfig,
+                 views: CanonicalViews | None = None) -> GaussianHair:
     """Gaussians sampled around the scalp of the stage-1 mesh at the canonical timestep, with random
-    colours (the authors' initialisation)."""
+    colours (the authors' initialisation); with ``config.init_in_hull`` also points in the visual
+    hull of the hair, and with ``config.init_colour = "views"`` colours from the images. Both need
+    ``views`` (the canonical frame's, :func:`canonical_views`)."""
+    if (config.init_in_hull or config.init_colour == "views") and views is None:
+        raise ValueError("init_in_hull and init_colour 'views' need the canonical views")
     generator = torch.Generator().manual_seed(config.seed)
     with torch.no_grad():
         device = frames.shape.device
         vertices, _ = face.geometry(frames(torch.tensor([timestep], device=device)))
-        points = sample_scalp_points(vertices[0].cpu(), face.mesh.faces.cpu(), face.mesh.scalp.cpu(),
+        vertices = vertices[0].cpu()
+        points = sample_scalp_points(vertices, face.mesh.faces.cpu(), face.mesh.scalp.cpu(),
                                      config.init_on_scalp, config.init_off_scalp, config.init_offset_m, generator)
         colors = torch.rand(points.shape[0], 3, generator=generator)
-    return GaussianHair.from_points(points.to(device), colors.to(device), config.init_opacity, config.sh_degree)
+        if config.init_in_hull:
+            margin = config.init_hull_margin_m
+            hull = views.hull_points(config.init_in_hull, vertices.min(0).values - margin,
+                                     vertices.max(0).values + margin, generator).cpu()
+            if hull.shape[0] < config.init_in_hull:
+                log.warning("the hair's visual hull gave %d of the %d points asked for", hull.shape[0],
+                            config.init_in_hull)
+            points = torch.cat([points, hull])
+            colors = torch.cat([colors, torch.rand(hull.shape[0], 3, generator=generator)])
+        if config.init_colour == "views":
+            colors, seen = views.colours(points)
+            log.info("initial hair colours from the views: %d of %d points seen on hair", int(seen.sum()),
+                     points.shape[0])
+        if points.shape[0] == 0:
+            raise DataError("no initial hair point: the scalp sampling asks for none and the hair's visual hull is "
+                            "empty (do the canonical views show hair?)")
+    return GaussianHair.from_points(points.to(device), colors.to(device).clamp(0, 1), config.init_opacity,
+                                    config.sh_degree)
+
+
+@torch.no_grad()
+def canonical_views(face: NeuralFace, frames: FrameParameters, dataset: SubjectDataset,
+                    device: torch.device, batch_size: int = 4) -> CanonicalViews:
+    """The one-frame split's images, hair masks and the stage-1 mesh's depth in each of its views."""
+    from mega.data.gaussian_avatars import collate_samples, to_device
+
+    cameras, images, hair, depth = [], [], [], []
+    for first in range(0, len(dataset), batch_size):
+        batch = to_device(collate_samples([dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]),
+                          device)
+        out = face(frames(batch["timestep_index"]), batch["camera"])
+        hair_mask, _, _ = batch_regions(batch)
+        cameras.append(batch["camera"])
+        images.append(batch["image"])
+        hair.append(hair_mask[:, 0])
+        depth.append(torch.where(out["mask"][:, 0], out["depth"][:, 0], torch.full_like(out["depth"][:, 0], math.inf)))
+    stacked = Camera(torch.cat([c.intrinsics for c in cameras]), torch.cat([c.world_to_camera for c in cameras]),
+                     cameras[0].width, cameras[0].height)
+    return CanonicalViews(stacked, torch.cat(images), torch.cat(hair), torch.cat(depth))
 
 
 def canonical_timestep(dataset: SubjectDataset, rigid_canonical: int, where: Path) -> int:
@@ -183,7 +259,10 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     timestep = canonical_timestep(dataset, int(rigid_file["canonical_timestep"]), Path(rigid_path))
     face, frames = load_face(face_path, head, device)
     rigid = RigidTable(rigid_file["timestep"], rigid_file["rotation"], rigid_file["translation"]).to(device)
-    hair = initial_hair(face, frames, timestep, config)
+    views = (canonical_views(face, frames, dataset, device)
+             if config.init_in_hull or config.init_colour == "views" else None)
+    hair = initial_hair(face, frames, timestep, config, views)
+    del views
     avatar = Avatar(face, hair, None, config)
     extent = scene_extent_m(dataset)
     steps = config.hair_steps_for(len(dataset))

@@ -57,8 +57,8 @@ def parent_dir(wildcards, output):
 
 
 SYNTHETIC = "synthetic"
-# More synthetic subjects (for editing): the first one's size and training settings, their own
-# seed and hairstyle.
+# More synthetic subjects (for editing, and for trying the method on other heads): the first
+# one's size and training settings, their own seed, hairstyle and camera count.
 OTHER_SYNTHETIC = config.get("synthetic", {}).get("others", {})
 SYNTHETIC_SUBJECTS = [SYNTHETIC, *OTHER_SYNTHETIC]
 
@@ -74,6 +74,7 @@ def synth_args(wildcards):
     return (
         f"--seed {own.get('seed', 0)} --width {s.get('width', 138)} --height {s.get('height', 200)} "
         f"--frames {s.get('frames_per_sequence', 3)} --hair {own.get('hairstyle', 'short')} "
+        f"--cameras {own.get('cameras', 16)} "
         f"--supersample {s.get('supersample', 2)} {head_model_args()}"
     )
 

@@ -1,0 +1,178 @@
+"""Where the time of a canonical-hair step and of a joint step goes, at the embedded subject's size,
+with the workflow's synthetic settings (data, forward with the losses, backward, densification,
+optimizer update), and the speed-up of the CPU path side by side in one run:
+
+    python benchmarks/hair_speed.py --subject synthetic_long [--steps 40] [--threads 2] [--compare]
+
+``--compare`` runs each stage twice from the same start with the same batches: as it ran before
+(the torch compositing; the canonical-hair stage rendering the fixed face and the silhouette
+weights again every step) and as it runs now (the numba compositing, both kept per image), and
+prints seconds per step, the speed-up, and the two runs' losses at the last step (they differ
+by float rounding only). Needs the subject's data, face (results/train/<subject>/mega/face.pt)
+and hair_rigid.npz; the joint rows start from the initial hair made opaque.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from mega.avatar import Avatar, RigidTable
+from mega.data.gaussian_avatars import collate_samples
+from mega.data.synth import synthesized_union
+from mega.flame.head_model import load_head_model_folder
+from mega.hair.config import HairConfig
+from mega.hair.deform import DeformationField
+from mega.hair.densify import Densifier, DensifyState
+from mega.hair.rigid import read_hair_rigid
+from mega.render.gaussians import resolve_gaussian_backend
+from mega.settings import synthetic_stage_settings
+from mega.train.face import load_face
+from mega.train.hair import HairStage, canonical_views, initial_hair, open_hair_split, scene_extent_m
+from mega.train.joint import JointStage
+from mega.train.loop import batch_indices
+
+
+class RecomputingHairStage(HairStage):
+    """The canonical-hair stage as it was: the fixed face and the silhouette weights made again
+    every step."""
+
+    def fixed_inputs(self, flame, batch):
+        self._fixed.clear()
+        return super().fixed_inputs(flame, batch)
+
+
+class Timer:
+    """Wall seconds by part, summed over steps."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+
+    def part(self, name):
+        timer = self
+
+        class _Part:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] += time.perf_counter() - self.t0
+
+        return _Part()
+
+
+def run_steps(stage, dataset, steps: int, batch_size: int, lr: float, timer: Timer, densify=None) -> float:
+    """Train ``steps`` steps; the last step's loss."""
+    samples = [dataset[i] for i in range(len(dataset))]  # decoded once, as the loop's memory cache does
+    params = [p for g in stage.parameter_groups() if g.trainable for p in g.params]
+    groups = [{"name": g.name, "params": g.params, "lr": lr} for g in stage.parameter_groups() if g.trainable]
+    optimizer = torch.optim.Adam(groups, eps=1e-15)
+    for step in range(steps):
+        with timer.part("data"):
+            batch = collate_samples([samples[i] for i in batch_indices(step, len(samples), batch_size, 0)])
+        if hasattr(stage, "begin_step"):
+            stage.begin_step(step)
+        torch.manual_seed(step)
+        with timer.part("forward + losses"):
+            total, _, _ = stage.step(batch)
+        with timer.part("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+        if densify is not None:
+            with timer.part("densification"):
+                if densify(step + 1, optimizer):
+                    params = [p for g in optimizer.param_groups for p in g["params"]]
+        with timer.part("optimizer"):
+            optimizer.step()
+    del params
+    return float(total.detach())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subject", default="synthetic")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gaussians", type=int, default=0, help="initial Gaussians (0: the synthetic settings')")
+    parser.add_argument("--settings", default="{}", help="JSON overrides of the hair settings")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
+    parser.add_argument("--compare", action="store_true", help="also run the stages as they ran before, side by side")
+    args = parser.parse_args()
+    import json
+
+    torch.set_num_threads(args.threads)
+    results = Path(args.results)
+    config = yaml.safe_load(Path(args.config).read_text())
+    settings = {**synthetic_stage_settings(config, "hair"), **json.loads(args.settings)}
+    if args.gaussians:
+        settings.update(init_on_scalp=args.gaussians // 3, init_off_scalp=args.gaussians - args.gaussians // 3)
+    hair_config = HairConfig.from_dict(settings)
+    union = synthesized_union(results / "data" / args.subject)
+    head = load_head_model_folder(results / "head_model")
+    face, frames = load_face(results / "train" / args.subject / "mega" / "face.pt", head)
+    rigid_file = read_hair_rigid(results / "preprocess" / args.subject / "hair_rigid.npz")
+    rigid = RigidTable(rigid_file["timestep"], rigid_file["rotation"], rigid_file["translation"])
+    onef, train = open_hair_split(union, "onef"), open_hair_split(union, "train")
+    timestep = int(rigid_file["canonical_timestep"])
+    device = torch.device("cpu")
+    views = canonical_views(face, frames, onef, device) if (hair_config.init_in_hull
+                                                            or hair_config.init_colour == "views") else None
+    print(f"subject {args.subject}, threads {args.threads}, image {onef[0]['image'].shape[2]} x "
+          f"{onef[0]['image'].shape[1]}, {args.steps} steps each")
+
+    setups = [("now", hair_config, HairStage)]
+    if args.compare:
+        setups.insert(0, ("before", hair_config.replace(gaussian_backend="torch"), RecomputingHairStage))
+    table = []
+    for name in ("hair", "joint"):
+        for label, stage_config, hair_stage in setups:
+            hair = initial_hair(face, frames, timestep, stage_config, views)
+            with torch.no_grad():  # opaque enough to render like trained hair
+                hair.params["opacities"].fill_(2.0)
+            timer = Timer()
+            if name == "hair":
+                extent = scene_extent_m(onef)
+                steps_total = stage_config.hair_steps_for(len(onef))
+                densifier = Densifier(stage_config, stage_config.hair_batch_size, extent, DensifyState(hair.n),
+                                      steps_total)
+                stage = hair_stage(Avatar(face, hair, None, stage_config), frames, rigid, stage_config, densifier,
+                                   extent, steps_total)
+                dataset, batch_size = onef, stage_config.hair_batch_size
+                densify = stage.after_backward
+            else:
+                torch.manual_seed(0)
+                stage = JointStage(Avatar(face, hair, DeformationField(), stage_config), frames, rigid, stage_config)
+                dataset, batch_size, densify = train, stage_config.joint_batch_size, None
+            n0 = hair.n
+            started = time.perf_counter()
+            if args.profile:
+                with torch.profiler.profile() as prof:
+                    loss = run_steps(stage, dataset, args.steps, batch_size, 1e-3, timer, densify)
+            else:
+                loss = run_steps(stage, dataset, args.steps, batch_size, 1e-3, timer, densify)
+            wall = time.perf_counter() - started
+            table.append((name, label, wall / args.steps, loss))
+            backend = resolve_gaussian_backend(stage_config.gaussian_backend, device)
+            print(f"\n{name} stage, {label} ({backend} compositing): {n0} → {hair.n} Gaussians, "
+                  f"batch {batch_size}: {wall / args.steps:.3f} s / step, last loss {loss:.6f}")
+            for part, seconds in timer.seconds.items():
+                print(f"  {part:<20} {seconds / args.steps:7.3f} s  ({100 * seconds / wall:4.1f} %)")
+            if args.profile:
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    if args.compare:
+        print("\n| stage | before (s / step) | now (s / step) | speed-up | last loss before | now |")
+        print("|---|---|---|---|---|---|")
+        for i in range(0, len(table), 2):
+            (name, _, before, loss_before), (_, _, now, loss_now) = table[i], table[i + 1]
+            print(f"| {name} | {before:.3f} | {now:.3f} | {before / now:.2f}× | {loss_before:.6f} | {loss_now:.6f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The hair stages on several synthetic subjects with named changes of the synthetic settings:
+the canonical hair's fit of its own training views and, with --joint, the whole avatar on val
+(novel view) and test (novel expression).
+
+    snakemake --cores 2 --configfile config/examples/long_hair.yaml \\
+        results/train/{synthetic,synthetic_long}/mega/face.pt results/preprocess/{synthetic,synthetic_long}/hair_rigid.npz
+    python benchmarks/long_hair.py --subjects synthetic synthetic_long \\
+        --run 'authors={}' --run 'views={"init_colour": "views", "init_in_hull": 4000}' [--joint]
+    python benchmarks/long_hair.py --subjects synthetic_long --run 'e80={}' --run 'e160={"hair_epochs": 160}'
+
+Each run is `mega train-hair` (then `mega train-joint`) with the workflow's synthetic settings
+(config/config.yaml `synthetic.hair`) updated by the run's JSON, on the workflow's stage-1 face
+of the subject, in results/benchmarks/long_hair/<subject>/<run>/; a finished stage is not
+trained again. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from mega.data.synth import synthesized_union
+from mega.settings import synthetic_stage_settings
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subjects", nargs="+", default=["synthetic_long"])
+    parser.add_argument("--run", action="append", required=True, help="NAME=JSON overrides of the hair settings")
+    parser.add_argument("--joint", action="store_true", help="also train and evaluate the joint stage")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-train", action="store_true", help="only print the table of finished runs")
+    args = parser.parse_args()
+    results = Path(args.results)
+    config = yaml.safe_load(Path(args.config).read_text())
+    base = synthetic_stage_settings(config, "hair")
+    runs = {}
+    for item in args.run:
+        name, _, overrides = item.partition("=")
+        runs[name] = json.loads(overrides or "{}")
+    print(f"machine: {platform.machine()}, {psutil.cpu_count()} cores, {args.threads} threads", flush=True)
+
+    rows = []
+    for subject in args.subjects:
+        union = synthesized_union(results / "data" / subject)
+        face = results / "train" / subject / "mega" / "face.pt"
+        rigid = results / "preprocess" / subject / "hair_rigid.npz"
+        for name, overrides in runs.items():
+            out = results / "benchmarks" / "long_hair" / subject / name
+            settings = json.dumps({**base, **overrides})
+            common = ["--head-model", str(results / "head_model"), "--face", str(face), "--rigid", str(rigid),
+                      "--settings", settings, "--out", str(out), "--quiet", "--threads", str(args.threads),
+                      "--on-settings-change", "restart"]
+            stages = [("hair", ["train-hair", str(union), *common])]
+            if args.joint:
+                stages.append(("joint", ["train-joint", str(union), "--hair", str(out / "hair.pt"), *common]))
+            for stage, command in stages:
+                if not args.no_train and not (out / stage / "metrics.json").is_file():
+                    print(f"$ {subject} {name}: mega {stage} ...", flush=True)
+                    started = time.perf_counter()
+                    subprocess.run([sys.executable, "-m", "mega", *command], check=True)
+                    print(f"  {time.perf_counter() - started:.0f} s", flush=True)
+            hair, joint = read(out / "hair" / "metrics.json"), read(out / "joint" / "metrics.json")
+            views = hair.get("training_views", {})
+            row = {"subject": subject, "run": name, "hair steps": hair.get("iterations"),
+                   "Gaussians": hair.get("n_gaussians"), "hair s": hair.get("train_seconds"),
+                   "train-view IoU": views.get("hair_iou"), "train-view hair PSNR": views.get("psnr_hair")}
+            for split in ("val", "test"):
+                m = joint.get(split, {})
+                row.update({f"{split} PSNR": m.get("psnr_head_paper"), f"{split} face alone": m.get(
+                    "face_only_psnr_head_paper"), f"{split} hair PSNR": m.get("psnr_hair"),
+                    f"{split} IoU": m.get("hair_iou")})
+            row["joint s"] = joint.get("train_seconds")
+            rows.append(row)
+    columns = list(rows[0])
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
