@@ -1,5 +1,6 @@
-"""The hair's initialisation from the canonical views: colours from the images, points in the
-visual hull of the hair masks, and the canonical-hair stage taking both."""
+"""What the hair stages do for subjects other than the default one: the initialisation from the
+canonical views (colours from the images, points in the visual hull of the hair masks) and the
+joint stage's option to keep the face out of the hair pixels."""
 
 import math
 
@@ -169,3 +170,29 @@ def test_initial_hair_fills_the_visual_hull_of_the_hair(subject_views):
     assert float(torch.cdist(hull, scalp).min(1).values.max()) > 0.03
     with pytest.raises(ValueError, match="canonical views"):
         initial_hair(face, frames, timestep, config)
+
+
+# ----------------------------------------------------------------------------- the joint stage's face on hair pixels
+def test_without_face_on_hair_the_face_learns_nothing_from_hair_pixels():
+    from mega.blend import blend
+    from mega.train.joint import blended_for_loss
+
+    g = torch.Generator().manual_seed(0)
+    face = torch.rand(2, 3, 6, 5, generator=g).requires_grad_()
+    hair_rgb = torch.rand(2, 3, 6, 5, generator=g)
+    alpha = torch.rand(2, 1, 6, 5, generator=g)
+    soft = torch.rand(2, 1, 6, 5, generator=g)
+    rgb, weight = blend(face, hair_rgb, alpha, soft)
+    out = {"rgb": rgb, "hair_weight": weight, "face": {"rgb": face}, "hair": {"rgb": hair_rgb}}
+    hair_mask = torch.zeros(2, 1, 6, 5, dtype=torch.bool)
+    hair_mask[:, :, :3] = True
+    target = torch.rand(2, 3, 6, 5, generator=g)
+    for face_on_hair in (True, False):
+        face.grad = None
+        image = blended_for_loss(out, hair_mask, face_on_hair)
+        torch.testing.assert_close(image, rgb)  # the same image either way
+        ((image - target) ** 2).sum().backward(retain_graph=True)
+        on_hair = face.grad[hair_mask.expand(-1, 3, -1, -1)]
+        elsewhere = face.grad[~hair_mask.expand(-1, 3, -1, -1)]
+        assert float(elsewhere.abs().min()) > 0
+        assert (float(on_hair.abs().min()) > 0) if face_on_hair else bool((on_hair == 0).all())

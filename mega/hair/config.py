@@ -92,6 +92,9 @@ class HairConfig(Settings):
     """× w_rgb: the diffuse-only face render against the ground truth without hair."""
     w_offsets: float = 10.0
     """Each of the rotation, scale, opacity and colour offsets."""
+    joint_face_on_hair: bool = True
+    """Whether the blended image's terms reach the face on the ground truth's hair pixels (eq. 15:
+    yes; where the hair does not cover them, the face's textures then learn hair colour)."""
     w_aiap_xyz: float = 1000.0
     w_aiap_cov: float = 1e5
 

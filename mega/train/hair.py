@@ -44,7 +44,7 @@ LOSS_TERMS = ("hair_rgb", "hair_ssim", "silhouette", "solid")
 RESUMABLE = {"hair_epochs", "hair_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers",
              "joint_epochs", "joint_iterations", "joint_batch_size", "lr_deform", "w_rgb", "w_ssim", "w_diffuse_rgb",
              "w_offsets", "w_aiap_xyz", "w_aiap_cov", "deform_layers", "deform_frequencies", "deform_scale",
-             "aiap_neighbours", "gaussian_backend"}
+             "aiap_neighbours", "gaussian_backend", "joint_face_on_hair"}
 """Settings the canonical hair does not depend on (the joint stage's) or that may change on resume."""
 FIXED_FACE_OUTPUTS = ("rgb", "mask", "depth")
 """The face outputs the blend of the canonical-hair stage reads."""

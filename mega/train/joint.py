@@ -50,6 +50,16 @@ FROZEN_FACE_GROUPS = ("displacement", "flame_shape", "flame_expr", "flame_rotati
                       "flame_jaw_pose", "flame_eyes_pose", "flame_translation")
 
 
+def blended_for_loss(out: dict, hair_mask: Tensor, face_on_hair: bool) -> Tensor:
+    """The blended image [B, 3, H, W] the photometric terms compare; without ``face_on_hair`` the
+    same values, but the face gets no gradient from the ground truth's hair pixels (``hair_mask``
+    [B, 1, H, W])."""
+    if face_on_hair:
+        return out["rgb"]
+    weight, face_rgb = out["hair_weight"], out["face"]["rgb"]
+    return weight * out["hair"]["rgb"] + (1 - weight) * torch.where(hair_mask, face_rgb.detach(), face_rgb)
+
+
 def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor, canonical: dict,
                  rotation: Tensor) -> dict[str, Tensor]:
     """Eq. 15's terms, unweighted (see docs/hair.md for the reductions). ``canonical``: the
@@ -57,14 +67,15 @@ def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor,
     head rotations."""
     hair_mask, _, _ = batch_regions(batch)
     image = batch["image"]
+    blended = blended_for_loss(out, hair_mask, config.joint_face_on_hair)
     offsets = losses.offset_regulariser(out["offsets"])
     posed = out["gaussians"]
     aiap_xyz, aiap_cov = losses.aiap_losses(
         canonical["means"], posed["means"], canonical["covariances"],
         losses.covariances(quaternion_to_matrix(posed["quats"]), posed["scales"]), neighbours, rotation)
     return {
-        "rgb": losses.photometric_l2(out["rgb"], image),
-        "ssim": losses.dssim(out["rgb"], image),
+        "rgb": losses.photometric_l2(blended, image),
+        "ssim": losses.dssim(blended, image),
         "diffuse_rgb": losses.photometric_l2(out["face"]["rgb_diffuse"], losses.target_without_hair(image, hair_mask)),
         "solid": losses.solid_hair_loss(out["hair"]["alpha"], hair_mask, config.erode_px),
         **{f"offset_{name}": offsets[name] for name in ("quats", "scales", "opacities", "sh0")},
