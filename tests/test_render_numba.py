@@ -2,38 +2,13 @@
 reference: outputs to float32 rounding and gradients, on sparse and dense scenes, with every stop
 on and off, across chunks, in any number of channels and in float64."""
 
-import math
-
 import pytest
 import torch
 
 from mega.data.camera import Camera
 from mega.render.gaussians import rasterize_gaussians, resolve_gaussian_backend
 from test_render_gaussians import loss_of, random_scene
-
-H, W = 20, 36
-
-
-def camera(dtype=torch.float32) -> Camera:
-    K = torch.tensor([[30.0, 0, 17.3], [0, 30.0, 9.1], [0, 0, 1]], dtype=dtype)
-    return Camera(K, torch.eye(4, dtype=dtype), W, H)
-
-
-def dense_scene(n: int, seed: int) -> list[torch.Tensor]:
-    """Opaque, overlapping Gaussians: most pixels stop on the transmittance cut-off."""
-    scene = [t.float() for t in random_scene(n, seed=seed)]
-    scene[3] = scene[3] * 0.2 + 0.8
-    return scene
-
-
-SCENES = {"sparse": lambda: [t.float() for t in random_scene(60)], "dense": lambda: dense_scene(150, 3)}
-
-
-def mesh_plane() -> torch.Tensor:
-    mesh = torch.full((H, W), 1.2)
-    mesh[:, :5] = math.inf  # no mesh there
-    mesh[:3, 10:20] = 0.0  # nor there
-    return mesh
+from test_render_triton import SCENES, H, W, camera, mesh_plane  # the scenes the triton backend is checked on
 
 
 def both_backends(scene: list[torch.Tensor], cam: Camera, **options):
@@ -77,7 +52,7 @@ def test_numba_matches_torch_outputs_and_gradients(scene, options):
 @pytest.mark.parametrize("n_colors, dtype", [(1, torch.float32), (6, torch.float64)])
 def test_numba_renders_any_number_of_channels_and_float64_inputs(n_colors, dtype):
     scene = [t.to(dtype) for t in random_scene(30, seed=5)][:4] + [torch.rand(30, n_colors, dtype=dtype)]
-    ref, out, ref_leaves, leaves = both_backends(scene, camera(dtype))
+    ref, out, ref_leaves, leaves = both_backends(scene, camera().to(dtype=dtype))
     assert out["color"].dtype == dtype and out["color"].shape == (H, W, n_colors)
     assert_same(ref, out, ref_leaves, leaves, atol=1e-9 if dtype == torch.float64 else 2e-6,
                 grad_atol=1e-9 if dtype == torch.float64 else 1e-4)

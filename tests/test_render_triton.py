@@ -162,8 +162,8 @@ def test_triton_backend_is_refused_where_it_cannot_run(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensors"):
         resolve_gaussian_backend("triton", torch.device("cpu"))
-    assert resolve_gaussian_backend("auto", torch.device("cpu")) == "torch"
-    with pytest.raises(ValueError, match="one of auto, torch, triton"):
+    assert resolve_gaussian_backend("auto", torch.device("cpu")) == "numba"  # the CPU's own fast path
+    with pytest.raises(ValueError, match="one of auto, torch, triton, numba"):
         rasterize_gaussians(*[t.float() for t in random_scene(3)][:4], camera(), colors=torch.rand(3, 3),
                             backend="cuda")
 

@@ -106,7 +106,8 @@ class HairConfig(Settings):
     blur_kernel: int = 5
     blur_sigma: float = 1.5
     gaussian_backend: str = "auto"
-    """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), or auto."""
+    """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), numba (compiled CPU loops),
+    or auto (numba on the CPU, torch on CUDA)."""
 
     # ---- bookkeeping
     seed: int = 42

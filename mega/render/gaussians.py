@@ -34,7 +34,8 @@ front to back; pixels whose compositing has stopped drop out of later chunks, so
 hidden behind dense hair cost little. The backward pass is written by hand (3DGS's recurrence,
 vectorized) and checked against autograd of a plain per-pixel loop in the tests. The triton
 backend (:mod:`mega.render.gaussians_triton`) composites the same table in 16 × 16 pixel tiles
-on a GPU, with the same outputs and gradients.
+on a GPU, and the numba backend (:mod:`mega.render.gaussians_numba`) pixel by pixel in compiled
+CPU loops, both with the same outputs and gradients.
 """
 
 from __future__ import annotations

@@ -34,6 +34,14 @@ MIN_ALPHA = 1.0 / 255.0
 MAX_ALPHA = 0.99
 
 
+@njit(cache=True, inline="always")
+def _offset_and_power(table, g, px, py):
+    """(dx, dy, exponent of the Gaussian) at pixel centre (px, py) for Gaussian ``g``'s table row."""
+    dx = px - table[g, 0]
+    dy = py - table[g, 1]
+    return dx, dy, -0.5 * (table[g, 2] * dx * dx + table[g, 4] * dy * dy) - table[g, 3] * dx * dy
+
+
 @njit(cache=True)
 def _sort_chunk(span_rank, span_row, span_col0, span_length, order, alive, W, HW):
     """Pairs of live pixels of the chunk's spans, sorted by pixel, each pixel's in depth order:
@@ -79,9 +87,7 @@ def _composite_chunk(pixel_start, gaussian, geometry, colors, W, near_z_alpha, g
         has_surface = use_mesh and math.isfinite(surface) and surface > 0
         for j in range(first, last):
             g = gaussian[j]
-            dx = px - geometry[g, 0]
-            dy = py - geometry[g, 1]
-            power = -0.5 * (geometry[g, 2] * dx * dx + geometry[g, 4] * dy * dy) - geometry[g, 3] * dx * dy
+            _, _, power = _offset_and_power(geometry, g, px, py)
             alpha = min(geometry[g, 5] * math.exp(power), MAX_ALPHA)
             if alpha < MIN_ALPHA:
                 continue
@@ -137,9 +143,7 @@ def _backward_chunk(pixel_start, gaussian, alpha, transmittance, table, grad_ima
             for c in range(n_colors):
                 value += table[g, 7 + c] * grad_image[p, c]
             weight = a * t
-            dx = px - table[g, 0]
-            dy = py - table[g, 1]
-            power = -0.5 * (table[g, 2] * dx * dx + table[g, 4] * dy * dy) - table[g, 3] * dx * dy
+            dx, dy, power = _offset_and_power(table, g, px, py)
             gauss = math.exp(power)
             raw = table[g, 5] * gauss
             grad_raw = (t * value - acc / (1.0 - a)) if raw <= MAX_ALPHA else 0.0
