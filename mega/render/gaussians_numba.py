@@ -30,8 +30,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-MIN_ALPHA = 1.0 / 255.0
-MAX_ALPHA = 0.99
+from mega.render.gaussians import MAX_ALPHA, MIN_ALPHA, _span_chunks
 
 
 @njit(cache=True, inline="always")
@@ -202,15 +201,6 @@ def row_spans(means2d: Tensor, conic: Tensor, level: Tensor, extent_y: Tensor, H
     return tuple(torch.from_numpy(a) for a in _row_spans(*arrays, H, W))
 
 
-def _chunks(length: np.ndarray, pair_budget: int):
-    ends = np.cumsum(length)
-    start, done = 0, 0
-    while start < length.shape[0]:
-        stop = max(int(np.searchsorted(ends, done + pair_budget, side="right")), start + 1)
-        yield start, stop
-        start, done = stop, int(ends[stop - 1])
-
-
 class _Composite(torch.autograd.Function):
     """The torch backend's ``_Composite`` (same arguments and results) on CPU tensors."""
 
@@ -237,7 +227,7 @@ class _Composite(torch.autograd.Function):
         gap = settings.early_stop_gap_m if settings.early_stop_gap_m is not None else 0.0
         min_t = settings.min_transmittance if settings.min_transmittance is not None else 0.0
         saved = []
-        for start, stop in _chunks(length, settings.pair_budget):
+        for start, stop in _span_chunks(span_length, settings.pair_budget):
             pixel_start, gaussian = _sort_chunk(rank[start:stop], row[start:stop], col0[start:stop],
                                                 length[start:stop], order_np, alive, W, HW)
             P = gaussian.shape[0]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from mega import losses
 from mega.atomic import write_json
 from mega.avatar import Avatar, RigidTable
+from mega.blend import blend
 from mega.errors import DataError
 from mega.face.config import FaceConfig
 from mega.face.model import NeuralFace
@@ -57,7 +58,9 @@ def blended_for_loss(out: dict, hair_mask: Tensor, face_on_hair: bool) -> Tensor
     if face_on_hair:
         return out["rgb"]
     weight, face_rgb = out["hair_weight"], out["face"]["rgb"]
-    return weight * out["hair"]["rgb"] + (1 - weight) * torch.where(hair_mask, face_rgb.detach(), face_rgb)
+    # Eq. 7 again with Â_hair as it was (the occlusion already in it), the face detached on hair.
+    return blend(torch.where(hair_mask, face_rgb.detach(), face_rgb), out["hair"]["rgb"], weight,
+                 torch.ones_like(weight))[0]
 
 
 def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor, canonical: dict,
