@@ -108,8 +108,10 @@ def main() -> None:
     stops = [k - 1 for k in range(every, args.steps, every)] + [args.steps]
     for stop in stops:
         started = time.perf_counter()
+        # The first chunk starts over: a checkpoint of an earlier invocation may lie past it.
         train_hair(union, face_path, rigid_path, out, head, config, device="cpu", progress=False,
-                   on_settings_change="restart", stop_after=stop if stop < args.steps else None)
+                   restart=stop == stops[0], on_settings_change="restart",
+                   stop_after=stop if stop < args.steps else None)
         seconds = time.perf_counter() - started
         state = load_checkpoint(out / "hair" / "checkpoint.pt", device)
         hair = GaussianHair(1, config.sh_degree)
