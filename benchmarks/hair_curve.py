@@ -22,13 +22,13 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import torch
 import yaml
+from torch.utils.data import Subset
 
 from mega.avatar import Avatar, RigidTable
 from mega.data.synth import synthesized_union
@@ -40,29 +40,6 @@ from mega.settings import synthetic_stage_settings
 from mega.train.checkpoint import load_checkpoint
 from mega.train.face import load_face
 from mega.train.hair import evaluate_canonical_hair, open_hair_split, train_hair
-
-
-@dataclass
-class EvaluatedHair:
-    """What :func:`evaluate_canonical_hair` reads of a stage."""
-
-    avatar: Avatar
-    frames: object
-    rigid: RigidTable
-
-
-class Views:
-    """The frames of a split at one timestep."""
-
-    def __init__(self, dataset, timestep: int):
-        self.dataset = dataset
-        self.indices = [i for i, t in enumerate(dataset.frames.timestep) if int(t) == timestep]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.dataset[self.indices[i]]
 
 
 def main() -> None:
@@ -96,7 +73,8 @@ def main() -> None:
     timestep = int(rigid_file["canonical_timestep"])
     rigid = RigidTable(rigid_file["timestep"], rigid_file["rotation"], rigid_file["translation"]).to(device)
     train_views = open_hair_split(union, "onef")
-    val_views = Views(open_hair_split(union, "val"), timestep)
+    val_split = open_hair_split(union, "val")
+    val_views = Subset(val_split, [i for i, t in enumerate(val_split.frames.timestep) if int(t) == timestep])
     if not len(val_views):
         raise SystemExit(f"{union}: the val split has no image of the canonical timestep {timestep}")
 
@@ -109,16 +87,18 @@ def main() -> None:
     for stop in stops:
         started = time.perf_counter()
         # The first chunk starts over: a checkpoint of an earlier invocation may lie past it.
-        train_hair(union, face_path, rigid_path, out, head, config, device="cpu", progress=False,
-                   restart=stop == stops[0], on_settings_change="restart",
-                   stop_after=stop if stop < args.steps else None)
+        result = train_hair(union, face_path, rigid_path, out, head, config, device="cpu", progress=False,
+                            restart=stop == stops[0], on_settings_change="restart",
+                            stop_after=stop if stop < args.steps else None)
         seconds = time.perf_counter() - started
         state = load_checkpoint(out / "hair" / "checkpoint.pt", device)
         hair = GaussianHair(1, config.sh_degree)
         hair.load_state_dict(state["modules"]["hair"])
-        stage = EvaluatedHair(Avatar(face, hair, None, config).eval(), frames, rigid)
-        train = evaluate_canonical_hair(stage, train_views, device, None)
-        val = evaluate_canonical_hair(stage, val_views, device,
+        avatar = Avatar(face, hair, None, config).eval()
+        # The finished run has evaluated its own views already.
+        train = result.get("training_views") or evaluate_canonical_hair(avatar, frames, rigid, train_views, device,
+                                                                        None)
+        val = evaluate_canonical_hair(avatar, frames, rigid, val_views, device,
                                       out / f"val_{stop:05d}.png" if stop == args.steps else None)
         row = {"step": stop, "Gaussians": hair.n, "train IoU": train["hair_iou"], "train hair PSNR": train["psnr_hair"],
                "val IoU": val["hair_iou"], "val hair PSNR": val["psnr_hair"], "chunk s": round(seconds, 1)}

@@ -286,16 +286,18 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     metrics = {"variant": variant, "iterations": steps, "device": str(device), "train_seconds": round(result.seconds, 1),
                "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4),
                "n_gaussians": hair.n, "canonical_timestep": timestep,
-               "training_views": evaluate_canonical_hair(stage, dataset, device, work_dir / "views.png")}
+               "training_views": evaluate_canonical_hair(avatar, frames, rigid, dataset, device,
+                                                         work_dir / "views.png")}
     write_json(work_dir / "metrics.json", metrics)
     return metrics
 
 
 @torch.no_grad()
-def evaluate_canonical_hair(stage: HairStage, dataset: SubjectDataset, device: torch.device,
-                            figure: Path | None) -> dict:
-    """Hair IoU (α > 0.5 against the hair mask) and hair-region PSNR on the one-frame split's own
-    views (the stage's training images: a check of the fit, not of generalisation)."""
+def evaluate_canonical_hair(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, dataset,
+                            device: torch.device, figure: Path | None) -> dict:
+    """Hair IoU (α > 0.5 against the hair mask) and hair-region PSNR of ``avatar`` (its canonical
+    hair, no deformation) on ``dataset``: the one-frame split's own views are the stage's training
+    images (a check of the fit, not of generalisation)."""
     from mega.data.gaussian_avatars import collate_samples, to_device
     from mega.eval.face_metrics import as_8bit, psnr_masked, summarize
     from mega.report.avatar_figure import write_avatar_figure
@@ -303,9 +305,9 @@ def evaluate_canonical_hair(stage: HairStage, dataset: SubjectDataset, device: t
     ious, psnrs, shown = [], [], []
     for first in range(0, len(dataset), 4):
         batch = to_device(collate_samples([dataset[i] for i in range(first, min(first + 4, len(dataset)))]), device)
-        flame = stage.frames(batch["timestep_index"])
-        rotation, translation = stage.rigid(batch["timestep_index"])
-        out = stage.avatar(flame, batch["camera"], rotation, translation, evaluation=True)
+        flame = frames(batch["timestep_index"])
+        rotation, translation = rigid(batch["timestep_index"])
+        out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
         hair_mask, _, _ = batch_regions(batch)
         ious += hair_iou(out["hair_weight"], hair_mask).tolist()
         rgb = as_8bit(out["rgb"])
