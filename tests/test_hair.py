@@ -162,6 +162,25 @@ def test_opacity_reset_follows_the_schedule_but_not_near_the_end():
     assert torch.allclose(hair.params["opacities"], torch.full((2,), 2.0))
 
 
+
+@pytest.mark.parametrize("prune_large_from_images, pruned_at", [(0, 12), (2, 4)])
+def test_large_gaussians_are_pruned_after_the_reset_interval_or_from_their_own_start(prune_large_from_images,
+                                                                                      pruned_at):
+    # 0 is 0.2 × the extent, larger than prune_scale (0.1); 1 is small. 3DGS prunes 0 only after
+    # the first reset interval (10 steps); prune_large_from_images starts it on its own.
+    hair = GaussianHair.from_points(torch.tensor([[0.0, 0, 1], [0.1, 0, 1]]), torch.rand(2, 3), 0.8, 0)
+    with torch.no_grad():
+        hair.params["scales"].copy_(torch.log(torch.tensor([[0.2, 0.01, 0.01], [1e-3] * 3])))
+    config = HairConfig(densify_from_images=1, densify_every_images=4, opacity_reset_every_images=10,
+                        densify_grad_threshold=1.0, prune_large_from_images=prune_large_from_images)
+    optimizer = optimizer_of(hair)
+    densifier = Densifier(config, batch_size=1, scene_extent_m=1.0, state=DensifyState(2), total_steps=100)
+    for step in range(1, 13):
+        means2d, radii = [torch.zeros(hair.n, 2)], torch.full((1, hair.n), 3)
+        means2d[0].grad = torch.zeros(hair.n, 2)
+        densifier.after_backward(step, hair, optimizer, means2d, radii, 32, 32)
+        assert hair.n == (1 if step >= pruned_at else 2), step
+    assert float(hair.params["scales"].exp().max()) < 0.1
 # ----------------------------------------------------------------------------- blending
 def test_blending_takes_whichever_is_in_front_with_a_soft_seam():
     H, W = 9, 12

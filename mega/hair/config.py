@@ -67,7 +67,10 @@ class HairConfig(Settings):
     """Gaussians smaller than this × the scene extent are cloned, larger ones split."""
     prune_opacity: float = 0.005
     prune_scale: float = 0.1
-    """After the first opacity reset, Gaussians larger than this × the scene extent are pruned."""
+    """Gaussians larger than this × the scene extent are pruned, from ``prune_large_from_images``."""
+    prune_large_from_images: int = 0
+    """When the pruning of large Gaussians starts, in training images (0: after the first opacity
+    reset interval, as 3DGS and gsplat tie it to the reset)."""
     w_hair_rgb: float = 1.0
     w_hair_ssim: float = 0.2
     w_silhouette: float = 0.2
@@ -121,6 +124,7 @@ class HairConfig(Settings):
                        "sh_degree_every", "densify_every_images", "opacity_reset_every_images", "checkpoint_every",
                        "deform_frequencies", "aiap_neighbours", "erode_px", "lr_position_steps")
         check_at_least(self, where, 0, "init_on_scalp", "init_off_scalp", "init_in_hull", "hair_iterations",
+                       "prune_large_from_images",
                        "joint_iterations", "data_workers", "cache_mb", "val_views")
         if self.init_on_scalp + self.init_off_scalp + self.init_in_hull < 1:
             raise ConfigError(f"{where}: 'init_on_scalp' + 'init_off_scalp' + 'init_in_hull' must be at least 1")

@@ -11,7 +11,9 @@ The schedule counts steps; the authors count training images (interval 200, rese
 500), so :class:`Densifier` converts with the batch size. gsplat 1.5.3's own opacity reset never
 fires (an operator-precedence slip), so the reset is called here on the schedule, except within
 one interval of the end (the authors instead keep the checkpoint from just before the last reset). The
-screen-size pruning of 3DGS is off, as in gsplat and (through a bug) in 3DGS itself.
+screen-size pruning of 3DGS is off, as in gsplat and (through a bug) in 3DGS itself. 3DGS and gsplat
+start pruning Gaussians larger than ``prune_scale`` × the extent after the first reset interval;
+``prune_large_from_images`` can start it apart from the reset (0 keeps theirs).
 
 The loop's single Adam optimizer holds one group per parameter name; gsplat edits per-name
 optimizers, so each group is handed over as a one-group view of the same optimizer state.
@@ -23,7 +25,7 @@ import logging
 
 import torch
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import reset_opa
+from gsplat.strategy.ops import remove, reset_opa
 from torch import Tensor
 
 from mega.hair.config import HairConfig
@@ -68,6 +70,8 @@ class Densifier:
             refine_stop_iter=to_steps(config.densify_until_images),
             refine_every=to_steps(config.densify_every_images),
             reset_every=to_steps(config.opacity_reset_every_images))
+        self.prune_large_after_step = (to_steps(config.prune_large_from_images) if config.prune_large_from_images
+                                       else self.strategy.reset_every)
         self.scene_extent_m = scene_extent_m
         self.state = state
         self.total_steps = total_steps
@@ -93,7 +97,7 @@ class Densifier:
             if step > s.refine_start_iter and step % s.refine_every == 0 and step % s.reset_every >= s.pause_refine_after_reset:
                 before = hair.n
                 n_clone, n_split = s._grow_gs(hair.params, views, state, step)
-                n_prune = s._prune_gs(hair.params, views, state, step)
+                n_prune = self._prune(hair, views, state, step)
                 state["grad2d"].zero_()
                 state["count"].zero_()
                 log.debug("step %d: %d cloned, %d split, %d pruned: %d → %d Gaussians", step, n_clone, n_split,
@@ -107,3 +111,16 @@ class Densifier:
                 changed = True
         self.state.grad2d, self.state.count = state["grad2d"], state["count"]
         return changed
+
+    def _prune(self, hair: GaussianHair, views: dict, state: dict, step: int) -> int:
+        """gsplat's ``_prune_gs`` with the start of the large-Gaussian pruning as a setting of its
+        own: transparent Gaussians always, those larger than ``prune_scale`` × the extent (largest
+        standard deviation, metres) after ``prune_large_after_step``. Returns how many went."""
+        s = self.strategy
+        is_prune = torch.sigmoid(hair.params["opacities"].flatten()) < s.prune_opa
+        if step > self.prune_large_after_step:
+            is_prune |= torch.exp(hair.params["scales"]).max(dim=-1).values > s.prune_scale3d * self.scene_extent_m
+        n_prune = int(is_prune.sum())
+        if n_prune:
+            remove(params=hair.params, optimizers=views, state=state, mask=is_prune)
+        return n_prune
