@@ -245,6 +245,27 @@ def _train_joint(args) -> None:
             log.info("%s: %s", split, ", ".join(f"{k} {v}" for k, v in metrics[split].items()))
 
 
+def _train_gaussianavatars(args) -> None:
+    import torch
+
+    from mega.flame.head_model import load_head_model_folder
+    from mega.gaussianavatars.config import GaussianAvatarsConfig
+    from mega.train.gaussianavatars import train_gaussianavatars
+
+    settings = _json_settings(args.settings)
+    if args.iterations is not None:
+        settings["iterations_images"] = args.iterations * settings.get("batch_size", 1)
+    config = GaussianAvatarsConfig.from_dict(settings, where="--settings")
+    if args.threads is not None:
+        torch.set_num_threads(max(args.threads, 1))
+    metrics = train_gaussianavatars(args.union, load_head_model_folder(args.head_model), args.out, config,
+                                    device=args.device, progress=not args.quiet, restart=args.restart,
+                                    on_settings_change=args.on_settings_change)
+    if "training_views" in metrics:
+        log.info("GaussianAvatars: %d Gaussians; on its training views %s", metrics["n_gaussians"],
+                 ", ".join(f"{k} {v}" for k, v in metrics["training_views"].items()))
+
+
 def _render(args) -> None:
     from mega.flame.head_model import load_head_model_folder
     from mega.report.avatar_renders import render_split
@@ -593,6 +614,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=_train_hair if command == "train-hair" else _train_joint)
+
+    p = sub.add_parser("train-gaussianavatars", help="the GaussianAvatars baseline (Gaussians bound to FLAME's "
+                                                     "triangles) on a subject's training split (resumes if interrupted)")
+    p.add_argument("union", help="the subject's UNION folder")
+    p.add_argument("--out", required=True, help="run folder: gaussianavatars.pt and gaussianavatars/ with the "
+                                                "checkpoint, loss log and metrics")
+    p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
+    p.add_argument("--settings", help="settings as JSON (see mega/gaussianavatars/config.py)")
+    p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' schedule length)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
+                   help="a checkpoint written with other settings: stop (fail) or start over (restart)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_gaussianavatars)
 
     p = sub.add_parser("export", help="write a trained avatar as standard files: face.obj + face.mtl + "
                                       "face_diffuse.png and the canonical hair as a 3DGS PLY (and a frame's hair)")

@@ -380,3 +380,25 @@ def aiap_losses(canonical_means: Tensor, deformed_means: Tensor, canonical_cov: 
     cov = (_neighbour_distances(_upper_triangle(canonical_cov), neighbours)
            - _neighbour_distances(_upper_triangle(deformed_cov), neighbours)).abs().mean()
     return xyz, cov
+
+
+# ---- GaussianAvatars (the baseline; Qian et al. 2024, eqs. 8–9; the authors' train.py)
+def _visible_mean(values: Tensor, visible: Tensor) -> Tensor:
+    """Mean of values [N] over visible [B, N] (each image's visible Gaussians, all images
+    together; the authors' batch of one: the visible ones). 0 when none is visible."""
+    weights = visible.to(values.dtype)
+    return (weights * values[None]).sum() / weights.sum().clamp_min(1.0)
+
+
+def position_regulariser(local_means: Tensor, visible: Tensor, threshold: float = 1.0) -> Tensor:
+    """mean over visible Gaussians of relu(‖μ‖ − threshold): local positions [N, 3] (units of
+    the bound triangle's size) that leave their triangle by more than ``threshold``. The
+    authors' default (``metric_xyz`` off): local units, visible = radius > 0 in the image."""
+    return _visible_mean(torch.relu(local_means.norm(dim=-1) - threshold), visible)
+
+
+def scale_regulariser(local_log_scales: Tensor, visible: Tensor, threshold: float = 0.6) -> Tensor:
+    """mean over visible Gaussians of ‖relu(exp(s) − threshold)‖₂ (per axis, then the norm over
+    the three): local scales [N, 3] as logs, larger than ``threshold`` triangle sizes. The
+    authors' default (``metric_scale`` off)."""
+    return _visible_mean(torch.relu(torch.exp(local_log_scales) - threshold).norm(dim=-1), visible)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mega.geometry import matrix_to_quaternion, quaternion_multiply
 from mega.hair.model import GaussianHair
-from mega.hair.rigid import quaternion_multiply, matrix_to_quaternion
 
 OFFSET_SIZES = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
 """What the MLP moves, and how many numbers each takes (14 in all)."""

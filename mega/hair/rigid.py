@@ -35,7 +35,7 @@ from mega.data.gaussian_avatars import SubjectFrames
 from mega.errors import AssetError, DataError, shape_mismatch
 from mega.flame.head_model import HeadModel
 from mega.flame.model import FlameModel
-from mega.geometry import fit_similarity
+from mega.geometry import fit_similarity, matrix_to_quaternion, quaternion_multiply
 
 log = logging.getLogger(__name__)
 
@@ -255,35 +255,6 @@ def read_hair_rigid(path: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- moving Gaussians
-def matrix_to_quaternion(matrix: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] → unit quaternions [..., 4] (w, x, y, z), w >= 0.
-
-    Each of the four classic formulas divides by one component; the one with the largest is
-    taken, so the result is stable for every rotation (including 180° turns)."""
-    m = matrix
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    candidates = torch.stack([
-        torch.stack([1 + m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01], -1),
-        torch.stack([m21 - m12, 1 + m00 - m11 - m22, m01 + m10, m02 + m20], -1),
-        torch.stack([m02 - m20, m01 + m10, 1 - m00 + m11 - m22, m12 + m21], -1),
-        torch.stack([m10 - m01, m02 + m20, m12 + m21, 1 - m00 - m11 + m22], -1),
-    ], -2)  # [..., 4, 4]: row k is 4 q_k · q
-    best = torch.diagonal(candidates, dim1=-2, dim2=-1).argmax(-1)
-    q = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4))[..., 0, :]
-    q = q / q.norm(dim=-1, keepdim=True)
-    return torch.where(q[..., :1] < 0, -q, q)
-
-
-def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a ⊗ b of quaternions [..., 4] (w, x, y, z): the rotation b, then a."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-
 def apply_rigid_to_gaussians(means: Tensor, quats: Tensor, R, t) -> tuple[Tensor, Tensor]:
     """Move Gaussians rigidly: means [N, 3] metres → R means + t; quats [N, 4] (w, x, y, z) →
     q_R ⊗ q, so each covariance Σ becomes R Σ Rᵀ (the authors move positions only).
