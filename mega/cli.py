@@ -308,13 +308,35 @@ def _evaluate(args) -> None:
     from mega.eval.lpips import load_lpips
     from mega.eval.protocol import PaperMetrics
 
+    from mega.eval.evaluate import gaussianavatars_renderer, mega_renderer
+
     lpips = load_lpips(args.lpips_weights)  # first: a missing weights file fails before any work
-    device, avatar, frames, joint, rigid = _trained_avatar(args)
-    lpips = lpips.to(device)
-    about = {"subject": args.subject, "variant": joint.get("variant", "mega"), "run": str(args.run_dir)}
-    summary = evaluate_split(avatar, frames, rigid, args.union, args.split, args.out, PaperMetrics(lpips), device,
+    run = Path(args.run_dir)
+    if (run / "gaussianavatars.pt").is_file() and not (run / "joint.pt").is_file():
+        import torch
+
+        from mega.flame.head_model import load_head_model_folder
+        from mega.train.gaussianavatars import load_gaussianavatars
+        from mega.train.loop import pick_device
+
+        if args.threads is not None:
+            torch.set_num_threads(max(args.threads, 1))
+        device = pick_device(args.device)
+        model, frames = load_gaussianavatars(run, load_head_model_folder(args.head_model), device)
+        render, blending = gaussianavatars_renderer(model, frames), None
+        parameters = "tracked expression, pose and shape (the baseline does not refine the shape)"
+        about = {"subject": args.subject, "variant": "gaussianavatars", "method": "gaussianavatars", "run": str(run)}
+    else:
+        if args.rigid is None:
+            raise MegaError(f"{run}: a MeGA avatar needs --rigid (the subject's hair_rigid.npz)")
+        device, avatar, frames, joint, rigid = _trained_avatar(args)
+        render, blending = mega_renderer(avatar, frames, rigid), "2nd near-z, occlusion mask opened and closed " \
+                                                                  "(the authors' evaluation)"
+        about = {"subject": args.subject, "variant": joint.get("variant", "mega"), "method": "mega", "run": str(run)}
+        parameters = "tracked expression and pose, refined shape"
+    summary = evaluate_split(render, args.union, args.split, args.out, PaperMetrics(lpips.to(device)), device,
                              batch_size=args.batch_size, save_renders=not args.no_renders, limit=args.limit,
-                             progress=not args.quiet, about=about)
+                             progress=not args.quiet, about=about, blending=blending, parameters=parameters)
     log.info("%s %s: %d images, PSNR %s, SSIM %s, LPIPS %s, depth MAE %s mm", summary["variant"], args.split,
              summary["n_images"], summary["psnr"], summary["ssim"], summary["lpips"], summary["depth_mae_mm"])
 
@@ -653,9 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_render)
 
-    p = sub.add_parser("evaluate", help="evaluate a trained avatar on the val (novel view) or test (novel expression) "
-                                        "split under the paper's protocol: PSNR, SSIM, LPIPS, depth MAE per image")
-    _trained_avatar_arguments(p)
+    p = sub.add_parser("evaluate", help="evaluate a trained avatar (MeGA, or the GaussianAvatars baseline) on the val "
+                                        "(novel view) or test (novel expression) split under the paper's protocol: "
+                                        "PSNR, SSIM, LPIPS, depth MAE per image")
+    _trained_avatar_arguments(p, rigid_required=False)
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--out", required=True, help="output folder: metrics.csv, metrics.json, renders/")
     p.add_argument("--lpips-weights", required=True, help="LPIPS AlexNet weights written by `mega lpips-weights`")
@@ -754,11 +777,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _trained_avatar_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+def _trained_avatar_arguments(p: argparse.ArgumentParser, rigid_required: bool = True) -> None:
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt" if rigid_required else
+                   "run folder holding joint.pt and hair.pt (MeGA) or gaussianavatars.pt (the baseline)")
     p.add_argument("union", help="the subject's UNION folder")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
-    p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
+    p.add_argument("--rigid", required=rigid_required, help="hair_rigid.npz of that subject" + (
+        "" if rigid_required else " (MeGA avatars)"))
 
 
 def _turntable_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from mega.ablations import load_ablations
 from mega.cli import main
 from mega.errors import ConfigError, DataError
+from mega.eval.avatar import full_mask
 from mega.eval.evaluate import evaluation_mask
 from mega.eval.lpips import _ArraysOnly, flax_to_lpips_state, load_lpips
 from mega.eval.protocol import PaperMetrics, psnr, ssim
@@ -90,7 +91,8 @@ def test_evaluation_mask_is_object_times_rendered_mask():
     face_mask[..., :, :2] = True
     hair_weight = torch.zeros(1, 1, 4, 4)
     hair_weight[..., 1, :] = 0.5  # translucent hair over the whole row 1
-    mask = evaluation_mask({"parsing": labels}, {"face": {"mask": face_mask}, "hair_weight": hair_weight})
+    out = {"face": {"mask": face_mask}, "hair_weight": hair_weight}
+    mask = evaluation_mask({"parsing": labels}, {"full_mask": full_mask(out)})
     expected = torch.tensor([[1, 1, 0, 0], [1, 1, .5, .5], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
     # Row 1, columns 0-1: mesh 1 − 0.5 clipped + 0.5 = 1 (the authors' full mask).
     assert torch.equal(mask[0, 0], expected)

@@ -1,11 +1,13 @@
 """GaussianAvatars baseline: binding to triangles, densification with binding, regularisers."""
 
+import json
 import math
 
 import pytest
 import torch
 
 from mega import losses
+from mega.cli import main
 from mega.data.gaussian_avatars import SubjectDataset
 from mega.flame import enhance
 from mega.flame.model import FlameModel
@@ -16,6 +18,7 @@ from mega.gaussianavatars.model import BoundGaussians
 from mega.hair.densify import DensifyState
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.gaussianavatars import load_gaussianavatars, psnr_on, train_gaussianavatars
+from test_evaluation import LPIPS_WEIGHTS
 from test_hair import tiny_subject
 
 TINY = dict(batch_size=1, densify_from_images=50, densify_every_images=25, opacity_reset_every_images=1_000_000,
@@ -180,7 +183,7 @@ def test_position_and_scale_regularisers_against_closed_forms():
     assert float(losses.scale_regulariser(log_scales, torch.zeros(1, 2, dtype=torch.bool), 0.6)) == 0.0
 
 
-def test_a_short_training_fits_its_images_through_the_binding(tmp_path):
+def test_a_short_training_fits_its_images_through_the_binding(tmp_path, capsys):
     union, head = tiny_subject(tmp_path)
     first = train_gaussianavatars(union, head, tmp_path / "one", GaussianAvatarsConfig(iterations_images=1, **TINY),
                                   progress=False)
@@ -200,3 +203,16 @@ def test_a_short_training_fits_its_images_through_the_binding(tmp_path):
     tracked = torch.load(tmp_path / "one" / "gaussianavatars.pt", weights_only=False)["frames"]
     assert not torch.equal(state["tables.expr"], tracked["tables.expr"])
     assert torch.equal(state["shape"], tracked["shape"])
+    # mega evaluate reads the run under MeGA's protocol; a MeGA command refuses it, naming both.
+    out = tmp_path / "eval"
+    head_model = str(tmp_path / "head_model")
+    assert main(["evaluate", str(run), str(union), "--head-model", head_model, "--split", "val", "--out", str(out),
+                 "--lpips-weights", str(LPIPS_WEIGHTS), "--quiet"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["method"] == "gaussianavatars" and summary["n_images"] == 1
+    assert summary["psnr"] > 15 and summary["hair_iou"] is None and summary["psnr_face"] is not None
+    assert (out / "renders").is_dir() and len(list((out / "renders").glob("*.png"))) == 1
+    capsys.readouterr()
+    assert main(["render", str(run), str(union), "--head-model", head_model, "--rigid", "x.npz",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "a GaussianAvatars run (gaussianavatars.pt), not a MeGA avatar" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mega.atomic import atomic_path, write_json, write_text
-from mega.avatar import RigidTable
+from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
 from mega.data.parsing import batch_regions, object_mask
 from mega.errors import DataError
@@ -40,6 +41,7 @@ from mega.eval.avatar import full_mask, hair_iou
 from mega.eval.face import driving_parameters
 from mega.eval.face_metrics import as_8bit, depth_mae_mm, psnr_masked, unknown_fraction
 from mega.eval.protocol import PaperMetrics
+from mega.face.frames import FrameParameters
 
 SPLITS = {"val": "novel view (camera 8 of the training sequences)",
           "test": "novel expression (the held-out sequence, all cameras)"}
@@ -51,10 +53,41 @@ PROTOCOL = ("render and ground truth x (object mask from the parsing, hat and cl
 
 def evaluation_mask(batch: dict, out: dict) -> torch.Tensor:
     """[B, 1, H, W] in [0, 1]: the object mask (parsing; the foreground mask without parsing) ×
-    the rendered full mask (mesh, and the visible hair's soft weight), as the authors multiply."""
+    the rendered full mask (a renderer's ``full_mask``), as the authors multiply."""
     obj = object_mask(batch["parsing"])[:, None] if "parsing" in batch else batch["fg_mask"] > 0.5
-    weight = full_mask(out)
+    weight = out["full_mask"]
     return obj.to(weight.dtype) * weight
+
+
+Renderer = Callable[[dict], dict]
+"""What evaluation renders a batch with: batch → rgb [B, 3, H, W] over white, full_mask [B, 1, H, W]
+in [0, 1], and where the method has them hair_weight (the visible hair's Â_hair), face_mask and
+face_depth [B, 1, H, W] (the mesh face's coverage and depth, metres); None where it has not."""
+
+
+def mega_renderer(avatar: Avatar, frames: FrameParameters, rigid: RigidTable) -> Renderer:
+    """The hybrid as the authors evaluate it: the refined shape with the tracked expression and
+    pose, the 2nd near-z and the cleaned occlusion mask."""
+    def render(batch: dict) -> dict:
+        rotation, translation = rigid(batch["timestep_index"])
+        out = avatar(driving_parameters(frames, batch, refined=False), batch["camera"], rotation, translation,
+                     evaluation=True)
+        return {"rgb": out["rgb"], "full_mask": full_mask(out), "hair_weight": out["hair_weight"],
+                "face_mask": out["face"]["mask"], "face_depth": out["face"]["depth"]}
+    avatar.eval()
+    return render
+
+
+def gaussianavatars_renderer(model, frames: FrameParameters) -> Renderer:
+    """The GaussianAvatars baseline under the same protocol: the tracked expression and pose (its
+    shape is the tracked one), its alpha as the rendered full mask; no hair of its own (no hair
+    IoU) and no mesh face (no depth error)."""
+    def render(batch: dict) -> dict:
+        out = model(driving_parameters(frames, batch, refined=False), batch["camera"])
+        return {"rgb": out["rgb"], "full_mask": out["alpha"].clamp(0, 1), "hair_weight": None, "face_mask": None,
+                "face_depth": None}
+    model.eval()
+    return render
 
 
 def write_render(path: Path, image: torch.Tensor) -> None:
@@ -65,11 +98,14 @@ def write_render(path: Path, image: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def evaluate_split(avatar, frames, rigid: RigidTable, union_dir: str | Path, split: str, out_dir: str | Path,
+def evaluate_split(render: Renderer, union_dir: str | Path, split: str, out_dir: str | Path,
                    metrics: PaperMetrics, device: torch.device, batch_size: int = 4, save_renders: bool = True,
-                   limit: int | None = None, progress: bool = True, about: dict | None = None) -> dict:
-    """Evaluate ``avatar`` on ``split``; writes the outputs above and returns metrics.json's content.
-    ``about`` (subject, variant, ...) is copied into metrics.json."""
+                   limit: int | None = None, progress: bool = True, about: dict | None = None,
+                   blending: str | None = "2nd near-z, occlusion mask opened and closed (the authors' evaluation)",
+                   parameters: str = "tracked expression and pose, refined shape") -> dict:
+    """Evaluate what ``render`` draws (:func:`mega_renderer`, :func:`gaussianavatars_renderer`) on
+    ``split``; writes the outputs above and returns metrics.json's content. ``about`` (subject,
+    variant, method ...) is copied into metrics.json."""
     if split not in SPLITS:
         raise DataError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     dataset = SubjectDataset(union_dir, split)
@@ -78,19 +114,16 @@ def evaluate_split(avatar, frames, rigid: RigidTable, union_dir: str | Path, spl
         raise DataError(f"{union_dir}: the {split} split has no images")
     out_dir = Path(out_dir)
     (out_dir / "renders").mkdir(parents=True, exist_ok=True)
-    avatar.eval()
     rows = []
     for first in tqdm(range(0, n, batch_size), desc=f"evaluate {split}", unit="batch", disable=not progress):
         indices = list(range(first, min(first + batch_size, n)))
         batch = to_device(collate_samples([dataset[i] for i in indices]), device)
-        rotation, translation = rigid(batch["timestep_index"])
-        out = avatar(driving_parameters(frames, batch, refined=False), batch["camera"], rotation, translation,
-                     evaluation=True)
+        out = render(batch)
         mask = evaluation_mask(batch, out)
         values = {k: v.tolist() for k, v in metrics(out["rgb"], batch["image"], mask).items()}
         hair, _, face = batch_regions(batch)
-        values["hair_iou"] = (hair_iou(out["hair_weight"], hair).tolist() if "parsing" in batch
-                              else [math.nan] * len(indices))
+        values["hair_iou"] = (hair_iou(out["hair_weight"], hair).tolist()
+                              if "parsing" in batch and out["hair_weight"] is not None else [math.nan] * len(indices))
         rgb_8bit = as_8bit(out["rgb"])
         for key, region in (("psnr_hair", hair), ("psnr_face", face)):
             values[key] = ([psnr_masked(rgb_8bit[b], batch["image"][b], region[b, 0]) for b in range(len(indices))]
@@ -100,9 +133,9 @@ def evaluate_split(avatar, frames, rigid: RigidTable, union_dir: str | Path, spl
             name = f"{timestep:05d}_{camera:02d}.png"
             row = {"index": index, "timestep_index": timestep, "camera_index": camera, "render": f"renders/{name}",
                    **{k: values[k][b] for k in ("psnr", "ssim", "lpips", "hair_iou", "psnr_hair", "psnr_face")}}
-            if "depth" in batch:
-                region = (face & out["face"]["mask"])[b, 0]
-                row["depth_mae_mm"] = depth_mae_mm(out["face"]["depth"][b, 0], batch["depth"][b, 0], region)
+            if "depth" in batch and out["face_depth"] is not None:
+                region = (face & out["face_mask"])[b, 0]
+                row["depth_mae_mm"] = depth_mae_mm(out["face_depth"][b, 0], batch["depth"][b, 0], region)
                 row["depth_unknown"] = unknown_fraction(batch["depth"][b, 0], region)
             else:
                 row["depth_mae_mm"] = row["depth_unknown"] = math.nan
@@ -113,8 +146,9 @@ def evaluate_split(avatar, frames, rigid: RigidTable, union_dir: str | Path, spl
     write_text(out_dir / "metrics.csv", table.to_csv(index=False, float_format="%.6g"))
     means = {k: _mean(table[k]) for k in COLUMNS}
     summary = {**(about or {}), "split": split, "split_is": SPLITS[split], "n_images": n, **means,
-               "protocol": PROTOCOL, "parameters": "tracked expression and pose, refined shape",
-               "blending": "2nd near-z, occlusion mask opened and closed (the authors' evaluation)"}
+               "protocol": PROTOCOL, "parameters": parameters}
+    if blending:
+        summary["blending"] = blending
     write_json(out_dir / "metrics.json", summary)
     return summary
 

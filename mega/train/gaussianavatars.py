@@ -172,7 +172,8 @@ def train_gaussianavatars(union_dir: str | Path, head: HeadModel, run_dir: str |
         return {"stopped_at": result.steps_done}
     save_checkpoint(run_dir / f"{METHOD}.pt", {"method": METHOD, "gaussians": gaussians.state_dict(),
                                                "frames": frames.state_dict(), "config": config.to_dict(),
-                                               "n_faces": gaussians.n_faces, "iterations": steps})
+                                               "n_faces": gaussians.n_faces, "iterations": steps,
+                                               "head_model": head.fingerprint()})
     metrics = {"method": METHOD, "iterations": steps, "device": str(device), "train_seconds": round(result.seconds, 1),
                "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4),
                "n_gaussians": gaussians.n,
@@ -201,10 +202,24 @@ def psnr_on(model: GaussianAvatarsHead, frames: FrameParameters, dataset, device
 
 def load_gaussianavatars(path: str | Path, head: HeadModel,
                          device: str | torch.device = "cpu") -> tuple[GaussianAvatarsHead, FrameParameters]:
-    """A trained baseline from ``gaussianavatars.pt`` (the Gaussians, their frames, the settings)."""
+    """A trained baseline from ``gaussianavatars.pt`` (the Gaussians, their frames, the settings),
+    or from the run folder holding it."""
     from mega.train.checkpoint import load_checkpoint
 
+    path = Path(path)
+    if path.is_dir():
+        if not (path / f"{METHOD}.pt").is_file() and (path / "joint.pt").is_file():
+            raise DataError(f"{path}: a MeGA avatar (joint.pt), not a GaussianAvatars run (gaussianavatars.pt)")
+        path = path / f"{METHOD}.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; train the baseline first (mega train-gaussianavatars)")
     state = load_checkpoint(path, device)
+    if state.get("method") != METHOD:
+        raise DataError(f"{path}: not a GaussianAvatars checkpoint (method {state.get('method')!r})")
+    recorded = state.get("head_model")
+    if recorded is not None and recorded != head.fingerprint():
+        raise DataError(f"{path}: trained with head model {recorded}, but the head model given is "
+                        f"{head.fingerprint()}; pass the head model the run was trained with")
     config = GaussianAvatarsConfig.from_dict(state["config"], where=str(path))
     mesh = head_mesh(head, config).to(device)
     if mesh.faces.shape[0] != state["n_faces"]:
