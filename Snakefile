@@ -38,6 +38,7 @@ localrules:
     table1,
     table2,
     ablation_grid,
+    method_grid,
     training_curves,
     edits,
 
@@ -56,6 +57,10 @@ rule all:
             kind=["figures"],
             subject=table1_subjects(),
             name=["training.png"],
+        ),
+        expand(
+            "results/figures/{subject}/methods.png",
+            subject=table1_subjects() if TABLE1_BASELINES else [],
         ),
         expand(
             "results/videos/{subject}/mega/{kind}.mp4",

@@ -278,12 +278,15 @@ def _render(args) -> None:
 
 
 def _export(args) -> None:
-    from mega.export import export_avatar
+    from mega.export import export_avatar, export_gaussianavatars
     from mega.flame.head_model import load_head_model_folder
     from mega.train.loop import pick_device
 
-    export_avatar(args.run_dir, load_head_model_folder(args.head_model), args.out, args.rigid, args.timestep_index,
-                  pick_device(args.device))
+    run, head = Path(args.run_dir), load_head_model_folder(args.head_model)
+    if (run / "gaussianavatars.pt").is_file() and not (run / "joint.pt").is_file():
+        export_gaussianavatars(run, head, args.out, args.timestep_index, pick_device(args.device))
+    else:
+        export_avatar(run, head, args.out, args.rigid, args.timestep_index, pick_device(args.device))
 
 
 def _trained_avatar(args):
@@ -433,6 +436,8 @@ def _figure(args) -> None:
         out = write_stage_curves(args.run_dir, args.out, args.title)
     else:
         labels = {v: a.label for v, a in load_ablations(args.ablations).items()}
+        labels.update({"mega": "MeGA", "gaussianavatars": "GaussianAvatars"} if "gaussianavatars" in args.variants
+                      else {})
         out = write_comparison_grid(args.union, args.eval_dir, args.variants, labels, args.out, args.views, args.title)
     log.info("wrote %s", out)
 
@@ -443,9 +448,11 @@ def _tables(args) -> None:
 
     root = Path(args.eval_dir)
     if args.which == "table1":
-        measured = {subject: {split: tables.read_metrics(root / subject / "mega" / split / "metrics.json")
+        def measured_of(method: str) -> dict:
+            return {subject: {split: tables.read_metrics(root / subject / method / split / "metrics.json")
                               for split in ("val", "test")} for subject in args.subjects}
-        table = tables.table1(measured)
+
+        table = tables.table1(measured_of("mega"), baselines={m: measured_of(m) for m in args.baselines})
         paths = tables.write_table(table, tables.table1_markdown(table), args.out)
     else:
         if len(args.subjects) != 1:
@@ -654,8 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_gaussianavatars)
 
     p = sub.add_parser("export", help="write a trained avatar as standard files: face.obj + face.mtl + "
-                                      "face_diffuse.png and the canonical hair as a 3DGS PLY (and a frame's hair)")
-    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt")
+                                      "face_diffuse.png and the canonical hair as a 3DGS PLY (and a frame's hair); "
+                                      "a GaussianAvatars run: its Gaussians on a frame's (or the neutral) mesh as a PLY")
+    p.add_argument("run_dir", help="run folder holding joint.pt and hair.pt, or gaussianavatars.pt")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestep-index", type=int, help="also the face mesh and the hair of this frame")
@@ -764,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", nargs="+", required=True, help="Table 1's subjects, or Table 2's one subject")
     p.add_argument("--variants", nargs="+", default=["mega", "noview", "nodyn", "nosubdiv", "nodisp", "gsdepth",
                                                      "allgs"], help="Table 2's rows (default: the paper's)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=("gaussianavatars",),
+                   help="Table 1: measured baselines beside MeGA ({subject}/<baseline>/{split}/metrics.json)")
     p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' names and labels")
     p.add_argument("--out", required=True, help="the CSV to write; the Markdown goes beside it (.md)")
     p.set_defaults(func=_tables)

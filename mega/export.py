@@ -52,3 +52,27 @@ def export_avatar(run_dir: str | Path, head: HeadModel, out_dir: str | Path, rig
     for name, path in paths.items():
         log.info("%s: %s", name, path)
     return paths
+
+
+@torch.no_grad()
+def export_gaussianavatars(run_dir: str | Path, head: HeadModel, out_dir: str | Path, timestep_index: int | None = None,
+                           device: str | torch.device = "cpu") -> dict[str, Path]:
+    """The GaussianAvatars baseline's Gaussians in world coordinates as a 3DGS PLY: posed on the
+    mesh of frame ``timestep_index`` with its fine-tuned FLAME parameters (``gaussians_t<T>.ply``),
+    or on the neutral head (the subject's shape, zero expression and pose: ``gaussians_neutral.ply``)."""
+    from mega.train.gaussianavatars import load_gaussianavatars
+
+    model, frames = load_gaussianavatars(run_dir, head, device)
+    if timestep_index is None:
+        flame = {"shape": frames.shape}
+        name = "gaussians_neutral.ply"
+    else:
+        flame = frames(torch.tensor([timestep_index], device=device))
+        name = f"gaussians_t{timestep_index:05d}.ply"
+    world = model.gaussians.world(model.mesh(**flame), model.mesh.faces)
+    raw = model.gaussians.params
+    # The PLY stores raw parameters: log scales and opacity logits.
+    path = _write_raw_hair(Path(out_dir) / name, world["means"][0], world["quats"][0], torch.log(world["scales"][0]),
+                           raw["opacities"], world["sh"][0])
+    log.info("gaussians: %s (%d)", path, model.gaussians.n)
+    return {"gaussians": path}

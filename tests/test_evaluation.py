@@ -163,14 +163,43 @@ def test_table1_from_hand_written_metric_files(tmp_path):
     out = tmp_path / "tables" / "table1.csv"
     assert main(["tables", "table1", "--eval-dir", str(tmp_path), "--subjects", "a", "b", "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["method", "subject", "source", "nv_psnr", "nv_ssim", "nv_lpips", "ne_psnr",
-                                   "ne_ssim", "ne_lpips"]
+    assert list(table.columns) == ["method", "subject", "source", "nv_psnr", "nv_ssim", "nv_lpips", "nv_psnr_face",
+                                   "nv_psnr_hair", "ne_psnr", "ne_ssim", "ne_lpips", "ne_psnr_face", "ne_psnr_hair"]
     measured = table[table["source"] == "measured"].set_index("subject")
     assert measured.loc["mean", "nv_psnr"] == pytest.approx(31.0) and measured.loc["b", "ne_psnr"] == 31.0
     reported = table[table["source"] == "reported"].set_index("method")
     assert reported.loc["MeGA", "nv_psnr"] == 34.11 and reported.loc["GaussianAvatars", "ne_lpips"] == 0.060
     assert len(reported) == 5 and "| MeGA | mean of 9" in out.with_suffix(".md").read_text()
     assert main(["tables", "table1", "--eval-dir", str(tmp_path), "--subjects", "c", "--out", str(out)]) == 2
+
+
+def test_table1_with_a_measured_baseline_marks_the_better_method_per_column(tmp_path):
+    for subject, base in (("a", 30.0), ("b", 32.0)):
+        for split, shift in (("val", 0.0), ("test", -1.0)):
+            mega = metrics_file(tmp_path / subject / "mega" / split / "metrics.json", base + shift, 0.95, 0.05)
+            baseline = metrics_file(tmp_path / subject / "gaussianavatars" / split / "metrics.json",
+                                    base + shift + (0.5 if subject == "a" else -0.5), 0.96, 0.06)
+            for path, face, hair in ((mega, 25.0, 18.0), (baseline, 26.0, 15.0)):
+                values = json.loads(path.read_text())
+                path.write_text(json.dumps({**values, "psnr_face": face, "psnr_hair": hair, "hair_iou": None}))
+    out = tmp_path / "table1.csv"
+    assert main(["tables", "table1", "--eval-dir", str(tmp_path), "--subjects", "a", "b", "--baselines",
+                 "gaussianavatars", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    measured = table[table["source"] == "measured"].set_index(["method", "subject"])
+    ga, ours = "GaussianAvatars (this run)", "MeGA (this run)"
+    assert measured.loc[(ga, "a"), "nv_psnr"] == 30.5 and measured.loc[(ga, "mean"), "ne_psnr"] == pytest.approx(30.0)
+    # PSNR: the baseline wins on a, MeGA on b, a tie in the mean; SSIM the baseline, LPIPS MeGA.
+    assert bool(measured.loc[(ga, "a"), "nv_psnr_best"]) and not bool(measured.loc[(ours, "a"), "nv_psnr_best"])
+    assert bool(measured.loc[(ours, "b"), "ne_psnr_best"]) and not bool(measured.loc[(ga, "b"), "ne_psnr_best"])
+    assert bool(measured.loc[(ga, "mean"), "nv_psnr_best"]) and bool(measured.loc[(ours, "mean"), "nv_psnr_best"])
+    assert bool(measured.loc[(ga, "b"), "nv_ssim_best"]) and bool(measured.loc[(ours, "b"), "nv_lpips_best"])
+    assert bool(measured.loc[(ga, "a"), "nv_psnr_face_best"]) and bool(measured.loc[(ours, "a"), "nv_psnr_hair_best"])
+    markdown = out.with_suffix(".md").read_text()
+    assert "| GaussianAvatars (this run) | a | measured | **30.50** |" in markdown and "hair PSNR" in markdown
+    with pytest.raises(SystemExit):  # argparse names the known baselines
+        main(["tables", "table1", "--eval-dir", str(tmp_path), "--subjects", "a", "--baselines", "nope", "--out",
+              str(out)])
 
 
 def test_table2_marks_the_variants_worse_than_the_full_model(tmp_path):

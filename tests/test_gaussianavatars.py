@@ -16,6 +16,7 @@ from mega.gaussianavatars.config import GaussianAvatarsConfig
 from mega.gaussianavatars.densify import BindingDensifier
 from mega.gaussianavatars.model import BoundGaussians
 from mega.hair.densify import DensifyState
+from mega.hair.ply import read_gaussian_ply
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.gaussianavatars import load_gaussianavatars, psnr_on, train_gaussianavatars
 from test_evaluation import LPIPS_WEIGHTS
@@ -196,8 +197,10 @@ def test_a_short_training_fits_its_images_through_the_binding(tmp_path, capsys):
     model, frames = load_gaussianavatars(run / "gaussianavatars.pt", head)
     dataset = SubjectDataset(union, "train", parsing="off", depth="off")
     assert psnr_on(model, frames, dataset, torch.device("cpu")) == pytest.approx(trained["training_views"]["psnr"], abs=1e-3)
-    model.gaussians.binding = model.gaussians.binding[torch.randperm(model.gaussians.n)]
+    binding = model.gaussians.binding
+    model.gaussians.binding = binding[torch.randperm(model.gaussians.n)]
     assert psnr_on(model, frames, dataset, torch.device("cpu")) < trained["training_views"]["psnr"] - 3.0
+    model.gaussians.binding = binding
     # The per-frame FLAME tables were fine-tuned, the shape was not.
     state = torch.load(run / "gaussianavatars.pt", weights_only=False)["frames"]
     tracked = torch.load(tmp_path / "one" / "gaussianavatars.pt", weights_only=False)["frames"]
@@ -212,6 +215,14 @@ def test_a_short_training_fits_its_images_through_the_binding(tmp_path, capsys):
     assert summary["method"] == "gaussianavatars" and summary["n_images"] == 1
     assert summary["psnr"] > 15 and summary["hair_iou"] is None and summary["psnr_face"] is not None
     assert (out / "renders").is_dir() and len(list((out / "renders").glob("*.png"))) == 1
+    # The Gaussians of a frame as a 3DGS PLY, in world coordinates.
+    assert main(["export", str(run), "--head-model", head_model, "--out", str(tmp_path / "ply"),
+                 "--timestep-index", "0"]) == 0
+    ply = read_gaussian_ply(tmp_path / "ply" / "gaussians_t00000.ply")
+    with torch.no_grad():
+        world = model.gaussians.world(model.mesh(**frames(torch.tensor([0]))), model.mesh.faces)
+    torch.testing.assert_close(ply["means"], world["means"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ply["log_scales"].exp(), world["scales"][0], atol=1e-7, rtol=1e-4)
     capsys.readouterr()
     assert main(["render", str(run), str(union), "--head-model", head_model, "--rigid", "x.npz",
                  "--out", str(tmp_path / "r")]) == 2

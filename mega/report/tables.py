@@ -23,9 +23,13 @@ from mega.errors import DataError
 PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
 TABLE1_METRICS = {"nv": "val", "ne": "test"}  # column prefix: split
 METRICS = ("psnr", "ssim", "lpips")
+REGION_METRICS = ("psnr_face", "psnr_hair")
+"""PSNR over the parsing's face region and hair pixels: where each method wins (measured rows only)."""
+MEASURED_LABELS = {"mega": "MeGA (this run)", "gaussianavatars": "GaussianAvatars (this run)"}
 TABLE2_METRICS = ("psnr", "ssim", "lpips", "geo_mae_mm")
-LOWER_IS_BETTER = {"psnr": False, "ssim": False, "lpips": True, "geo_mae_mm": True}
-DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "geo_mae_mm": 2}
+LOWER_IS_BETTER = {"psnr": False, "ssim": False, "lpips": True, "geo_mae_mm": True, "psnr_face": False,
+                   "psnr_hair": False}
+DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "geo_mae_mm": 2, "psnr_face": 2, "psnr_hair": 2}
 FULL = "mega"
 
 
@@ -52,27 +56,47 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def table1(measured: dict[str, dict[str, dict]], paper: dict | None = None) -> pd.DataFrame:
-    """``measured``: subject → split (val, test) → metrics.json content. One row per subject, the
-    mean over subjects (when more than one), then the paper's rows."""
+def table1(measured: dict[str, dict[str, dict]], paper: dict | None = None,
+           baselines: dict[str, dict[str, dict[str, dict]]] | None = None) -> pd.DataFrame:
+    """``measured``: subject → split (val, test) → metrics.json content of MeGA; ``baselines``:
+    method (``gaussianavatars``) → the same for a baseline trained on the same subjects. Per
+    method one row per subject and their mean (when more than one subject), then the paper's
+    rows. Measured rows also hold the PSNR over the parsing's face and hair regions, and for each
+    metric column ``<column>_best``: whether the row's method is the best measured one on that
+    subject (None when only one method was measured)."""
     paper = paper or paper_results()
+    by_method = {FULL: measured, **(baselines or {})}
     rows = []
-    for subject, splits in measured.items():
-        row = {"method": "MeGA (this run)", "subject": subject, "source": "measured"}
-        for prefix, split in TABLE1_METRICS.items():
-            for metric in METRICS:
-                row[f"{prefix}_{metric}"] = _number(splits[split][metric])
-        rows.append(row)
-    if len(rows) > 1:
-        mean = {"method": "MeGA (this run)", "subject": "mean", "source": "measured"}
-        for key in rows[0]:
-            if key not in mean:
-                mean[key] = sum(r[key] for r in rows) / len(rows)
-        rows.append(mean)
+    for method, subjects in by_method.items():
+        label = MEASURED_LABELS.get(method, f"{method} (this run)")
+        method_rows = []
+        for subject, splits in subjects.items():
+            row = {"method": label, "subject": subject, "source": "measured", "_method": method}
+            for prefix, split in TABLE1_METRICS.items():
+                for metric in (*METRICS, *REGION_METRICS):
+                    row[f"{prefix}_{metric}"] = _number(splits[split].get(metric))
+            method_rows.append(row)
+        if len(method_rows) > 1:
+            mean = {"method": label, "subject": "mean", "source": "measured", "_method": method}
+            for key in method_rows[0]:
+                if key not in mean:
+                    mean[key] = sum(r[key] for r in method_rows) / len(method_rows)
+            method_rows.append(mean)
+        rows += method_rows
+    columns = [f"{p}_{m}" for p in TABLE1_METRICS for m in (*METRICS, *REGION_METRICS)]
+    if len(by_method) > 1:
+        for column in columns:
+            lower = LOWER_IS_BETTER[column.split("_", 1)[1]]
+            for row in rows:
+                rivals = [r[column] for r in rows if r["subject"] == row["subject"] and not math.isnan(r[column])]
+                best = (min if lower else max)(rivals) if rivals else math.nan
+                row[f"{column}_best"] = None if math.isnan(row[column]) else bool(row[column] == best)
+    for row in rows:
+        del row["_method"]
     for reported in paper["table1"]["rows"]:
         rows.append({"subject": "mean of 9 (NeRSemble)", "source": "reported", **reported})
-    columns = ["method", "subject", "source"] + [f"{p}_{m}" for p in TABLE1_METRICS for m in METRICS]
-    return pd.DataFrame(rows, columns=columns)
+    best = [f"{c}_best" for c in columns] if len(by_method) > 1 else []
+    return pd.DataFrame(rows, columns=["method", "subject", "source", *columns, *best])
 
 
 def table2(measured: dict[str, dict], labels: dict[str, str], paper: dict | None = None) -> pd.DataFrame:
@@ -109,17 +133,31 @@ def _fmt(value, digits: int) -> str:
 
 
 def table1_markdown(table: pd.DataFrame, paper: dict | None = None) -> str:
+    """Table 1 as Markdown; with more than one measured method, the better measured value of each
+    column and subject in bold, and the face- and hair-region PSNR of the measured rows."""
     paper = paper or paper_results()
-    head = ("| Method | Subject | Source | NV PSNR ↑ | NV SSIM ↑ | NV LPIPS ↓ | NE PSNR ↑ | NE SSIM ↑ | NE LPIPS ↓ |\n"
-            "|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+    compared = any(c.endswith("_best") for c in table.columns)
+    metrics = (*METRICS, *REGION_METRICS) if compared else METRICS
+    names = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "psnr_face": "face PSNR ↑",
+             "psnr_hair": "hair PSNR ↑"}
+    header = " | ".join(f"{p.upper()} {names[m]}" for p in TABLE1_METRICS for m in metrics)
+    head = f"| Method | Subject | Source | {header} |\n|---|---|---|" + "---:|" * (len(TABLE1_METRICS) * len(metrics)) + "\n"
     lines = []
     for _, r in table.iterrows():
-        cells = [_fmt(r[f"{p}_{m}"], DIGITS[m]) for p in TABLE1_METRICS for m in METRICS]
+        cells = []
+        for p in TABLE1_METRICS:
+            for m in metrics:
+                cell = _fmt(r.get(f"{p}_{m}"), DIGITS[m])
+                cells.append(f"**{cell}**" if compared and _is_true(r.get(f"{p}_{m}_best")) else cell)
         lines.append(f"| {r['method']} | {r['subject']} | {r['source']} | " + " | ".join(cells) + " |")
+    compare = (" Bold: the better of the measured methods on that subject (same data, splits, head model and "
+               "protocol). Face and hair PSNR: over the parsing's face region and hair pixels."
+               if compared else "")
     return ("# Table 1: comparison with the state of the art\n\n"
             "NV: novel view (val split); NE: novel expression (test split). Measured rows: this run, the "
             "paper's protocol (render and ground truth masked by object mask × rendered mask, metrics over "
-            "the frame). Reported rows: " + paper["table1"]["source"] + ".\n\n" + head + "\n".join(lines) + "\n")
+            "the frame)." + compare + " Reported rows: " + paper["table1"]["source"] + ".\n\n" + head +
+            "\n".join(lines) + "\n")
 
 
 def table2_markdown(table: pd.DataFrame, subject: str, paper: dict | None = None) -> str:

@@ -196,6 +196,17 @@ def hair_settings(wildcards):
     return json.dumps(settings, separators=(",", ":"))
 
 
+def gaussianavatars_settings(wildcards):
+    """GaussianAvatars settings as JSON: the config's section, then the subject's own overrides
+    (the synthetic subjects': synthetic.gaussianavatars)."""
+    settings = dict(config.get("gaussianavatars", {}))
+    if is_synthetic(wildcards.subject):
+        settings.update(config.get("synthetic", {}).get("gaussianavatars", {}))
+    else:
+        settings.update(config["subjects"][wildcards.subject].get("gaussianavatars", {}))
+    return json.dumps(settings, separators=(",", ":"))
+
+
 def face_of(wildcards):
     """A variant without face overrides (the blending ones) reuses the full model's face."""
     shared = ABLATIONS[wildcards.variant].shares_full_face
@@ -222,6 +233,8 @@ TABLES = config.get("tables", {})
 VIDEOS = config.get("videos", {})
 LPIPS_WEIGHTS = EVALUATION.get("lpips_weights", ".cache/mega/lpips_alex.pth")
 ABLATION_SUBJECT = TABLES.get("ablation_subject", SYNTHETIC)
+# Measured baselines beside MeGA in Table 1 (docs/baselines.md).
+TABLE1_BASELINES = TABLES.get("table1_baselines", ["gaussianavatars"])
 TABLE2_VARIANTS = TABLES.get(
     "table2_variants", ["mega", "noview", "nodyn", "nosubdiv", "nodisp", "gsdepth", "allgs"]
 )

@@ -57,13 +57,56 @@ rule evaluate:
         "--threads {threads} --quiet > {log} 2>&1"
 
 
+rule evaluate_gaussianavatars:
+    """The GaussianAvatars baseline on the val or test split, under exactly the protocol of
+    rule evaluate (masks, 8-bit renders, LPIPS, tracked parameters)."""
+    input:
+        model="results/train/{subject}/gaussianavatars/gaussianavatars.pt",
+        head_model=f"{HEAD_MODEL_DIR}/summary.json",
+        lpips=LPIPS_WEIGHTS,
+    output:
+        metrics=report(
+            "results/eval/{subject}/gaussianavatars/{split}/metrics.json",
+            caption="../report/evaluate.rst",
+            category="Evaluation",
+            subcategory="{subject}",
+            labels={"variant": "gaussianavatars", "split": "{split}"},
+        ),
+        table="results/eval/{subject}/gaussianavatars/{split}/metrics.csv",
+    log:
+        "logs/evaluate/{subject}/gaussianavatars/{split}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{subject}/gaussianavatars/{split}.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: job_threads("evaluate")
+    resources:
+        mem_mb=job_resource("evaluate", "mem_mb"),
+        runtime=job_resource("evaluate", "runtime"),
+        gpu=job_resource("evaluate", "gpu"),
+    params:
+        mega=MEGA,
+        union=subject_union,
+        run=lambda wc, input: str(Path(input.model).parent),
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
+        out=lambda wc, output: str(Path(output.metrics).parent),
+        renders="" if EVALUATION.get("save_renders", True) else "--no-renders",
+        batch_size=EVALUATION.get("batch_size", 4),
+    shell:
+        "{params.mega} evaluate {params.run} {params.union} --head-model {params.head_model} "
+        "--split {wildcards.split} --out {params.out} --lpips-weights {input.lpips} "
+        "--subject {wildcards.subject} --batch-size {params.batch_size} {params.renders} "
+        "--threads {threads} --quiet > {log} 2>&1"
+
+
 rule table1:
-    """The paper's Table 1: the full model's novel-view and novel-expression metrics on every
-    subject, their mean, and the paper's reported rows."""
+    """The paper's Table 1: the full model's and the measured baselines' novel-view and
+    novel-expression metrics on every subject, their means, and the paper's reported rows."""
     input:
         expand(
-            "results/eval/{subject}/mega/{split}/metrics.json",
+            "results/eval/{subject}/{method}/{split}/metrics.json",
             subject=table1_subjects(),
+            method=["mega", *TABLE1_BASELINES],
             split=["val", "test"],
         ),
     output:
@@ -76,9 +119,10 @@ rule table1:
     params:
         mega=MEGA,
         subjects=" ".join(table1_subjects()),
+        baselines=" ".join(TABLE1_BASELINES),
     shell:
         "{params.mega} tables table1 --eval-dir results/eval --subjects {params.subjects} "
-        "--out {output.csv} > {log} 2>&1"
+        "--baselines {params.baselines} --out {output.csv} > {log} 2>&1"
 
 
 rule table2:
@@ -136,6 +180,36 @@ rule ablation_grid:
         "{params.mega} figure grid --union {params.union} --eval-dir results/eval/{wildcards.subject} "
         "--variants {params.variants} --ablations {params.ablations} --views {params.views} "
         "--title 'Table 2 variants, {wildcards.subject}' --out {output} > {log} 2>&1"
+
+
+rule method_grid:
+    """Ground truth | MeGA | each measured baseline on a few val and test images of one subject."""
+    input:
+        expand(
+            "results/eval/{{subject}}/{method}/{split}/metrics.json",
+            method=["mega", *TABLE1_BASELINES],
+            split=["val", "test"],
+        ),
+        summary="results/data/{subject}/summary.json",
+    output:
+        report(
+            "results/figures/{subject}/methods.png",
+            caption="../report/method_grid.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figures/{subject}/methods.log",
+    conda:
+        "../../envs/mega.yaml"
+    params:
+        mega=MEGA,
+        union=subject_union,
+        methods=" ".join(["mega", *TABLE1_BASELINES]),
+        views=TABLES.get("figure_views", 3),
+    shell:
+        "{params.mega} figure grid --union {params.union} --eval-dir results/eval/{wildcards.subject} "
+        "--variants {params.methods} --views {params.views} "
+        "--title 'Table 1 methods, {wildcards.subject}' --out {output} > {log} 2>&1"
 
 
 rule training_curves:

@@ -104,6 +104,39 @@ rule train_joint:
         "--settings '{params.settings}' --threads {threads} --on-settings-change restart > {log} 2>&1"
 
 
+rule train_gaussianavatars:
+    """The GaussianAvatars baseline of Table 1 (docs/baselines.md): Gaussians bound to FLAME's
+    triangles, trained on the same subject and splits. An interrupted job resumes from
+    gaussianavatars/checkpoint.pt."""
+    input:
+        subject=subject_ready,
+        head_model=f"{HEAD_MODEL_DIR}/summary.json",
+    output:
+        model="results/train/{subject}/gaussianavatars/gaussianavatars.pt",
+        metrics="results/train/{subject}/gaussianavatars/gaussianavatars/metrics.json",
+        curves="results/train/{subject}/gaussianavatars/gaussianavatars/loss.png",
+    log:
+        "logs/train_gaussianavatars/{subject}.log",
+    benchmark:
+        "results/benchmarks/train_gaussianavatars/{subject}.tsv"
+    conda:
+        "../../envs/mega.yaml"
+    threads: job_threads("train_gaussianavatars")
+    resources:
+        mem_mb=job_resource("train_gaussianavatars", "mem_mb"),
+        runtime=job_resource("train_gaussianavatars", "runtime"),
+        gpu=job_resource("train_gaussianavatars", "gpu"),
+    params:
+        mega=MEGA,
+        union=subject_union,
+        head_model=lambda wc, input: str(Path(input.head_model).parent),
+        settings=gaussianavatars_settings,
+        out=lambda wc, output: str(Path(output.model).parent),
+    shell:
+        "{params.mega} train-gaussianavatars {params.union} --out {params.out} --head-model {params.head_model} "
+        "--settings '{params.settings}' --threads {threads} --on-settings-change restart > {log} 2>&1"
+
+
 rule export_avatar:
     """A trained avatar as standard files: the face as OBJ + MTL + PNG (diffuse texture decoded
     to RGB) and the canonical hair as a 3D Gaussian Splatting PLY."""
