@@ -27,6 +27,7 @@ TINY = {
                             "checkpoint_every": 1, "data_workers": 0},
     },
     "evaluation": {"lpips_weights": str(LPIPS_WEIGHTS), "save_renders": True, "batch_size": 8},
+    "tables": {"table1_baselines": ["gaussianavatars"]},
     "videos": {"turntable_frames": 4, "fps": 4},
 }
 

@@ -234,7 +234,7 @@ VIDEOS = config.get("videos", {})
 LPIPS_WEIGHTS = EVALUATION.get("lpips_weights", ".cache/mega/lpips_alex.pth")
 ABLATION_SUBJECT = TABLES.get("ablation_subject", SYNTHETIC)
 # Measured baselines beside MeGA in Table 1 (docs/baselines.md).
-TABLE1_BASELINES = TABLES.get("table1_baselines", ["gaussianavatars"])
+TABLE1_BASELINES = TABLES.get("table1_baselines", [])
 TABLE2_VARIANTS = TABLES.get(
     "table2_variants", ["mega", "noview", "nodyn", "nosubdiv", "nodisp", "gsdepth", "allgs"]
 )
