@@ -192,14 +192,14 @@ def test_a_short_training_fits_its_images_through_the_binding(tmp_path, capsys):
     trained = train_gaussianavatars(union, head, run, GaussianAvatarsConfig(iterations_images=200, **TINY),
                                     progress=False)
     assert trained["n_gaussians"] > first["n_gaussians"]  # densified
-    assert trained["training_views"]["psnr"] > first["training_views"]["psnr"] + 3.0
+    assert trained["training_views"]["psnr"] > first["training_views"]["psnr"] + 2.0
     # The same Gaussians bound to the wrong triangles: the fit is in the binding.
     model, frames = load_gaussianavatars(run / "gaussianavatars.pt", head)
     dataset = SubjectDataset(union, "train", parsing="off", depth="off")
     assert psnr_on(model, frames, dataset, torch.device("cpu")) == pytest.approx(trained["training_views"]["psnr"], abs=1e-3)
     binding = model.gaussians.binding
     model.gaussians.binding = binding[torch.randperm(model.gaussians.n)]
-    assert psnr_on(model, frames, dataset, torch.device("cpu")) < trained["training_views"]["psnr"] - 3.0
+    assert psnr_on(model, frames, dataset, torch.device("cpu")) < trained["training_views"]["psnr"] - 2.0
     model.gaussians.binding = binding
     # The per-frame FLAME tables were fine-tuned, the shape was not.
     state = torch.load(run / "gaussianavatars.pt", weights_only=False)["frames"]

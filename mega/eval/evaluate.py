@@ -12,9 +12,11 @@ expression (the held-out sequence, every camera). Per image:
     psnr_hair, psnr_face  PSNR of the blended render over the parsing's hair pixels and over its
                         face region (skin, brows, eyes, nose, lips): where each method wins
 
-The avatar is driven as the authors evaluate it: the refined shape with the tracked expression
-and pose, the 2nd near-z and the cleaned occlusion mask. Images are read one batch at a time,
-so memory does not grow with the split.
+A MeGA avatar is driven as the authors evaluate it: the refined shape with the tracked expression
+and pose, the 2nd near-z and the cleaned occlusion mask (:func:`mega_renderer`); the
+GaussianAvatars baseline by the same tracked parameters, its alpha as the rendered full mask,
+without hair IoU or depth of its own (:func:`gaussianavatars_renderer`). Images are read one
+batch at a time, so memory does not grow with the split.
 
 Outputs in ``out_dir``: ``metrics.csv`` (one row per image), ``metrics.json`` (the means and how
 they were taken) and ``renders/<timestep>_<camera>.png`` (the blended renders, 8-bit).

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mega.gaussianavatars.config import GaussianAvatarsConfig
 from mega.gaussianavatars.model import BoundGaussians
-from mega.hair.densify import DensifyState, optimizer_views
+from mega.hair.densify import DensifyState, optimizer_views, step_statistics
 from mega.render.gaussians import quaternion_to_matrix
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,12 @@ class BindingDensifier:
         frame. Returns whether the Gaussians (or the optimizer's state) changed."""
         if step >= self.until:
             return False
-        grads = torch.stack([m.grad if m.grad is not None else torch.zeros_like(m) for m in means2d])
-        carrier = torch.zeros_like(grads)
-        carrier.grad = grads
-        info = {"width": width, "height": height, "n_cameras": len(means2d), "gaussian_ids": None,
-                "radii": radii[..., None].expand(-1, -1, 2), "means2d": carrier}
-        state = {"grad2d": self.state.grad2d, "count": self.state.count, "scene_scale": self.scene_extent_m,
-                 "radii": None, "binding": gaussians.binding, "size": size_m.detach()}
+        state = step_statistics(self.strategy, gaussians.params, self.state, self.scene_extent_m, means2d, radii,
+                                width, height)
+        state.update(binding=gaussians.binding, size=size_m.detach())
         views = optimizer_views(optimizer)
         changed = False
         with torch.no_grad():
-            self.strategy._update_state(gaussians.params, state, info)
             if step > self.start and step % self.every == 0:
                 before = gaussians.n
                 n_clone, n_split = self._grow(gaussians, views, state)

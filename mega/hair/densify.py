@@ -57,6 +57,22 @@ def optimizer_views(optimizer: torch.optim.Optimizer) -> dict[str, _GroupView]:
     return {g["name"]: _GroupView(optimizer, g) for g in optimizer.param_groups if g.get("name") in PARAMETER_NAMES}
 
 
+def step_statistics(strategy: DefaultStrategy, params, running: DensifyState, scene_extent_m: float,
+                    means2d: list[Tensor], radii: Tensor, width: int, height: int) -> dict:
+    """Add one step's screen-space gradients to the running sums (gsplat's ``_update_state``)
+    and return the state dict gsplat's operations edit: ``means2d`` the B images' [N, 2] tensors
+    whose ``.grad`` is the gradient in pixels, ``radii`` [B, N] pixels."""
+    grads = torch.stack([m.grad if m.grad is not None else torch.zeros_like(m) for m in means2d])
+    carrier = torch.zeros_like(grads)
+    carrier.grad = grads
+    info = {"width": width, "height": height, "n_cameras": len(means2d), "gaussian_ids": None,
+            "radii": radii[..., None].expand(-1, -1, 2), "means2d": carrier}
+    state = {"grad2d": running.grad2d, "count": running.count, "scene_scale": scene_extent_m, "radii": None}
+    with torch.no_grad():
+        strategy._update_state(params, state, info)
+    return state
+
+
 class Densifier:
     """Calls :meth:`after_backward` once a step; edits the hair's parameters and the optimizer."""
 
@@ -83,17 +99,10 @@ class Densifier:
         s = self.strategy
         if step >= s.refine_stop_iter:
             return False
-        grads = torch.stack([m.grad if m.grad is not None else torch.zeros_like(m) for m in means2d])
-        carrier = torch.zeros_like(grads)
-        carrier.grad = grads
-        info = {"width": width, "height": height, "n_cameras": len(means2d), "gaussian_ids": None,
-                "radii": radii[..., None].expand(-1, -1, 2), "means2d": carrier}
-        state = {"grad2d": self.state.grad2d, "count": self.state.count, "scene_scale": self.scene_extent_m,
-                 "radii": None}
+        state = step_statistics(s, hair.params, self.state, self.scene_extent_m, means2d, radii, width, height)
         views = optimizer_views(optimizer)
         changed = False
         with torch.no_grad():
-            s._update_state(hair.params, state, info)
             if step > s.refine_start_iter and step % s.refine_every == 0 and step % s.reset_every >= s.pause_refine_after_reset:
                 before = hair.n
                 n_clone, n_split = s._grow_gs(hair.params, views, state, step)

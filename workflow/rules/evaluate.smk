@@ -205,10 +205,11 @@ rule method_grid:
         mega=MEGA,
         union=subject_union,
         methods=" ".join(["mega", *TABLE1_BASELINES]),
+        ablations=ABLATIONS_FILE,
         views=TABLES.get("figure_views", 3),
     shell:
         "{params.mega} figure grid --union {params.union} --eval-dir results/eval/{wildcards.subject} "
-        "--variants {params.methods} --views {params.views} "
+        "--variants {params.methods} --ablations {params.ablations} --views {params.views} "
         "--title 'Table 1 methods, {wildcards.subject}' --out {output} > {log} 2>&1"
 
 
