@@ -246,8 +246,6 @@ def _train_joint(args) -> None:
 
 
 def _train_gaussianavatars(args) -> None:
-    import torch
-
     from mega.flame.head_model import load_head_model_folder
     from mega.gaussianavatars.config import GaussianAvatarsConfig
     from mega.train.gaussianavatars import train_gaussianavatars
@@ -256,10 +254,8 @@ def _train_gaussianavatars(args) -> None:
     if args.iterations is not None:
         settings["iterations_images"] = args.iterations * settings.get("batch_size", 1)
     config = GaussianAvatarsConfig.from_dict(settings, where="--settings")
-    if args.threads is not None:
-        torch.set_num_threads(max(args.threads, 1))
     metrics = train_gaussianavatars(args.union, load_head_model_folder(args.head_model), args.out, config,
-                                    device=args.device, progress=not args.quiet, restart=args.restart,
+                                    device=_device_of(args), progress=not args.quiet, restart=args.restart,
                                     on_settings_change=args.on_settings_change)
     if "training_views" in metrics:
         log.info("GaussianAvatars: %d Gaussians; on its training views %s", metrics["n_gaussians"],
@@ -282,49 +278,51 @@ def _export(args) -> None:
     from mega.flame.head_model import load_head_model_folder
     from mega.train.loop import pick_device
 
+    from mega.train.gaussianavatars import is_gaussianavatars_run
+
     run, head = Path(args.run_dir), load_head_model_folder(args.head_model)
-    if (run / "gaussianavatars.pt").is_file() and not (run / "joint.pt").is_file():
+    if is_gaussianavatars_run(run):
         export_gaussianavatars(run, head, args.out, args.timestep_index, pick_device(args.device))
     else:
         export_avatar(run, head, args.out, args.rigid, args.timestep_index, pick_device(args.device))
 
 
-def _trained_avatar(args):
-    """(device, avatar, per-frame FLAME parameters, joint.pt's contents, rigid table) of the run
-    folder ``args.run_dir``, with ``args.threads`` applied."""
+def _device_of(args):
+    """The device of ``args.device``, with ``args.threads`` applied to torch."""
     import torch
 
-    from mega.avatar import RigidTable
-    from mega.flame.head_model import load_head_model_folder
-    from mega.train.joint import load_avatar
     from mega.train.loop import pick_device
 
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
-    device = pick_device(args.device)
+    return pick_device(args.device)
+
+
+def _trained_avatar(args):
+    """(device, avatar, per-frame FLAME parameters, joint.pt's contents, rigid table) of the run
+    folder ``args.run_dir``, with ``args.threads`` applied."""
+    from mega.avatar import RigidTable
+    from mega.flame.head_model import load_head_model_folder
+    from mega.train.joint import load_avatar
+
+    device = _device_of(args)
     avatar, frames, joint = load_avatar(args.run_dir, load_head_model_folder(args.head_model), device)
     return device, avatar, frames, joint, RigidTable.from_file(args.rigid).to(device)
 
 
 def _evaluate(args) -> None:
-    from mega.eval.evaluate import evaluate_split
+    from mega.eval.evaluate import evaluate_split, gaussianavatars_renderer, mega_renderer
     from mega.eval.lpips import load_lpips
     from mega.eval.protocol import PaperMetrics
-
-    from mega.eval.evaluate import gaussianavatars_renderer, mega_renderer
+    from mega.train.gaussianavatars import is_gaussianavatars_run
 
     lpips = load_lpips(args.lpips_weights)  # first: a missing weights file fails before any work
     run = Path(args.run_dir)
-    if (run / "gaussianavatars.pt").is_file() and not (run / "joint.pt").is_file():
-        import torch
-
+    if is_gaussianavatars_run(run):
         from mega.flame.head_model import load_head_model_folder
         from mega.train.gaussianavatars import load_gaussianavatars
-        from mega.train.loop import pick_device
 
-        if args.threads is not None:
-            torch.set_num_threads(max(args.threads, 1))
-        device = pick_device(args.device)
+        device = _device_of(args)
         model, frames = load_gaussianavatars(run, load_head_model_folder(args.head_model), device)
         render, blending = gaussianavatars_renderer(model, frames), None
         parameters = "tracked expression, pose and shape (the baseline does not refine the shape)"
@@ -652,12 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
     p.add_argument("--settings", help="settings as JSON (see mega/gaussianavatars/config.py)")
     p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' schedule length)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
                    help="a checkpoint written with other settings: stop (fail) or start over (restart)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _runtime_arguments(p)
     p.set_defaults(func=_train_gaussianavatars)
 
     p = sub.add_parser("export", help="write a trained avatar as standard files: face.obj + face.mtl + "

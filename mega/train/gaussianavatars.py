@@ -48,6 +48,13 @@ FLAME_LR = {"expr": "lr_flame_expr", "rotation": "lr_flame_pose", "neck_pose": "
 """The authors' rate of each per-frame FLAME table (``flame_gaussian_model.py::training_setup``)."""
 
 
+def is_gaussianavatars_run(run_dir: str | Path) -> bool:
+    """Whether a run folder holds the baseline (``gaussianavatars.pt``) rather than a MeGA avatar
+    (``joint.pt``)."""
+    run_dir = Path(run_dir)
+    return (run_dir / f"{METHOD}.pt").is_file() and not (run_dir / "joint.pt").is_file()
+
+
 def head_mesh(head: HeadModel, config: GaussianAvatarsConfig) -> FlameModel:
     """FLAME with the teeth of the enhanced mesh, not subdivided (the authors' ``add_teeth``)."""
     return FlameModel(enhance(head, subdivision=False, teeth=config.teeth), persistent=False)

@@ -213,7 +213,9 @@ def read_avatar_checkpoints(run_dir: str | Path, head: HeadModel, device: str | 
     runs of earlier versions do not, and are taken on trust)."""
     run_dir = Path(run_dir)
     joint_path, hair_path = run_dir / "joint.pt", run_dir / "hair.pt"
-    if not joint_path.is_file() and (run_dir / "gaussianavatars.pt").is_file():
+    from mega.train.gaussianavatars import is_gaussianavatars_run
+
+    if is_gaussianavatars_run(run_dir):
         raise DataError(f"{run_dir}: a GaussianAvatars run (gaussianavatars.pt), not a MeGA avatar (joint.pt and "
                         f"hair.pt); this command reads MeGA avatars (mega evaluate reads both)")
     for path in (joint_path, hair_path):
