@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "benchmarks" / "gpu"
 # The modules the check runs: every module of the package, and the tests and benchmarks it names.
-ENTRY_POINTS = ["test_render_triton", "test_render_gaussians", "test_render_mesh", "test_cuda", "render", "joint_step",
-                "synthetic_stages"]
+ENTRY_POINTS = ["test_render_triton", "test_render_gaussians", "test_render_mesh", "test_cuda", "render",
+                "render_profile", "joint_step", "synthetic_stages"]
 
 
 def normalized(name: str) -> str:

@@ -44,7 +44,7 @@ def single_gaussians(points, opacities, colors, sigma_m=0.02, dtype=torch.float6
 
 
 def loss_of(out):
-    weights = torch.linspace(0.2, 1.0, out["color"].shape[-1], dtype=out["color"].dtype)
+    weights = torch.linspace(0.2, 1.0, out["color"].shape[-1], dtype=out["color"].dtype, device=out["color"].device)
     return (out["color"] * weights).sum() + 0.3 * out["alpha"].sum() + out["depth"].sum()
 
 

@@ -89,6 +89,63 @@ def test_triton_renders_any_number_of_channels_and_float64_inputs(n_colors, dtyp
         torch.testing.assert_close(mine.grad.cpu(), expected.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def turned_camera(dtype=torch.float32) -> Camera:
+    """An off-centre camera turned and moved off the world's axes, so that every entry of its
+    rotation and translation reaches the projection."""
+    from mega.render.gaussians import quaternion_to_matrix
+
+    world_to_camera = torch.eye(4, dtype=torch.float64)
+    world_to_camera[:3, :3] = quaternion_to_matrix(torch.tensor([[0.97, 0.1, -0.15, 0.12]], dtype=torch.float64))[0]
+    world_to_camera[:3, 3] = torch.tensor([0.05, -0.03, 0.1], dtype=torch.float64)
+    K = torch.tensor([[30.0, 0, 17.3], [0, 31.0, 9.1], [0, 0, 1]], dtype=torch.float64)
+    return Camera(K, world_to_camera, W, H).to(dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_projection_matches_the_torch_projection(dtype):
+    """The fused kernel against _screen_space on Gaussians in front, behind the near plane, off
+    the image, large ones centred off the image (the Jacobian's clamp), and too transparent ones:
+    every output, and the gradients of a weighted sum of the drawn rows."""
+    from mega.render.gaussians import _screen_space
+    from mega.render.projection_triton import project
+
+    g = torch.Generator().manual_seed(7)
+    n = 300
+    means = torch.cat([(torch.rand(n, 2, generator=g) * 2.4 - 1.2), 0.8 + torch.rand(n, 1, generator=g) * 0.6], 1)
+    means[:10, 2] = -0.2 + 0.02 * torch.rand(10, generator=g)  # behind the camera
+    quats = torch.randn(n, 4, generator=g) * (1 + torch.rand(n, 1, generator=g))  # not unit
+    scales = torch.rand(n, 3, generator=g) * 0.03 + 0.005
+    scales[10:60] *= 12  # large: some are drawn with their centres off the image
+    opacities = torch.rand(n, generator=g) * 0.9 + 0.05
+    opacities[60:70] = 0.002  # below 1/255 everywhere: never drawn
+    scene = [t.to(dtype) for t in (means, quats, scales, opacities)]
+    reference = [t.clone().requires_grad_() for t in scene]
+    kernel = [t.detach().to(DEVICE).requires_grad_() for t in scene]
+    cam = turned_camera(dtype)
+
+    means2d, conic, depths, _, extent_x, extent_y, key, radii = _screen_space(*reference, cam, 0.01)
+    means2d_k, rest_k, extent_x_k, extent_y_k, key_k, radii_k = project(*kernel, cam.to(DEVICE), 0.01)
+    geometry = torch.cat([means2d_k, rest_k], 1)
+    drawn = torch.isfinite(key)
+    clamped = (means2d[:, 0].detach() < -0.3 * W) | (means2d[:, 0].detach() > 1.3 * W)
+    assert 50 < int(drawn.sum()) < n - 60 and bool((drawn & clamped).any())  # every case is there
+    assert torch.equal(torch.isfinite(key_k).cpu(), drawn)
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-9, "rtol": 1e-9}
+    torch.testing.assert_close(key_k.cpu()[drawn], key[drawn], **tol)
+    torch.testing.assert_close(radii_k.cpu(), radii)
+    expected = torch.cat([means2d, conic, reference[3][:, None], depths[:, None]], 1)
+    torch.testing.assert_close(geometry.detach().cpu()[drawn], expected.detach()[drawn], **tol)
+    torch.testing.assert_close(extent_x_k.cpu()[drawn], extent_x[drawn], **tol)
+    torch.testing.assert_close(extent_y_k.cpu()[drawn], extent_y[drawn], **tol)
+    weights = torch.randn(n, 7, generator=g, dtype=dtype) * drawn[:, None]
+    (expected * weights).sum().backward()
+    (geometry * weights.to(DEVICE)).sum().backward()
+    for name, mine, ref in zip(("means", "quats", "scales", "opacities"), kernel, reference):
+        assert mine.grad.dtype == dtype
+        scale = float(ref.grad.abs().max())
+        torch.testing.assert_close(mine.grad.cpu() / scale, ref.grad / scale, msg=name, **tol)
+
+
 def test_gradients_reach_the_front_of_a_deep_opaque_stack_without_the_cut_off():
     """40 nearly opaque layers on one pixel and no T cut-off: T falls below float32's range, yet
     the front layers' gradients must not vanish (the backward works from log T)."""
@@ -111,9 +168,47 @@ def test_gradients_reach_the_front_of_a_deep_opaque_stack_without_the_cut_off():
         torch.testing.assert_close(mine.grad.cpu(), expected.grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
-def test_every_pixel_the_torch_backend_composites_is_in_its_tile_list():
+def binning(name: str):
+    """The torch binning, or the kernels' with every Gaussian of ``order`` drawn: (means2d,
+    extent_x, extent_y, order, H, W) → (lists, ranges)."""
+    from mega.render.gaussians_triton import bin_tiles, bin_tiles_fused
+
+    if name == "torch":
+        return bin_tiles
+    return lambda means2d, ex, ey, order, h, w: [t.cpu() for t in bin_tiles_fused(
+        means2d.to(DEVICE), ex.to(DEVICE), ey.to(DEVICE), order.to(DEVICE), torch.zeros(len(means2d), device=DEVICE),
+        h, w)]
+
+
+def test_the_binning_kernels_make_the_torch_binning_lists():
+    """Gaussians that are not drawn (key ∞) may stand in the kernels' order: they get no pairs."""
+    from mega.render.gaussians import _screen_space
+    from mega.render.gaussians_triton import bin_tiles, bin_tiles_fused
+
+    means, quats, scales, opacities, _ = [t.float() for t in random_scene(300, seed=9)]
+    means[:, :2] *= 3  # many off the image
+    scales[::7] *= 6  # some across many tiles
+    means2d, _, _, _, extent_x, extent_y, key, _ = _screen_space(means, quats, scales, opacities, camera(), 0.01)
+    order = torch.argsort(key)
+    drawn = int(torch.isfinite(key).sum())
+    assert 30 < drawn < 270
+    expected = bin_tiles(means2d.detach(), extent_x, extent_y, order[:drawn], H, W)
+    fused = bin_tiles_fused(*(t.detach().to(DEVICE) for t in (means2d, extent_x, extent_y, order, key)), H, W)
+    assert int(expected[1][-1]) > 1.5 * drawn  # some Gaussians span several tiles
+    for mine, reference in zip(fused, expected):
+        assert mine.dtype == reference.dtype == torch.int32
+        assert torch.equal(mine.cpu(), reference)
+    empty = bin_tiles_fused(*(t.detach().to(DEVICE) for t in (means2d, extent_x, extent_y, order)),
+                            torch.full_like(key, math.inf).to(DEVICE), H, W)
+    assert empty[0].numel() == 0 and int(empty[1].abs().max()) == 0
+
+
+@pytest.mark.parametrize("binner", ["torch", "kernels"])
+def test_every_pixel_the_torch_backend_composites_is_in_its_tile_list(binner):
     from mega.render.gaussians import _row_spans, project_gaussians
-    from mega.render.gaussians_triton import TILE, bin_tiles
+    from mega.render.gaussians_triton import TILE
+
+    bin_tiles = binning(binner)
 
     means, quats, scales, opacities, _ = [t.float() for t in random_scene(80, seed=4)]
     means2d, depths, cov2d, _ = project_gaussians(means, quats, scales, camera())
@@ -135,8 +230,11 @@ def test_every_pixel_the_torch_backend_composites_is_in_its_tile_list():
     assert checked > 1000
 
 
-def test_every_pixel_a_gaussian_reaches_is_in_its_tile_list():
-    from mega.render.gaussians_triton import TILE, bin_tiles
+@pytest.mark.parametrize("binner", ["torch", "kernels"])
+def test_every_pixel_a_gaussian_reaches_is_in_its_tile_list(binner):
+    from mega.render.gaussians_triton import TILE
+
+    bin_tiles = binning(binner)
 
     means2d = torch.tensor([[3.0, 4.0], [17.2, 15.9], [35.5, 19.5], [-3.0, 8.0], [20.0, 40.0]])
     extent = torch.tensor([2.0, 1.6, 3.0, 4.0, 2.0])
@@ -178,7 +276,9 @@ def test_kernels_compile_for_an_h100_without_one(n_colors, flags):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = dict(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
-    assert set(sizes) == {"backward", "forward"} and min(sizes.values()) > 1000
+    assert set(sizes) == {"backward", "forward", "project_forward", "project_backward", "sh_forward", "sh_backward",
+                          "count_pairs", "emit_pairs"}
+    assert min(sizes.values()) > 1000
 
 
 def test_the_hair_renders_through_the_backend_its_config_names(monkeypatch):
@@ -215,3 +315,35 @@ def test_nothing_drawn_renders_empty_and_has_zero_gradients():
     assert float(out["alpha"].detach().abs().max()) == 0.0 and bool(torch.isinf(out["near_z"]).all())
     loss_of(out).backward()
     assert all(float(t.grad.abs().max()) == 0.0 for t in scene)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_sh_colours_match_the_torch_colours(degree, dtype):
+    """Colours from 16 coefficients at each degree, some clamped at 0, against eval_sh + 0.5
+    clamped: values and the gradients to the coefficients and to the means."""
+    from mega.render.sh import eval_sh
+    from mega.render.sh_triton import sh_colors
+
+    g = torch.Generator().manual_seed(degree)
+    n = 200
+    means = (torch.randn(n, 3, generator=g) * 0.3).to(dtype)
+    sh = (torch.randn(n, 16, 3, generator=g) * 1.5).to(dtype)
+    center = torch.tensor([0.1, -0.2, -1.5], dtype=dtype)
+    reference = [t.clone().requires_grad_() for t in (means, sh)]
+    kernel = [t.detach().to(DEVICE).requires_grad_() for t in (means, sh)]
+    directions = reference[0] - center
+    expected = torch.clamp_min(eval_sh(degree, reference[1], directions / directions.norm(dim=-1, keepdim=True)) + 0.5,
+                               0.0)
+    colors = sh_colors(*kernel, center.to(DEVICE), degree)
+    assert bool((expected == 0).any()) and bool((expected > 0).any())  # both sides of the clamp
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-10}
+    torch.testing.assert_close(colors.detach().cpu(), expected.detach(), **tol)
+    weights = torch.randn(n, 3, generator=g, dtype=dtype)
+    (expected * weights).sum().backward()
+    (colors * weights.to(DEVICE)).sum().backward()
+    for name, mine, ref in zip(("means", "sh"), kernel, reference):
+        expected_grad = torch.zeros_like(ref) if ref.grad is None else ref.grad  # degree 0: no direction
+        torch.testing.assert_close(mine.grad.cpu(), expected_grad, msg=name, **tol)
+    if degree < 3:
+        assert float(kernel[1].grad[:, (degree + 1) ** 2:].abs().max()) == 0.0

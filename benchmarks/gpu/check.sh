@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks of docs/benchmarks.md ("On a GPU") in one command, from the repository root of a
-# machine with a CUDA GPU. Every step has its own time limit and writes its log as it goes; a
-# failing step does not stop the next; the steps share one deadline (DEADLINE seconds, default
-# 540, inside a 10-minute command), and a step that would start with under 30 s left is
-# skipped. $OUT/summary.txt gets one line per step: status and seconds.
+# machine with a CUDA GPU. Every step has its own time limit and appends its output to
+# $OUT/steps.log as it goes; a failing step does not stop the next; the steps share one deadline
+# (DEADLINE seconds, default 540, inside a 10-minute command), and a step that would start with
+# under 30 s left is skipped. $OUT/summary.txt gets one line per step: status and seconds. Three
+# files in all (with gsplat_build.log): the device tool brings back at most eight.
 #
-#   bash benchmarks/gpu/check.sh [STEP ...]   # default: env nvdiffrast tests render joint gsplat
+#   bash benchmarks/gpu/check.sh [STEP ...]   # default: env nvdiffrast render profile joint gsplat tests
 #
 # Steps, most telling first:
 #   env        GPU, driver, Python and package versions, nvcc, gcc
@@ -15,10 +16,12 @@
 #              every stage on CUDA, torch and triton backends, against the CPU (test_cuda.py)
 #   render     benchmarks/render.py: mesh (torch, nvdiffrast) and Gaussians (torch, triton),
 #              100k Gaussians at 550 × 802, forward and forward + backward
+#   profile    benchmarks/render_profile.py: the same render on the hair's path (SH degree 3)
+#              under torch's profiler, torch and triton: kernel launches, waits, top kernels
 #   joint      benchmarks/joint_step.py: one real-size joint step (1024² textures, 150k
 #              Gaussians, 550 × 802, batch 16), triton and torch, float32 and bfloat16 decoders
 #   gsplat     gsplat's plain rasterization of the same 100k Gaussians, the speed reference
-#              (compiles gsplat's CUDA sources first: a minute or two on 16 cores)
+#              (its CUDA sources compile in the background from the start, on half the cores)
 #   synthetic  the default synthetic avatar's three stages on CUDA with the triton backend
 #              (benchmarks/synthetic_stages.py): times and quality, beside the workflow's run
 #              when its metrics are there
@@ -67,8 +70,12 @@ print(":".join(sorted(p for root in nvidia.__path__ for p in glob.glob(os.path.j
     export CPATH=${NVIDIA_INCLUDES}${CPATH:+:$CPATH}
 fi
 
+# A build killed by an earlier run's time limit leaves a lock file that would make the next build
+# of that extension wait forever: removed once here, before any build of this run starts.
+find "$TORCH_EXTENSIONS_DIR" -name lock -delete 2> /dev/null
+
 # step NAME LIMIT_SECONDS COMMAND...: run within the limit and the deadline, log to
-# $OUT/NAME.log, summarise.
+# $OUT/steps.log, summarise.
 step() {
     local name=$1 limit=$2
     shift 2
@@ -78,10 +85,9 @@ step() {
         return
     fi
     [ $limit -le $left ] || limit=$left
-    find "$TORCH_EXTENSIONS_DIR" -name lock -delete 2> /dev/null
     local started=$SECONDS
-    echo "== $name: $*" | tee -a "$OUT/$name.log"
-    timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+    echo "== $name: $*" | tee -a "$OUT/steps.log"
+    timeout --kill-after=10 "$limit" "$@" >> "$OUT/steps.log" 2>&1
     local status=$?
     local verdict=ok
     [ $status -eq 0 ] || verdict="FAILED (exit $status)"
@@ -93,16 +99,28 @@ step() {
 if [ "$DEVICE" = cpu ]; then  # toy sizes: the dry run
     export TRITON_INTERPRET=1
     RENDER=(--device cpu --repeats 1 --gaussians 2000 --gaussian-backends torch)
+    PROFILE=(--device cpu --gaussians 300 --width 69 --height 100 --rows 5)
     JOINT=(--device cpu --tex-size 64 --gaussians 600 --batch 1 --width 69 --height 100 --steps 1)
 else
     RENDER=(--device cuda --gaussian-backends torch triton)
+    PROFILE=(--device cuda)
     JOINT=(--device cuda --steps 5)
 fi
 
 [ -f results/head_model/summary.json ] || step head_model 60 $PY -m mega head-model --out results/head_model
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(env nvdiffrast tests render joint gsplat)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(env nvdiffrast render profile joint gsplat tests)
+# gsplat's CUDA sources take minutes to compile and only the gsplat step needs them: on CUDA the
+# build starts now, beside the other steps (half the cores), and the gsplat step waits for it.
+GSPLAT_BUILD=
+if [ "$DEVICE" != cpu ] && [[ " ${STEPS[*]} " == *" gsplat "* ]]; then
+    echo "== gsplat_build (in the background)" >> "$OUT/gsplat_build.log"
+    MAX_JOBS=$(( (MAX_JOBS + 1) / 2 )) timeout --kill-after=10 $((DEADLINE - 30)) \
+        $PY -c "from gsplat.cuda._backend import _C; print('gsplat built:', _C is not None)" \
+        >> "$OUT/gsplat_build.log" 2>&1 &
+    GSPLAT_BUILD=$!
+fi
 for name in "${STEPS[@]}"; do
     case $name in
     env)
@@ -125,16 +143,20 @@ print('nvdiffrast plugin loaded')" ;;
             tests/test_render_mesh.py::test_nvdiffrast_matches_torch_backend ;;
     render)
         step render 150 $PY benchmarks/render.py "${RENDER[@]}" ;;
+    profile)
+        step profile 120 $PY benchmarks/render_profile.py "${PROFILE[@]}" ;;
     joint)
         step joint 90 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend triton
         step joint 90 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend triton --decoder-precision bfloat16
         step joint 90 $PY benchmarks/joint_step.py "${JOINT[@]}" --gaussian-backend torch ;;
     gsplat)
+        [ -z "$GSPLAT_BUILD" ] || wait "$GSPLAT_BUILD" || echo "gsplat_build: FAILED or cut (exit $?), see gsplat_build.log" \
+            | tee -a "$OUT/summary.txt"
         step gsplat 240 $PY benchmarks/render.py --device "$DEVICE" --gaussian-backends gsplat ;;
     synthetic)
         step synthetic 540 $PY benchmarks/synthetic_stages.py --device "$DEVICE" --gaussian-backend triton ;;
     *)
-        echo "unknown step '$name' (env nvdiffrast tests render joint gsplat synthetic)" | tee -a "$OUT/summary.txt" ;;
+        echo "unknown step '$name' (env nvdiffrast render profile joint gsplat tests synthetic)" | tee -a "$OUT/summary.txt" ;;
     esac
 done
 cat "$OUT/summary.txt"

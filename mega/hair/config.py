@@ -110,7 +110,7 @@ class HairConfig(Settings):
     blur_sigma: float = 1.5
     gaussian_backend: str = "auto"
     """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), numba (compiled CPU loops),
-    or auto (numba on the CPU, torch on CUDA)."""
+    or auto (numba on the CPU, triton on CUDA)."""
 
     # ---- bookkeeping
     seed: int = 42

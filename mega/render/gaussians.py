@@ -126,7 +126,7 @@ def rasterize_gaussians(
     ``backend``: ``torch`` (any device, the reference), ``triton`` (the tiled kernels of
     :mod:`mega.render.gaussians_triton`: CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``),
     ``numba`` (:mod:`mega.render.gaussians_numba`, CPU tensors), ``auto`` = numba on the CPU,
-    torch on CUDA (see :data:`AUTO_PICKS_TRITON`)."""
+    triton on CUDA (see :data:`AUTO_PICKS_TRITON`)."""
     N = means.shape[0]
     _check_shape("means", means, (N, 3))
     _check_shape("quats", quats, (N, 4))
@@ -141,10 +141,26 @@ def rasterize_gaussians(
     if mesh_depth is not None:
         _check_shape("mesh_depth", mesh_depth, (H, W))
 
-    means2d, depths, cov2d, in_front = project_gaussians(means, quats, scales, camera, near_plane_m)
+    if backend == "triton":
+        from mega.render import projection_triton
+
+        # One fused kernel each way instead of the torch projection's hundreds of small ones.
+        means2d, rest, extent_x, extent_y, key, radii = projection_triton.project(means, quats, scales, opacities,
+                                                                                  camera, near_plane_m)
+        depths = rest[:, 4]
+        screen = [means2d, rest]  # (mean x, mean y), (conic A, B, C, opacity, depth)
+    else:
+        means2d, conic, depths, level, extent_x, extent_y, key, radii = _screen_space(
+            means, quats, scales, opacities, camera, near_plane_m)
+        screen = [means2d, conic, opacities[:, None], depths[:, None]]
     if means2d.requires_grad:
         means2d.retain_grad()
-    if colors is None:
+    if colors is None and backend == "triton":
+        from mega.render import sh_triton
+
+        _check_shape("sh", sh, (N, sh.shape[1], 3))
+        colors = sh_triton.sh_colors(means, sh, camera.center, sh_degree)
+    elif colors is None:
         _check_shape("sh", sh, (N, sh.shape[1], 3))
         directions = means - camera.center.to(means.dtype)
         directions = directions / directions.norm(dim=-1, keepdim=True)
@@ -152,27 +168,14 @@ def rasterize_gaussians(
     else:
         _check_shape("colors", colors, (N, colors.shape[-1]))
     C = colors.shape[-1]
-
-    a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
-    det = a * c - b * b
-    conic = torch.stack([c / det, -b / det, a / det], dim=-1)  # inverse covariance (A, B, C)
-
     with torch.no_grad():
-        # Level of the ellipse where o·exp(−q/2) = 1/255: q ≤ k² = 2·ln(255·o).
-        level = 2 * torch.log(torch.clamp_min(opacities.detach() * 255.0, 1e-12))
-        drawn = in_front & (det.detach() > 0) & (level > 0)
-        extent_y = torch.sqrt(torch.clamp_min(level * c.detach(), 0))
-        extent_x = torch.sqrt(torch.clamp_min(level * a.detach(), 0))
-        mx, my = means2d.detach().unbind(-1)
-        drawn &= (mx + extent_x > 0) & (mx - extent_x < W) & (my + extent_y > 0) & (my - extent_y < H)
-        lam_max = 0.5 * (a + c).detach() + torch.sqrt(torch.clamp_min(0.25 * (a - c).detach() ** 2 + b.detach() ** 2, 0))
-        radii = torch.where(drawn, torch.ceil(3 * torch.sqrt(lam_max)), torch.zeros_like(lam_max)).long()
-        order = torch.argsort(torch.where(drawn, depths.detach(), torch.full_like(depths.detach(), math.inf)))
-        order = order[: int(drawn.sum())]
+        order = torch.argsort(key)  # the drawn Gaussians front to back, then the others
+        if backend != "triton":  # the tile binning skips the others itself, without a wait for the GPU
+            order = order[: int(torch.isfinite(key).sum())]
 
     # One table of everything compositing reads per Gaussian: (mean x, mean y, conic A, B, C,
     # opacity, depth, colour…), so that a pair needs one gather.
-    table = torch.cat([means2d, conic, opacities[:, None], depths[:, None], colors], dim=1)
+    table = torch.cat([*screen, colors], dim=1)
     if pair_budget is None:
         pair_budget = DEFAULT_PAIR_BUDGET.get(means.device.type, DEFAULT_PAIR_BUDGET["cpu"])
     settings = _Settings(H, W, near_z_alpha, early_stop_gap_m, min_transmittance, pair_budget)
@@ -180,7 +183,7 @@ def rasterize_gaussians(
     if backend == "triton":
         from mega.render import gaussians_triton
 
-        image, near_z, num_significant = gaussians_triton.composite(table, means2d, extent_x, extent_y, order,
+        image, near_z, num_significant = gaussians_triton.composite(table, means2d, extent_x, extent_y, order, key,
                                                                     mesh_depth_flat, settings)
     elif backend == "numba":
         from mega.render import gaussians_numba
@@ -206,9 +209,10 @@ def rasterize_gaussians(
 
 
 GAUSSIAN_BACKENDS = ("auto", "torch", "triton", "numba")
-# ``auto`` stays on the torch backend on CUDA until the triton kernels' CUDA tests have passed on
-# a GPU (they pass in Triton's CPU interpreter); then it is to pick triton for CUDA tensors.
-AUTO_PICKS_TRITON = False
+# ``auto`` picks the triton kernels for CUDA tensors: their CUDA tests passed on an H200
+# (2026-12-04, docs/benchmarks.md "On a GPU"), where they ran 6× (render) to 12× (joint step)
+# faster than the torch backend. False sends CUDA tensors to the torch backend again.
+AUTO_PICKS_TRITON = True
 
 
 def resolve_gaussian_backend(backend: str, device: torch.device) -> str:
@@ -236,6 +240,32 @@ def numba_available() -> bool:
 def _check_shape(name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(tensor.shape)}")
+
+
+def _screen_space(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera,
+                  near_plane_m: float) -> tuple[Tensor, ...]:
+    """What compositing needs per Gaussian, in torch (the reference of the fused triton projection):
+    means2d [N, 2] and conic [N, 3] (inverse covariance A, B, C, per pixel²), differentiable;
+    depths [N] metres; and without gradient the α ≥ 1/255 level [N] (q ≤ 2·ln(255·o)), half-extents
+    x and y [N] pixels, the depth-sort key [N] (∞ = not drawn: behind the near plane, degenerate,
+    too transparent or off the image) and radii [N] pixels (0 = not drawn)."""
+    W, H = camera.width, camera.height
+    means2d, depths, cov2d, in_front = project_gaussians(means, quats, scales, camera, near_plane_m)
+    a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    det = a * c - b * b
+    conic = torch.stack([c / det, -b / det, a / det], dim=-1)  # inverse covariance (A, B, C)
+    with torch.no_grad():
+        # Level of the ellipse where o·exp(−q/2) = 1/255: q ≤ k² = 2·ln(255·o).
+        level = 2 * torch.log(torch.clamp_min(opacities.detach() * 255.0, 1e-12))
+        drawn = in_front & (det.detach() > 0) & (level > 0)
+        extent_y = torch.sqrt(torch.clamp_min(level * c.detach(), 0))
+        extent_x = torch.sqrt(torch.clamp_min(level * a.detach(), 0))
+        mx, my = means2d.detach().unbind(-1)
+        drawn &= (mx + extent_x > 0) & (mx - extent_x < W) & (my + extent_y > 0) & (my - extent_y < H)
+        lam_max = 0.5 * (a + c).detach() + torch.sqrt(torch.clamp_min(0.25 * (a - c).detach() ** 2 + b.detach() ** 2, 0))
+        radii = torch.where(drawn, torch.ceil(3 * torch.sqrt(lam_max)), torch.zeros_like(lam_max)).long()
+        key = torch.where(drawn, depths.detach(), torch.full_like(depths.detach(), math.inf))
+    return means2d, conic, depths, level, extent_x, extent_y, key, radii
 
 
 def _row_spans(means2d: Tensor, conic: Tensor, level: Tensor, extent_y: Tensor, H: int, W: int):

@@ -32,6 +32,7 @@ from mega.render.ranges import expand_ranges
 
 TILE = 16  # pixels per tile side: one program composites TILE² pixels
 BATCH = 8  # Gaussians per step of a program's loop (unrolled; the stop test runs once a batch)
+BIN_BLOCK = 256  # Gaussians per program of the binning kernels
 # The torch backend's constants, as constants the kernels can read.
 MIN_ALPHA = tl.constexpr(reference.MIN_ALPHA)
 MAX_ALPHA = tl.constexpr(reference.MAX_ALPHA)
@@ -70,6 +71,84 @@ def bin_tiles(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor
     ranges = torch.zeros(tiles_x * tiles_y + 1, dtype=torch.int64, device=means2d.device)
     ranges[1:] = torch.cumsum(counts, 0)
     return gaussians.contiguous(), ranges.to(torch.int32).contiguous()
+
+
+@triton.jit
+def _tile_rect(order_ptr, key_ptr, means2d_ptr, extent_x_ptr, extent_y_ptr, i, live, H, W, TILE_SIZE: tl.constexpr):
+    """bin_tiles' tile rectangle of the i-th Gaussian of ``order``: its id, first tile column and
+    row, and how many tile columns and rows it reaches (0 × 0 where its key says not drawn)."""
+    g = tl.load(order_ptr + i, mask=live, other=0)
+    live = live & (tl.load(key_ptr + g, mask=live, other=float("inf")) < float("inf"))
+    mx, my = tl.load(means2d_ptr + 2 * g, mask=live, other=0.0), tl.load(means2d_ptr + 2 * g + 1, mask=live, other=0.0)
+    ex, ey = tl.load(extent_x_ptr + g, mask=live, other=0.0), tl.load(extent_y_ptr + g, mask=live, other=0.0)
+    # The pixel columns/rows whose centres the box reaches, then their tiles (floor, so that the
+    # column −1, "no pixel centre", falls in tile −1 as in bin_tiles).
+    col0 = tl.floor(tl.minimum(tl.maximum(tl.ceil(mx - ex - 0.5), 0.0), W - 1.0) / TILE_SIZE)
+    col1 = tl.floor(tl.minimum(tl.maximum(tl.floor(mx + ex - 0.5), -1.0), W - 1.0) / TILE_SIZE)
+    row0 = tl.floor(tl.minimum(tl.maximum(tl.ceil(my - ey - 0.5), 0.0), H - 1.0) / TILE_SIZE)
+    row1 = tl.floor(tl.minimum(tl.maximum(tl.floor(my + ey - 0.5), -1.0), H - 1.0) / TILE_SIZE)
+    nx = tl.where(live, tl.maximum(col1 - col0 + 1, 0.0), 0.0).to(tl.int32)
+    ny = tl.where(live, tl.maximum(row1 - row0 + 1, 0.0), 0.0).to(tl.int32)
+    return g, col0.to(tl.int32), row0.to(tl.int32), nx, ny
+
+
+@triton.jit
+def _count_pairs(order_ptr, key_ptr, means2d_ptr, extent_x_ptr, extent_y_ptr, counts_ptr, M, H, W,
+                 TILE_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    i = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    live = i < M
+    _, _, _, nx, ny = _tile_rect(order_ptr, key_ptr, means2d_ptr, extent_x_ptr, extent_y_ptr, i, live, H, W,
+                                 TILE_SIZE)
+    tl.store(counts_ptr + i, nx.to(tl.int64) * ny, mask=live)
+
+
+@triton.jit
+def _emit_pairs(order_ptr, key_ptr, means2d_ptr, extent_x_ptr, extent_y_ptr, ends_ptr, tiles_ptr, gaussians_ptr, M,
+                H, W, tiles_x, TILE_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """Each Gaussian's (tile, Gaussian) pairs at its place in the pair list (``ends`` the
+    inclusive running count), its tiles in row-major order, as bin_tiles enumerates them."""
+    i = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    live = i < M
+    g, col0, row0, nx, ny = _tile_rect(order_ptr, key_ptr, means2d_ptr, extent_x_ptr, extent_y_ptr, i, live, H, W,
+                                       TILE_SIZE)
+    count = nx * ny
+    start = tl.load(ends_ptr + i, mask=live, other=0) - count
+    columns = tl.maximum(nx, 1)
+    for j in range(0, tl.max(count, 0)):
+        here = j < count
+        tile = (row0 + j // columns) * tiles_x + col0 + j % columns
+        tl.store(tiles_ptr + start + j, tile, mask=here)
+        tl.store(gaussians_ptr + start + j, g.to(tl.int32), mask=here)
+
+
+def bin_tiles_fused(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor, key: Tensor, H: int, W: int
+                    ) -> tuple[Tensor, Tensor]:
+    """:func:`bin_tiles` in two kernels and four torch operations with one wait for the GPU (the
+    pair count), instead of some sixty small operations and two waits. ``order`` [M] may hold
+    Gaussians that are not drawn (``key`` [N] = ∞): they get no pairs. Same outputs as
+    :func:`bin_tiles` on the drawn Gaussians of ``order``."""
+    tiles_x, tiles_y = triton.cdiv(W, TILE), triton.cdiv(H, TILE)
+    M = order.numel()
+    device = means2d.device
+    inputs = (order.contiguous(), key.contiguous(), means2d.contiguous(), extent_x.contiguous(), extent_y.contiguous())
+    counts = torch.empty(M, dtype=torch.int64, device=device)
+    grid = (triton.cdiv(max(M, 1), BIN_BLOCK),)
+    if M:
+        _count_pairs[grid](*inputs, counts, M, H, W, TILE_SIZE=TILE, BLOCK_SIZE=BIN_BLOCK)
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1]) if M else 0  # the one wait: the lists' length
+    if total >= 2**31:
+        raise ValueError(f"{total:,} (tile, Gaussian) pairs: more than the kernels' int32 lists hold; "
+                         "render fewer or smaller Gaussians per call")
+    tiles = torch.empty(total, dtype=torch.int32, device=device)
+    gaussians = torch.empty(total, dtype=torch.int32, device=device)
+    if total:
+        _emit_pairs[grid](*inputs, ends, tiles, gaussians, M, H, W, tiles_x, TILE_SIZE=TILE, BLOCK_SIZE=BIN_BLOCK)
+    # A stable sort by tile keeps each tile's Gaussians in depth order (pairs are in depth order).
+    tiles, by_tile = torch.sort(tiles, stable=True)
+    ranges = torch.searchsorted(tiles, torch.arange(tiles_x * tiles_y + 1, dtype=torch.int32, device=device),
+                                out_int32=True)
+    return gaussians[by_tile], ranges
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -280,18 +359,20 @@ class TritonComposite(torch.autograd.Function):
         return grad_table.to(ctx.dtype), None, None, None, None
 
 
-def composite(table: Tensor, means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor,
+def composite(table: Tensor, means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor, key: Tensor,
               mesh_depth: Tensor | None, settings) -> tuple[Tensor, Tensor, Tensor]:
-    """Bin the drawn Gaussians into tiles and composite them (see :class:`TritonComposite`)."""
+    """Bin the drawn Gaussians (``key`` [N] finite) of ``order`` (depth order; it may go on past
+    the drawn ones) into tiles and composite them (see :class:`TritonComposite`)."""
     with torch.no_grad():
-        gaussians, ranges = bin_tiles(means2d.detach(), extent_x, extent_y, order, settings.H, settings.W)
+        gaussians, ranges = bin_tiles_fused(means2d.detach(), extent_x, extent_y, order, key, settings.H, settings.W)
     return TritonComposite.apply(table, gaussians, ranges, mesh_depth, settings)
 
 
 def compile_for(capability: int = 90, n_colors: int = 3, flags: bool = True) -> dict[str, bytes]:
-    """Compile both kernels for a CUDA GPU of ``capability`` (90 = H100/H200) without one, for
-    ``n_colors`` channels and the three stops on (``flags``) or off: returns each kernel's
-    cubin. Raises if they do not compile."""
+    """Compile the compositing kernels for a CUDA GPU of ``capability`` (90 = H100/H200) without
+    one, for ``n_colors`` channels and the three stops on (``flags``) or off, and the fused
+    projection's, SH colours' (degree 3) and binning's kernels: returns each kernel's cubin.
+    Raises if they do not compile."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -309,5 +390,40 @@ def compile_for(capability: int = 90, n_colors: int = 3, flags: bool = True) -> 
         "table_ptr": "*fp32", "list_ptr": "*i32", "ranges_ptr": "*i32", "grad_image_ptr": "*fp32",
         "final_log_t_ptr": "*fp32", "last_ptr": "*i32", "grad_table_ptr": "*fp32", **common,
         **{name: "constexpr" for name in constants}}, constexprs=constants)
+    from mega.render import projection_triton
+
+    pointers = ("means_ptr", "quats_ptr", "scales_ptr")
+    size = {"N": "i32", "W": "fp32", "H": "fp32", "near": "fp32", "BLOCK_SIZE": "constexpr"}
+    project_forward = ASTSource(fn=projection_triton._project_forward, signature={
+        **{name: "*fp32" for name in (*pointers, "opacities_ptr", "w2c_ptr", "k_ptr", "means2d_ptr", "rest_ptr",
+                                      "extent_ptr", "key_ptr")}, "radii_ptr": "*i64", **size},
+        constexprs={"BLOCK_SIZE": projection_triton.BLOCK})
+    project_backward = ASTSource(fn=projection_triton._project_backward, signature={
+        **{name: "*fp32" for name in (*pointers, "w2c_ptr", "k_ptr", "grad_means2d_ptr", "grad_rest_ptr",
+                                      "grad_means_ptr", "grad_quats_ptr", "grad_scales_ptr",
+                                      "grad_opacities_ptr")}, **size},
+        constexprs={"BLOCK_SIZE": projection_triton.BLOCK})
+    from mega.render import sh_triton
+
+    sh = {"N": "i32", "K": "i32", "NK": "constexpr", "BLOCK_SIZE": "constexpr"}
+    sh_constants = {"NK": 16, "BLOCK_SIZE": sh_triton.BLOCK}
+    sh_forward = ASTSource(fn=sh_triton._sh_forward, signature={
+        **{name: "*fp32" for name in ("means_ptr", "center_ptr", "sh_ptr", "colors_ptr")}, **sh},
+        constexprs=sh_constants)
+    sh_backward = ASTSource(fn=sh_triton._sh_backward, signature={
+        **{name: "*fp32" for name in ("means_ptr", "center_ptr", "sh_ptr", "grad_colors_ptr", "grad_means_ptr",
+                                      "grad_sh_ptr")}, **sh}, constexprs=sh_constants)
+    binning = {"order_ptr": "*i64", "key_ptr": "*fp32", "means2d_ptr": "*fp32", "extent_x_ptr": "*fp32",
+               "extent_y_ptr": "*fp32"}
+    bin_constants = {"TILE_SIZE": TILE, "BLOCK_SIZE": BIN_BLOCK}
+    count_pairs = ASTSource(fn=_count_pairs, signature={
+        **binning, "counts_ptr": "*i64", "M": "i32", "H": "i32", "W": "i32", "TILE_SIZE": "constexpr",
+        "BLOCK_SIZE": "constexpr"}, constexprs=bin_constants)
+    emit_pairs = ASTSource(fn=_emit_pairs, signature={
+        **binning, "ends_ptr": "*i64", "tiles_ptr": "*i32", "gaussians_ptr": "*i32", "M": "i32", "H": "i32",
+        "W": "i32", "tiles_x": "i32", "TILE_SIZE": "constexpr", "BLOCK_SIZE": "constexpr"}, constexprs=bin_constants)
     return {name: triton.compile(source, target=target).asm["cubin"]
-            for name, source in (("forward", forward), ("backward", backward))}
+            for name, source in (("forward", forward), ("backward", backward), ("project_forward", project_forward),
+                                 ("project_backward", project_backward), ("sh_forward", sh_forward),
+                                 ("sh_backward", sh_backward), ("count_pairs", count_pairs),
+                                 ("emit_pairs", emit_pairs))}
