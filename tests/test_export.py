@@ -288,3 +288,25 @@ def test_export_face_command(toy_head, face, frames, tmp_path):
         vertices = face.geometry(frames(torch.tensor([0])))[0][0].numpy()
     np.testing.assert_allclose(mesh.vertices[mesh.faces], vertices[face.mesh.faces.numpy()], atol=1e-6)
     assert main(["export-face", str(tmp_path / "missing"), "--head-model", str(head_dir), "--out", str(out_dir)]) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_checkpoint_is_named_not_a_traceback(toy_head, face, frames, tmp_path, capsys, damage):
+    """The one checkpoint reader turns a cut-short or corrupt file into an error that names it,
+    for every command (here export-face on face.pt, render on joint.pt)."""
+    head_dir, run_dir = tmp_path / "head_model", tmp_path / "run"
+    write_head_model(head_dir, toy_head)
+    save_checkpoint(run_dir / "face.pt", {"model": face.state_dict(), "frames": frames.state_dict(),
+                                          "config": SMALL_FACE.to_dict(), "variant": "mega", "iterations": 0})
+    whole = (run_dir / "face.pt").read_bytes()
+    damaged = {"truncated": whole[: len(whole) // 2], "garbage": b"not a checkpoint" * 100, "empty": b""}[damage]
+    (run_dir / "face.pt").write_bytes(damaged)
+    (run_dir / "joint.pt").write_bytes(damaged)
+    (run_dir / "hair.pt").write_bytes(whole)
+    assert main(["export-face", str(run_dir), "--head-model", str(head_dir), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"{run_dir / 'face.pt'}: not a readable checkpoint" in error and "Traceback" not in error
+    assert main(["render", str(run_dir), str(tmp_path / "union"), "--head-model", str(head_dir), "--rigid",
+                 str(tmp_path / "rigid.npz"), "--out", str(tmp_path / "renders"), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert f"{run_dir / 'joint.pt'}: not a readable checkpoint" in error and "truncated or corrupt" in error

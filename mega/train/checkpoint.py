@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from mega.atomic import atomic_path
+from mega.errors import DataError
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -17,7 +20,21 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+    """The contents of a checkpoint that :func:`save_checkpoint` wrote. A missing, truncated or
+    corrupt file (a copy cut short, a disk filled up) is a :class:`DataError` that names it,
+    for every command that reads one, rather than the unpickler's traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                        "it is truncated or corrupt: train that stage again (delete the file) or restore "
+                        "it") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: expected a checkpoint dictionary, found {type(state).__name__}")
+    return state
 
 
 class CsvLog:
