@@ -361,6 +361,18 @@ def _video(args) -> None:
     log.info("wrote %s", write_mp4(all_images(), args.out, args.fps, (width, height)))
 
 
+def _view(args) -> None:
+    from mega.flame.head_model import load_head_model_folder
+    from mega.view.scene import AvatarScene
+    from mega.view.server import check_port_free, serve
+
+    check_port_free(args.host, args.port)  # before minutes of loading, not after
+    device = _device_of(args)
+    scene = AvatarScene.from_run(args.run_dir, load_head_model_folder(args.head_model), args.union, args.rigid, device,
+                                 split=args.split)
+    serve(scene, args.host, args.port, args.save_dir or Path(args.run_dir) / "view", args.fps)
+
+
 def _swap_hair(args) -> None:
     import torch
 
@@ -704,6 +716,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=30)
     _runtime_arguments(p)
     p.set_defaults(func=_video)
+
+    p = sub.add_parser("view", help="an interactive viewer of a trained avatar in the browser: orbit, presets of the "
+                                    "subject's cameras, expression, jaw, neck and eye sliders, play a sequence, the "
+                                    "face, hair, occlusion, depth and normal layers, the blending live, save PNG")
+    _trained_avatar_arguments(p)
+    p.add_argument("--split", default="train", help="the split whose cameras and tracked frames the viewer offers")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of 'play'")
+    p.add_argument("--save-dir", help="where 'save PNG' writes (default RUN_DIR/view)")
+    _runtime_arguments(p)
+    p.set_defaults(func=_view)
 
     p = sub.add_parser("swap-hair", help="hairstyle swap: subject A's trained face wearing subject B's trained "
                                          "hair, aligned by their scalps and driven by A's expressions; renders "

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-debian_packages=(libusb-1.0-0)  # open3d loads libusb-1.0.so.0 at import
+# open3d loads libusb-1.0.so.0 at import; chromium: the viewer's browser test (headless, no download at run time)
+debian_packages=(libusb-1.0-0 chromium)
 missing=()
 if command -v dpkg-query >/dev/null; then
   for p in "${debian_packages[@]}"; do

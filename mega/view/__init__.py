@@ -1,0 +1,1 @@
+"""The interactive viewer of trained avatars (`mega view`)."""

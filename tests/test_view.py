@@ -1,0 +1,224 @@
+"""The interactive viewer: its renders of a trained avatar (every layer, the sliders, the
+blending settings) and the `mega view` server (the page served, a port in use refused)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from mega.cli import main
+from mega.errors import DataError
+from mega.train.face import train_face
+from mega.train.hair import train_hair
+from mega.train.joint import train_joint
+from mega.view.scene import LAYERS, AvatarScene, ViewSettings, look_at_camera
+from browser import Browser, chromium_path, free_port
+from test_hair import TINY_FACE, TINY_HAIR, tiny_subject
+
+
+@pytest.fixture(scope="module")
+def trained_avatar(tmp_path_factory):
+    """(UNION folder, head model folder, run folder, hair_rigid.npz) of a 28 × 40 subject trained
+    two steps a stage."""
+    root = tmp_path_factory.mktemp("view")
+    union, head = tiny_subject(root)
+    run, rigid = root / "run", root / "hair_rigid.npz"
+    train_face(union, head, run, TINY_FACE, progress=False)
+    assert main(["hair-rigid", str(union), "--head-model", str(root / "head_model"), "--out", str(rigid)]) == 0
+    train_hair(union, run / "face.pt", rigid, run, head, TINY_HAIR, progress=False)
+    train_joint(union, run / "face.pt", run / "hair.pt", rigid, run, head, TINY_HAIR, progress=False)
+    return union, root / "head_model", run, rigid
+
+
+@pytest.fixture(scope="module")
+def scene(trained_avatar):
+    from mega.flame.head_model import load_head_model_folder
+
+    union, head_dir, run, rigid = trained_avatar
+    return AvatarScene.from_run(run, load_head_model_folder(head_dir), union, rigid, torch.device("cpu"))
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels that differ between two images."""
+    return float((np.abs(a.astype(int) - b.astype(int)).max(-1) > 2).mean())
+
+
+def test_every_layer_renders_the_head_from_every_preset(scene):
+    assert scene.camera_indices == list(range(16)) and scene.timesteps  # the val split's frontal camera too
+    settings = ViewSettings(timestep_index=scene.timesteps[0])
+    for camera in scene.cameras[::5]:
+        image, ms = scene.render(camera, settings)
+        assert image.shape == (camera.height, camera.width, 3) and image.dtype == np.uint8 and ms > 0
+        assert (image < 250).any(-1).mean() > 0.1  # the head covers part of the frame
+        assert (image > 250).all(-1).mean() > 0.1  # on the white background
+    frontal = scene.cameras[8]
+    layers = {layer: scene.render(frontal, settings.replace(layer=layer))[0] for layer in LAYERS}
+    for layer, image in layers.items():
+        assert image.shape == (frontal.height, frontal.width, 3), layer
+    assert differs(layers["face"], layers["hair"]) > 0.05
+    assert differs(layers["depth"], layers["normals"]) > 0.05
+    with pytest.raises(ValueError, match="layer must be one of"):
+        scene.render(frontal, settings.replace(layer="wireframe"))
+    with pytest.raises(DataError, match="not a tracked frame"):
+        scene.render(frontal, settings.replace(timestep_index=10_000))
+
+
+def test_the_sliders_and_blending_settings_change_the_view(scene):
+    frontal = scene.cameras[8]
+    base_settings = ViewSettings(timestep_index=scene.timesteps[0])
+    base, _ = scene.render(frontal, base_settings)
+    again, _ = scene.render(frontal, base_settings)
+    assert differs(base, again) == 0.0  # deterministic: a change below is the slider's
+    for change in ({"jaw_open_rad": 0.5}, {"neck_yaw_rad": 0.6}, {"expression": (3.0,) + (0.0,) * 9}):
+        moved, _ = scene.render(frontal, base_settings.replace(**change))
+        assert differs(base, moved) > 0.002, change
+    # The hard mask differs from the blurred one somewhere along the hair's edge.
+    hard, _ = scene.render(frontal, base_settings.replace(soft_blending=False))
+    assert differs(base, hard) > 0.0
+    with pytest.raises(DataError):
+        scene.flame(base_settings.replace(timestep_index=-1))
+
+
+def test_a_free_camera_at_a_preset_pose_sees_what_the_preset_sees(scene):
+    preset = scene.cameras[8]
+    c2w = preset.camera_to_world.numpy()
+    free = look_at_camera(c2w[:3, 3], c2w[:3, :3], float(preset.fov_y_rad), preset.width, preset.height)
+    torch.testing.assert_close(free.world_to_camera, preset.world_to_camera, atol=1e-5, rtol=1e-5)
+    settings = ViewSettings(timestep_index=scene.timesteps[0])
+    # Same pose and focal length; only the principal point (centred here) may shift the image.
+    assert abs(float(free.intrinsics[1, 1] - preset.intrinsics[1, 1])) < 1e-3 * float(preset.intrinsics[1, 1])
+    image, _ = scene.render(free, settings)
+    assert (image < 250).any(-1).mean() > 0.1
+
+
+def test_the_view_command_serves_the_page_and_refuses_a_port_in_use(trained_avatar, tmp_path):
+    union, head_dir, run, rigid = trained_avatar
+    port = free_port()
+    command = [sys.executable, "-m", "mega", "view", str(run), str(union), "--head-model", str(head_dir), "--rigid",
+               str(rigid), "--port", str(port), "--device", "cpu", "--save-dir", str(tmp_path / "saved")]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        page, deadline = None, time.monotonic() + 120
+        while page is None and time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200
+                    page = response.read().decode(errors="replace")
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None and "<html" in page.lower()
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2
+        assert f"port {port} on 127.0.0.1 is in use" in refused.stderr and "Traceback" not in refused.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def view_region(shot: np.ndarray) -> np.ndarray:
+    """The part of a screenshot where the avatar shows: left of the control panel, below the
+    software-WebGL notice."""
+    height, width = shot.shape[:2]
+    return shot[int(0.3 * height):, int(0.32 * width):int(0.62 * width)]
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value is not None:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s")
+
+
+def test_the_page_shows_the_avatar_and_a_slider_turns_it(trained_avatar, tmp_path):
+    """A real browser (headless Chromium) on the page `mega view` serves: the avatar shows, and
+    moving the neck slider (from the keyboard, as a user can) changes the image."""
+    if chromium_path() is None:
+        reason = "chromium is not installed (scripts/setup.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"the viewer's browser test must run on CI, but {reason}")
+        pytest.skip(reason)
+    union, head_dir, run, rigid = trained_avatar
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mega", "view", str(run), str(union), "--head-model",
+                               str(head_dir), "--rigid", str(rigid), "--port", str(port), "--device", "cpu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        with Browser() as browser:
+            def page_up():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
+                        return True
+                except OSError:
+                    assert server.poll() is None, server.stdout.read()
+                    return None
+
+            wait_for(page_up, 120, "the viewer's page did not come up")
+            browser.open(f"http://127.0.0.1:{port}/")
+
+            shots = []
+
+            def avatar_settled():
+                """The view once it shows the avatar and has stopped changing (the first frames
+                come at half resolution while the page sets up its camera)."""
+                shots.append(view_region(browser.screenshot()))
+                head = (shots[-1].astype(int).sum(-1) < 600).mean()  # clearly darker than the white background
+                if head > 0.03 and len(shots) >= 3 and all(np.array_equal(shots[-1], s) for s in shots[-3:-1]):
+                    return shots[-1]
+                return None
+
+            before = wait_for(avatar_settled, 90, "the avatar did not show, settled, in the page")
+            sliders = browser.evaluate("document.querySelectorAll('[role=slider]').length")
+            assert sliders == 16  # tracked frame, 10 expressions, jaw, neck yaw and pitch, eyes yaw and pitch
+            # Drag the neck-yaw slider's thumb (the 13th slider) two thirds of the way to its right end.
+            thumb = browser.box("document.querySelectorAll('[role=slider]')[12]")
+            track = browser.box("document.querySelectorAll('[role=slider]')[12].parentElement")
+            y = thumb[1] + thumb[3] / 2
+            browser.drag((thumb[0] + thumb[2] / 2, y), (track[0] + track[2] * 0.85, y))
+            value = browser.evaluate("document.querySelectorAll('[role=slider]')[12].getAttribute('aria-valuenow')")
+            assert value is not None and float(value) > 0.3, value
+
+            def turned():
+                region = view_region(browser.screenshot())
+                changed = (np.abs(region.astype(int) - before.astype(int)).max(-1) > 30).mean()
+                return changed if changed > 0.01 else None
+
+            wait_for(turned, 60, "turning the neck slider did not change the image")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_the_hair_turns_with_the_head_when_the_neck_slider_turns_it(scene):
+    """The neck offset turns the hair's rigid transform about the posed neck joint exactly as
+    FLAME turns the vertices bound to the neck joint (up to its small pose correctives)."""
+    settings = ViewSettings(timestep_index=scene.timesteps[0])
+    turned = settings.replace(neck_yaw_rad=0.5, neck_pitch_rad=-0.2)
+    flame_model = scene.avatar.face.mesh.flame
+    keys = ("shape", "expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+    with torch.no_grad():
+        before = flame_model(**{k: scene.flame(settings)[k] for k in keys})[0]
+        after = flame_model(**{k: scene.flame(turned)[k] for k in keys})[0]
+        rotation, translation = scene.rigid(torch.tensor([settings.timestep_index]))
+        new_rotation, new_translation = scene.head_motion(turned, rotation, translation)
+    head = flame_model.lbs_weights[:, 1] > 0.99  # the vertices the neck joint alone moves
+    assert int(head.sum()) > 100
+    # The hair transform's change, applied to the head's vertices before, gives them after.
+    change = new_rotation[0] @ rotation[0].T
+    offset = new_translation[0] - translation[0] @ change.T
+    moved = before[head] @ change.T + offset
+    assert float((after[head] - before[head]).norm(dim=-1).max()) > 0.02  # the head did turn
+    error = (moved - after[head]).norm(dim=-1)
+    assert float(error.median()) < 1e-6 and float(error.max()) < 0.01  # the correctives: a few mm at most
+    assert scene.head_motion(settings, rotation, translation)[0] is rotation  # no offset, no change
