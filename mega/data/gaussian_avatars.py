@@ -229,6 +229,12 @@ class SubjectDataset(Dataset):
         w, h = self.frames.size_wh[i]
         return Camera.from_opengl(fl_x, fl_y, cx, cy, self.frames.c2w_opengl[i], int(w), int(h))
 
+    def flame(self, i: int) -> dict[str, torch.Tensor]:
+        """The tracked FLAME parameters of sample ``i`` (its timestep's file), without reading
+        its image."""
+        return {k: torch.tensor(v) for k, v in _cached_flame_params(str(self.frames.resolve(self.frames.flame_paths[i]))
+                                                                    ).items()}
+
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
@@ -239,7 +245,7 @@ class SubjectDataset(Dataset):
         sample = {
             "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
             "fg_mask": torch.from_numpy(mask)[None].float().div_(255.0),
-            "flame": {k: torch.tensor(v) for k, v in _cached_flame_params(str(f.resolve(f.flame_paths[i]))).items()},
+            "flame": self.flame(i),
             "camera": self.camera(i),
             "timestep_index": int(f.timestep[i]),
             "camera_index": int(f.camera_index[i]),

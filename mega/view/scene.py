@@ -20,7 +20,7 @@ from matplotlib import colormaps
 from mega.avatar import Avatar, RigidTable
 from mega.blend import blend_renders
 from mega.data.camera import Camera
-from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
+from mega.data.gaussian_avatars import SubjectDataset
 from mega.errors import DataError
 from mega.eval.face import driving_parameters
 from mega.face.frames import FrameParameters
@@ -89,7 +89,8 @@ class AvatarScene:
         for i in range(len(dataset)):
             timestep = int(dataset.frames.timestep[i])
             if timestep not in tracked:  # the refined shape with the tracked expression and pose, as evaluation
-                batch = to_device(collate_samples([dataset[i]]), device)
+                batch = {"flame": {k: v[None].to(device) for k, v in dataset.flame(i).items()},
+                         "timestep_index": torch.tensor([timestep], device=device)}
                 tracked[timestep] = {k: v[0] for k, v in driving_parameters(frames, batch, refined=False).items()}
         cameras: dict[int, Camera] = {}
         for name in ("train", "val", "test"):
