@@ -373,6 +373,12 @@ def _view(args) -> None:
     serve(scene, args.host, args.port, args.save_dir or Path(args.run_dir) / "view", args.fps)
 
 
+def _view_export(args) -> None:
+    from mega.view.exports import serve_exports
+
+    serve_exports(args.export_dir, args.host, args.port)
+
+
 def _swap_hair(args) -> None:
     import torch
 
@@ -728,6 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", help="where 'save PNG' writes (default RUN_DIR/view)")
     _runtime_arguments(p)
     p.set_defaults(func=_view)
+
+    p = sub.add_parser("view-export", help="a quick look at a run's exports (`mega export`) in the browser with no "
+                                           "model on the server: the face OBJ as a mesh, the hair PLYs as splats")
+    p.add_argument("export_dir", help="a folder written by `mega export` (face.obj, hair_*.ply)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_view_export)
 
     p = sub.add_parser("swap-hair", help="hairstyle swap: subject A's trained face wearing subject B's trained "
                                          "hair, aligned by their scalps and driven by A's expressions; renders "

@@ -117,6 +117,10 @@ class Browser:
             self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="left", buttons=1)
         self.call("Input.dispatchMouseEvent", type="mouseReleased", x=end[0], y=end[1], button="left", clickCount=1)
 
+    def click(self, point: tuple[float, float]) -> None:
+        """A left click at ``point`` (CSS pixels)."""
+        self.drag(point, point, steps=1)
+
     def box(self, selector_expression: str) -> tuple[float, float, float, float]:
         """(left, top, width, height) in CSS pixels of the element a JavaScript expression
         selects, scrolled into view first."""

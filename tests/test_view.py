@@ -141,60 +141,112 @@ def wait_for(condition, timeout_s: float, what: str):
     raise AssertionError(f"{what} within {timeout_s:.0f} s")
 
 
-def test_the_page_shows_the_avatar_and_a_slider_turns_it(trained_avatar, tmp_path):
-    """A real browser (headless Chromium) on the page `mega view` serves: the avatar shows, and
-    moving the neck slider (from the keyboard, as a user can) changes the image."""
+def need_chromium() -> None:
     if chromium_path() is None:
         reason = "chromium is not installed (scripts/setup.sh installs it)"
         if os.environ.get("CI"):
-            pytest.fail(f"the viewer's browser test must run on CI, but {reason}")
+            pytest.fail(f"the viewer's browser tests must run on CI, but {reason}")
         pytest.skip(reason)
+
+
+def wait_for_page(server: subprocess.Popen, port: int) -> None:
+    def page_up():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
+                return True
+        except OSError:
+            assert server.poll() is None, server.stdout.read()
+            return None
+
+    wait_for(page_up, 120, "the page did not come up")
+
+
+def settled_view(browser: Browser, timeout_s: float = 90) -> np.ndarray:
+    """The view region once it shows something darker than the white background and has
+    stopped changing (the first frames come at half resolution, or while the page loads)."""
+    shots = []
+
+    def settled():
+        shots.append(view_region(browser.screenshot()))
+        shown = (shots[-1].astype(int).sum(-1) < 600).mean()
+        if shown > 0.03 and len(shots) >= 3 and all(np.array_equal(shots[-1], s) for s in shots[-3:-1]):
+            return shots[-1]
+        return None
+
+    return wait_for(settled, timeout_s, "the view did not show, settled, in the page")
+
+
+def changed_view(browser: Browser, before: np.ndarray, what: str, timeout_s: float = 60) -> float:
+    def changed():
+        region = view_region(browser.screenshot())
+        share = (np.abs(region.astype(int) - before.astype(int)).max(-1) > 30).mean()
+        return share if share > 0.01 else None
+
+    return wait_for(changed, timeout_s, what)
+
+
+def test_the_export_viewer_shows_the_files_and_toggles_them(trained_avatar, tmp_path):
+    """`mega view-export` on `mega export`'s folder: the page draws the face mesh and the hair
+    splats itself (no model on the server); unticking the face hides it."""
+    from mega.view.exports import export_files, splats_of
+
+    need_chromium()
+    union, head_dir, run, rigid = trained_avatar
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--head-model", str(head_dir), "--out", str(out)]) == 0
+    meshes, plys = export_files(out)
+    assert [p.name for p in meshes] == ["face.obj"] and [p.name for p in plys] == ["hair_canonical.ply"]
+    splats = splats_of(plys[0])
+    from mega.hair.ply import read_gaussian_ply
+
+    scales = torch.exp(read_gaussian_ply(plys[0])["log_scales"])
+    eigenvalues = np.linalg.eigvalsh(splats["covariances"])
+    np.testing.assert_allclose(eigenvalues, np.sort(scales.numpy() ** 2, axis=1), rtol=1e-3, atol=1e-12)
+    assert splats["opacities"].shape == (len(scales), 1) and 0 <= splats["rgbs"].min() <= splats["rgbs"].max() <= 1
+    with pytest.raises(DataError, match="no .obj or .ply"):
+        export_files(tmp_path)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mega", "view-export", str(out), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_page(server, port)
+        with Browser() as browser:
+            browser.open(f"http://127.0.0.1:{port}/")
+            before = settled_view(browser)
+            # The page's visible checkboxes are the files' toggles, face.obj first (viser's own are hidden).
+            checkbox = browser.box("Array.from(document.querySelectorAll('input[type=checkbox]'))"
+                                   ".filter(e => e.getBoundingClientRect().width > 0)[0]")
+            browser.click((checkbox[0] + checkbox[2] / 2, checkbox[1] + checkbox[3] / 2))
+            changed_view(browser, before, "unticking face.obj did not change the view")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_the_page_shows_the_avatar_and_a_slider_turns_it(trained_avatar, tmp_path):
+    """A real browser (headless Chromium) on the page `mega view` serves: the avatar shows, and
+    dragging the neck slider with the mouse changes the image."""
+    need_chromium()
     union, head_dir, run, rigid = trained_avatar
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mega", "view", str(run), str(union), "--head-model",
                                str(head_dir), "--rigid", str(rigid), "--port", str(port), "--device", "cpu"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
+        wait_for_page(server, port)
         with Browser() as browser:
-            def page_up():
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
-                        return True
-                except OSError:
-                    assert server.poll() is None, server.stdout.read()
-                    return None
-
-            wait_for(page_up, 120, "the viewer's page did not come up")
             browser.open(f"http://127.0.0.1:{port}/")
-
-            shots = []
-
-            def avatar_settled():
-                """The view once it shows the avatar and has stopped changing (the first frames
-                come at half resolution while the page sets up its camera)."""
-                shots.append(view_region(browser.screenshot()))
-                head = (shots[-1].astype(int).sum(-1) < 600).mean()  # clearly darker than the white background
-                if head > 0.03 and len(shots) >= 3 and all(np.array_equal(shots[-1], s) for s in shots[-3:-1]):
-                    return shots[-1]
-                return None
-
-            before = wait_for(avatar_settled, 90, "the avatar did not show, settled, in the page")
+            before = settled_view(browser)
             sliders = browser.evaluate("document.querySelectorAll('[role=slider]').length")
             assert sliders == 16  # tracked frame, 10 expressions, jaw, neck yaw and pitch, eyes yaw and pitch
-            # Drag the neck-yaw slider's thumb (the 13th slider) two thirds of the way to its right end.
+            # Drag the neck-yaw slider's thumb (the 13th slider) most of the way to its right end.
             thumb = browser.box("document.querySelectorAll('[role=slider]')[12]")
             track = browser.box("document.querySelectorAll('[role=slider]')[12].parentElement")
             y = thumb[1] + thumb[3] / 2
             browser.drag((thumb[0] + thumb[2] / 2, y), (track[0] + track[2] * 0.85, y))
             value = browser.evaluate("document.querySelectorAll('[role=slider]')[12].getAttribute('aria-valuenow')")
             assert value is not None and float(value) > 0.3, value
-
-            def turned():
-                region = view_region(browser.screenshot())
-                changed = (np.abs(region.astype(int) - before.astype(int)).max(-1) > 30).mean()
-                return changed if changed > 0.01 else None
-
-            wait_for(turned, 60, "turning the neck slider did not change the image")
+            changed_view(browser, before, "turning the neck slider did not change the image")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

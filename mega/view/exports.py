@@ -1,0 +1,92 @@
+"""``mega view-export``: a quick look at a run's exports (``mega export``) in the browser, with no
+model on the server: the textured face OBJ as a mesh and the hair PLYs as Gaussian splats, both
+drawn by the page itself (viser's three.js scene), one toggle per file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+from mega.errors import DataError
+from mega.hair.ply import read_gaussian_ply
+from mega.render.gaussians import quaternion_to_matrix
+from mega.render.sh import SH_C0
+
+
+def splats_of(path: str | Path) -> dict[str, np.ndarray]:
+    """A 3DGS PLY as viser's splat arrays: centers [N, 3], covariances [N, 3, 3] (R·S²·Rᵀ),
+    rgbs [N, 3] (the degree-0 colour, as 3DGS renders it without view dependence), opacities
+    [N, 1]."""
+    gaussians = read_gaussian_ply(path)
+    rotation = quaternion_to_matrix(gaussians["quats"])
+    scales = torch.exp(gaussians["log_scales"])
+    covariances = rotation @ torch.diag_embed(scales**2) @ rotation.transpose(1, 2)
+    return {"centers": gaussians["means"].numpy(), "covariances": covariances.numpy(),
+            "rgbs": (SH_C0 * gaussians["sh"][:, 0] + 0.5).clamp(0, 1).numpy(),
+            "opacities": torch.sigmoid(gaussians["opacity_logits"])[:, None].numpy()}
+
+
+def export_files(export_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(the face OBJs, the hair PLYs) of an export folder; an error naming the folder when it
+    holds neither."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise DataError(f"{export_dir}: not a folder; write one with `mega export RUN_DIR --out {export_dir}`")
+    meshes, plys = sorted(export_dir.glob("*.obj")), sorted(export_dir.glob("*.ply"))
+    if not meshes and not plys:
+        raise DataError(f"{export_dir}: no .obj or .ply files; write them with `mega export RUN_DIR --out "
+                        f"{export_dir}`")
+    return meshes, plys
+
+
+class ExportViewer:
+    """A viser server showing the files of one export folder; ``stop()`` ends it."""
+
+    def __init__(self, export_dir: str | Path, host: str = "127.0.0.1", port: int = 8080):
+        import viser
+
+        from mega.view.server import check_port_free
+
+        meshes, plys = export_files(export_dir)
+        check_port_free(host, port)
+        self.server = viser.ViserServer(host=host, port=port, label="mega exports", verbose=False)
+        self.port = self.server.get_port()
+        scene = self.server.scene
+        scene.set_up_direction("+y")  # FLAME's canonical frame: y up, the face towards +z
+        self.nodes = {}
+        centres = []
+        for path in meshes:
+            mesh = trimesh.load(path, process=False, force="mesh")
+            self.nodes[path.name] = scene.add_mesh_trimesh(f"/{path.stem}", mesh)
+            centres.append(np.asarray(mesh.vertices).mean(0))
+        for path in plys:
+            splats = splats_of(path)
+            self.nodes[path.name] = scene.add_gaussian_splats(f"/{path.stem}", **splats)
+            centres.append(splats["centers"].mean(0))
+        centre = np.mean(centres, 0)
+        self.server.initial_camera.look_at = tuple(centre)
+        self.server.initial_camera.position = tuple(centre + np.array([0.0, 0.05, 0.6]))
+        self.server.initial_camera.up = (0.0, 1.0, 0.0)
+        for name, node in self.nodes.items():
+            toggle = self.server.gui.add_checkbox(name, True)
+            toggle.on_update(lambda event, node=node: setattr(node, "visible", bool(event.target.value)))
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def serve_exports(export_dir: str | Path, host: str, port: int) -> None:
+    viewer = ExportViewer(export_dir, host, port)
+    print(f"mega view-export: open http://{host}:{viewer.port} in a browser (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.stop()
