@@ -362,14 +362,21 @@ def _video(args) -> None:
 
 
 def _view(args) -> None:
+    from mega.errors import ConfigError
     from mega.flame.head_model import load_head_model_folder
     from mega.view.scene import AvatarScene
     from mega.view.server import check_port_free, serve
 
     check_port_free(args.host, args.port)  # before minutes of loading, not after
+    if (args.hair_run is None) != (args.hair_union is None):
+        raise ConfigError("--hair-run and --hair-union go together: the other avatar's run folder and UNION folder")
     device = _device_of(args)
-    scene = AvatarScene.from_run(args.run_dir, load_head_model_folder(args.head_model), args.union, args.rigid, device,
-                                 split=args.split)
+    head = load_head_model_folder(args.head_model)
+    if args.hair_run is None:
+        scene = AvatarScene.from_run(args.run_dir, head, args.union, args.rigid, device, split=args.split)
+    else:
+        scene = AvatarScene.from_swap(args.run_dir, args.union, args.rigid, args.hair_run, args.hair_union, head,
+                                      device, split=args.split)
     serve(scene, args.host, args.port, args.save_dir or Path(args.run_dir) / "view", args.fps)
 
 
@@ -732,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of 'play'")
     p.add_argument("--save-dir", help="where 'save PNG' writes (default RUN_DIR/view)")
+    p.add_argument("--hair-run", help="wear the hair of this other trained avatar (its run folder), aligned by the "
+                                      "scalps as `mega swap-hair` aligns it")
+    p.add_argument("--hair-union", help="that avatar's UNION folder (its canonical scalp)")
     _runtime_arguments(p)
     p.set_defaults(func=_view)
 

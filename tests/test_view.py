@@ -274,3 +274,31 @@ def test_the_hair_turns_with_the_head_when_the_neck_slider_turns_it(scene):
     error = (moved - after[head]).norm(dim=-1)
     assert float(error.median()) < 1e-6 and float(error.max()) < 0.01  # the correctives: a few mm at most
     assert scene.head_motion(settings, rotation, translation)[0] is rotation  # no offset, no change
+
+
+def test_the_viewer_wears_another_avatars_hair(trained_avatar, tmp_path):
+    """--hair-run/--hair-union: A's face with B's trained hair, aligned as `mega swap-hair`
+    aligns it, evaluated with the 1st near-z as swaps are; B's hair here is A's own hair moved
+    to one side, so the view must change where the hair is."""
+    from mega.flame.head_model import load_head_model_folder
+    from mega.train.checkpoint import load_checkpoint, save_checkpoint
+
+    union, head_dir, run, rigid = trained_avatar
+    head = load_head_model_folder(head_dir)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "joint.pt").write_bytes((run / "joint.pt").read_bytes())
+    hair = load_checkpoint(run / "hair.pt")
+    hair["hair"]["params.means"] = hair["hair"]["params.means"] + torch.tensor([0.03, 0.0, 0.0])
+    save_checkpoint(other / "hair.pt", hair)
+    own = AvatarScene.from_run(run, head, union, rigid, torch.device("cpu"))
+    swapped = AvatarScene.from_swap(run, union, rigid, other, union, head, torch.device("cpu"))
+    assert own.default_near_z == 1 and swapped.default_near_z == 0
+    frontal = own.cameras[own.camera_indices.index(8)]
+    settings = ViewSettings(timestep_index=own.timesteps[0], layer="hair")
+    assert differs(own.render(frontal, settings)[0], swapped.render(frontal, settings)[0]) > 0.01
+    # The face is A's in both.
+    face = settings.replace(layer="face")
+    assert differs(own.render(frontal, face)[0], swapped.render(frontal, face)[0]) == 0.0
+    assert main(["view", str(run), str(union), "--head-model", str(head_dir), "--rigid", str(rigid),
+                 "--hair-run", str(other)]) == 2  # --hair-union missing

@@ -58,10 +58,12 @@ class ViewSettings:
 
 
 class AvatarScene:
-    """A trained avatar with its per-frame FLAME parameters, rigid hair table and the subject's
-    cameras (the presets), ready to render single views."""
+    """A trained avatar with its per-frame FLAME parameters, rigid hair table (anything that maps
+    timesteps [B] to rotations [B, 3, 3] and translations [B, 3]: a swap's too) and the subject's
+    cameras (the presets), ready to render single views. ``default_near_z`` is the near-z the
+    avatar is evaluated with (the 2nd; the 1st for a swapped hairstyle, as `mega swap-hair`)."""
 
-    def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, cameras: list[Camera],
+    def __init__(self, avatar: Avatar, frames: FrameParameters, rigid, cameras: list[Camera],
                  tracked: dict[int, dict[str, torch.Tensor]], device: torch.device,
                  camera_indices: list[int] | None = None):
         if not tracked:
@@ -72,6 +74,7 @@ class AvatarScene:
         self.camera_indices = list(range(len(cameras))) if camera_indices is None else camera_indices
         self.tracked, self.device = tracked, device
         self.timesteps = sorted(tracked)
+        self.default_near_z = int(avatar.evaluation_near_z)
         self._offsets_key: tuple | None = None
         self._offsets: dict | None = None
 
@@ -82,25 +85,20 @@ class AvatarScene:
         ``split`` and every camera of the subject (each split's, by camera index)."""
         avatar, frames, _ = load_avatar(run_dir, head, device)
         rigid = RigidTable.from_file(rigid_path).to(device)
-        dataset = SubjectDataset(union_dir, split, parsing="off", depth="off")
-        if len(dataset) == 0:
-            raise DataError(f"{union_dir}: the {split} split is empty; the viewer takes its tracked frames from it")
-        tracked: dict[int, dict[str, torch.Tensor]] = {}
-        for i in range(len(dataset)):
-            timestep = int(dataset.frames.timestep[i])
-            if timestep not in tracked:  # the refined shape with the tracked expression and pose, as evaluation
-                batch = {"flame": {k: v[None].to(device) for k, v in dataset.flame(i).items()},
-                         "timestep_index": torch.tensor([timestep], device=device)}
-                tracked[timestep] = {k: v[0] for k, v in driving_parameters(frames, batch, refined=False).items()}
-        cameras: dict[int, Camera] = {}
-        for name in ("train", "val", "test"):
-            if name != split and not (Path(union_dir) / f"transforms_{name}.json").is_file():
-                continue
-            other = dataset if name == split else SubjectDataset(union_dir, name, parsing="off", depth="off")
-            for i in range(len(other)):
-                cameras.setdefault(int(other.frames.camera_index[i]), other.camera(i).to(device))
-        order = sorted(cameras)
-        return cls(avatar, frames, rigid, [cameras[k] for k in order], tracked, device, camera_indices=order)
+        tracked, cameras = subject_views(union_dir, split, frames, device)
+        return cls(avatar, frames, rigid, list(cameras.values()), tracked, device, camera_indices=list(cameras))
+
+    @classmethod
+    def from_swap(cls, face_run: str | Path, face_union: str | Path, face_rigid: str | Path, hair_run: str | Path,
+                  hair_union: str | Path, head, device: torch.device, split: str = "train") -> "AvatarScene":
+        """Subject A (face_*) wearing B's trained hair (hair_*), aligned by their scalps as
+        `mega swap-hair` aligns them, driven by A's frames and seen by A's cameras."""
+        from mega.edit.hairswap import load_swap
+
+        swap = load_swap(face_run, face_union, face_rigid, hair_run, hair_union, head, device)
+        tracked, cameras = subject_views(face_union, split, swap.frames, device)
+        return cls(swap.swapped, swap.frames, swap.rigid, list(cameras.values()), tracked, device,
+                   camera_indices=list(cameras))
 
     def flame(self, settings: ViewSettings) -> dict[str, torch.Tensor]:
         """The FLAME parameters [1, …] of ``settings``: its tracked frame plus the offsets."""
@@ -237,6 +235,31 @@ def _normal_colours(depth: torch.Tensor, camera: Camera) -> np.ndarray:
     mask = valid.cpu().numpy()
     out[mask] = (colours.cpu().numpy()[mask] * 255 + 0.5).astype(np.uint8)
     return out
+
+
+def subject_views(union_dir: str | Path, split: str, frames: FrameParameters, device: torch.device
+                  ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, Camera]]:
+    """The tracked frames of a subject's ``split`` (timestep → FLAME parameters: the refined
+    shape with the tracked expression and pose, as evaluation renders) and every camera of the
+    subject (camera index → camera, each split's, in index order). Reads no image."""
+    dataset = SubjectDataset(union_dir, split, parsing="off", depth="off")
+    if len(dataset) == 0:
+        raise DataError(f"{union_dir}: the {split} split is empty; the viewer takes its tracked frames from it")
+    tracked: dict[int, dict[str, torch.Tensor]] = {}
+    for i in range(len(dataset)):
+        timestep = int(dataset.frames.timestep[i])
+        if timestep not in tracked:
+            batch = {"flame": {k: v[None].to(device) for k, v in dataset.flame(i).items()},
+                     "timestep_index": torch.tensor([timestep], device=device)}
+            tracked[timestep] = {k: v[0] for k, v in driving_parameters(frames, batch, refined=False).items()}
+    cameras: dict[int, Camera] = {}
+    for name in ("train", "val", "test"):
+        if name != split and not (Path(union_dir) / f"transforms_{name}.json").is_file():
+            continue
+        other = dataset if name == split else SubjectDataset(union_dir, name, parsing="off", depth="off")
+        for i in range(len(other)):
+            cameras.setdefault(int(other.frames.camera_index[i]), other.camera(i).to(device))
+    return tracked, {k: cameras[k] for k in sorted(cameras)}
 
 
 def look_at_camera(position: np.ndarray, rotation_c2w: np.ndarray, fov_y_rad: float, width: int, height: int

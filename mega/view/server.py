@@ -63,7 +63,7 @@ class AvatarViewer:
 
         check_port_free(host, port)
         self.scene, self.save_dir, self.fps = scene, Path(save_dir), fps
-        self.settings = ViewSettings(timestep_index=scene.timesteps[0])
+        self.settings = ViewSettings(timestep_index=scene.timesteps[0], evaluation_near_z=scene.default_near_z)
         self.server = viser.ViserServer(host=host, port=port, label="mega", verbose=False)
         self.port = self.server.get_port()
         self._lock = threading.Lock()
@@ -100,7 +100,8 @@ class AvatarViewer:
             self.eyes_yaw = gui.add_slider("eyes yaw (rad)", -0.5, 0.5, 0.01, 0.0)
             self.eyes_pitch = gui.add_slider("eyes pitch (rad)", -0.4, 0.4, 0.01, 0.0)
         with gui.add_folder("blending"):
-            self.near_z = gui.add_dropdown("occlusion near-z", ("1st", "2nd"), initial_value="2nd")
+            self.near_z = gui.add_dropdown("occlusion near-z", ("1st", "2nd"),
+                                           initial_value=("1st", "2nd")[scene.default_near_z])
             self.early_stop = gui.add_checkbox("early stop", True)
             self.soft = gui.add_checkbox("soft blending", True)
         self.save = gui.add_button("save PNG")
