@@ -4,7 +4,7 @@
 # $OUT/steps.log as it goes; a failing step does not stop the next; the steps share one deadline
 # (DEADLINE seconds, default 540, inside a 10-minute command), and a step that would start with
 # under 30 s left is skipped. $OUT/summary.txt gets one line per step: status and seconds. Three
-# files in all (with gsplat_build.log): the device tool brings back at most eight.
+# files in all (with gsplat_build.log), for remote runners that return only a few files.
 #
 #   bash benchmarks/gpu/check.sh [STEP ...]   # default: env nvdiffrast render profile joint gsplat tests
 #
