@@ -1,6 +1,7 @@
 """The interactive viewer: its renders of a trained avatar (every layer, the sliders, the
 blending settings) and the `mega view` server (the page served, a port in use refused)."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import torch
 
 from mega.cli import main
 from mega.errors import DataError
+from mega.hair.ply import read_gaussian_ply
 from mega.train.face import train_face
 from mega.train.hair import train_hair
 from mega.train.joint import train_joint
@@ -141,6 +143,21 @@ def wait_for(condition, timeout_s: float, what: str):
     raise AssertionError(f"{what} within {timeout_s:.0f} s")
 
 
+@contextlib.contextmanager
+def served(*arguments: str):
+    """`mega ARGUMENTS` started as a server in a process group of its own; yields its port once
+    the page answers; stops the group at the end."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mega", *arguments, "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_page(server, port)
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def need_chromium() -> None:
     if chromium_path() is None:
         reason = "chromium is not installed (scripts/setup.sh installs it)"
@@ -197,30 +214,20 @@ def test_the_export_viewer_shows_the_files_and_toggles_them(trained_avatar, tmp_
     meshes, plys = export_files(out)
     assert [p.name for p in meshes] == ["face.obj"] and [p.name for p in plys] == ["hair_canonical.ply"]
     splats = splats_of(plys[0])
-    from mega.hair.ply import read_gaussian_ply
-
     scales = torch.exp(read_gaussian_ply(plys[0])["log_scales"])
     eigenvalues = np.linalg.eigvalsh(splats["covariances"])
     np.testing.assert_allclose(eigenvalues, np.sort(scales.numpy() ** 2, axis=1), rtol=1e-3, atol=1e-12)
     assert splats["opacities"].shape == (len(scales), 1) and 0 <= splats["rgbs"].min() <= splats["rgbs"].max() <= 1
     with pytest.raises(DataError, match="no .obj or .ply"):
         export_files(tmp_path)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mega", "view-export", str(out), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_for_page(server, port)
-        with Browser() as browser:
-            browser.open(f"http://127.0.0.1:{port}/")
-            before = settled_view(browser)
-            # The page's visible checkboxes are the files' toggles, face.obj first (viser's own are hidden).
-            checkbox = browser.box("Array.from(document.querySelectorAll('input[type=checkbox]'))"
-                                   ".filter(e => e.getBoundingClientRect().width > 0)[0]")
-            browser.click((checkbox[0] + checkbox[2] / 2, checkbox[1] + checkbox[3] / 2))
-            changed_view(browser, before, "unticking face.obj did not change the view")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with served("view-export", str(out)) as port, Browser() as browser:
+        browser.open(f"http://127.0.0.1:{port}/")
+        before = settled_view(browser)
+        # The page's visible checkboxes are the files' toggles, face.obj first (viser's own are hidden).
+        checkbox = browser.box("Array.from(document.querySelectorAll('input[type=checkbox]'))"
+                               ".filter(e => e.getBoundingClientRect().width > 0)[0]")
+        browser.click((checkbox[0] + checkbox[2] / 2, checkbox[1] + checkbox[3] / 2))
+        changed_view(browser, before, "unticking face.obj did not change the view")
 
 
 def test_the_page_shows_the_avatar_and_a_slider_turns_it(trained_avatar, tmp_path):
@@ -228,28 +235,20 @@ def test_the_page_shows_the_avatar_and_a_slider_turns_it(trained_avatar, tmp_pat
     dragging the neck slider with the mouse changes the image."""
     need_chromium()
     union, head_dir, run, rigid = trained_avatar
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mega", "view", str(run), str(union), "--head-model",
-                               str(head_dir), "--rigid", str(rigid), "--port", str(port), "--device", "cpu"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_for_page(server, port)
-        with Browser() as browser:
-            browser.open(f"http://127.0.0.1:{port}/")
-            before = settled_view(browser)
-            sliders = browser.evaluate("document.querySelectorAll('[role=slider]').length")
-            assert sliders == 16  # tracked frame, 10 expressions, jaw, neck yaw and pitch, eyes yaw and pitch
-            # Drag the neck-yaw slider's thumb (the 13th slider) most of the way to its right end.
-            thumb = browser.box("document.querySelectorAll('[role=slider]')[12]")
-            track = browser.box("document.querySelectorAll('[role=slider]')[12].parentElement")
-            y = thumb[1] + thumb[3] / 2
-            browser.drag((thumb[0] + thumb[2] / 2, y), (track[0] + track[2] * 0.85, y))
-            value = browser.evaluate("document.querySelectorAll('[role=slider]')[12].getAttribute('aria-valuenow')")
-            assert value is not None and float(value) > 0.3, value
-            changed_view(browser, before, "turning the neck slider did not change the image")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with served("view", str(run), str(union), "--head-model", str(head_dir), "--rigid", str(rigid), "--device",
+                "cpu") as port, Browser() as browser:
+        browser.open(f"http://127.0.0.1:{port}/")
+        before = settled_view(browser)
+        sliders = browser.evaluate("document.querySelectorAll('[role=slider]').length")
+        assert sliders == 16  # tracked frame, 10 expressions, jaw, neck yaw and pitch, eyes yaw and pitch
+        # Drag the neck-yaw slider's thumb (the 13th slider) most of the way to its right end.
+        thumb = browser.box("document.querySelectorAll('[role=slider]')[12]")
+        track = browser.box("document.querySelectorAll('[role=slider]')[12].parentElement")
+        y = thumb[1] + thumb[3] / 2
+        browser.drag((thumb[0] + thumb[2] / 2, y), (track[0] + track[2] * 0.85, y))
+        value = browser.evaluate("document.querySelectorAll('[role=slider]')[12].getAttribute('aria-valuenow')")
+        assert value is not None and float(value) > 0.3, value
+        changed_view(browser, before, "turning the neck slider did not change the image")
 
 
 def test_the_hair_turns_with_the_head_when_the_neck_slider_turns_it(scene):

@@ -5,7 +5,6 @@ drawn by the page itself (viser's three.js scene), one toggle per file.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +80,7 @@ class ExportViewer:
 
 
 def serve_exports(export_dir: str | Path, host: str, port: int) -> None:
-    viewer = ExportViewer(export_dir, host, port)
-    print(f"mega view-export: open http://{host}:{viewer.port} in a browser (Ctrl-C stops)", flush=True)
-    try:
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        viewer.stop()
+    """Run the export viewer until interrupted (Ctrl-C)."""
+    from mega.view.server import run_until_interrupted
+
+    run_until_interrupted(ExportViewer(export_dir, host, port), "mega view-export", host)

@@ -244,8 +244,13 @@ class AvatarViewer:
 
 def serve(scene: AvatarScene, host: str, port: int, save_dir: str | Path, fps: float) -> None:
     """Run the viewer until interrupted (Ctrl-C)."""
-    viewer = AvatarViewer(scene, host, port, save_dir, fps)
-    print(f"mega view: open http://{host}:{viewer.port} in a browser (Ctrl-C stops)", flush=True)
+    run_until_interrupted(AvatarViewer(scene, host, port, save_dir, fps), "mega view", host)
+
+
+def run_until_interrupted(viewer, command: str, host: str) -> None:
+    """Say where the page is, then keep ``viewer`` (anything with ``port`` and ``stop()``)
+    serving until Ctrl-C or SIGTERM ends the process."""
+    print(f"{command}: open http://{host}:{viewer.port} in a browser (Ctrl-C stops)", flush=True)
     try:
         while True:
             time.sleep(1.0)
