@@ -262,7 +262,7 @@ def test_the_hair_turns_with_the_head_when_the_neck_slider_turns_it(scene):
         before = flame_model(**{k: scene.flame(settings)[k] for k in keys})[0]
         after = flame_model(**{k: scene.flame(turned)[k] for k in keys})[0]
         rotation, translation = scene.rigid(torch.tensor([settings.timestep_index]))
-        new_rotation, new_translation = scene.head_motion(turned, rotation, translation)
+        new_rotation, new_translation = scene.head_motion(turned, scene.flame(turned), rotation, translation)
     head = flame_model.lbs_weights[:, 1] > 0.99  # the vertices the neck joint alone moves
     assert int(head.sum()) > 100
     # The hair transform's change, applied to the head's vertices before, gives them after.
@@ -272,7 +272,7 @@ def test_the_hair_turns_with_the_head_when_the_neck_slider_turns_it(scene):
     assert float((after[head] - before[head]).norm(dim=-1).max()) > 0.02  # the head did turn
     error = (moved - after[head]).norm(dim=-1)
     assert float(error.median()) < 1e-6 and float(error.max()) < 0.01  # the correctives: a few mm at most
-    assert scene.head_motion(settings, rotation, translation)[0] is rotation  # no offset, no change
+    assert scene.head_motion(settings, scene.flame(settings), rotation, translation)[0] is rotation  # no offset
 
 
 def test_the_viewer_wears_another_avatars_hair(trained_avatar, tmp_path):

@@ -155,16 +155,16 @@ def rasterize_gaussians(
         screen = [means2d, conic, opacities[:, None], depths[:, None]]
     if means2d.requires_grad:
         means2d.retain_grad()
-    if colors is None and backend == "triton":
-        from mega.render import sh_triton
+    if colors is None:
+        _check_shape("sh", sh, (N, sh.shape[1], 3))
+        if backend == "triton":
+            from mega.render import sh_triton
 
-        _check_shape("sh", sh, (N, sh.shape[1], 3))
-        colors = sh_triton.sh_colors(means, sh, camera.center, sh_degree)
-    elif colors is None:
-        _check_shape("sh", sh, (N, sh.shape[1], 3))
-        directions = means - camera.center.to(means.dtype)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
-        colors = torch.clamp_min(eval_sh(sh_degree, sh, directions) + 0.5, 0.0)
+            colors = sh_triton.sh_colors(means, sh, camera.center, sh_degree)
+        else:
+            directions = means - camera.center.to(means.dtype)
+            directions = directions / directions.norm(dim=-1, keepdim=True)
+            colors = torch.clamp_min(eval_sh(sh_degree, sh, directions) + 0.5, 0.0)
     else:
         _check_shape("colors", colors, (N, colors.shape[-1]))
     C = colors.shape[-1]

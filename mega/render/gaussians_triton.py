@@ -42,7 +42,8 @@ GEOMETRY_COLUMNS = 7  # table columns before the colours: mean x, mean y, conic 
 # ----------------------------------------------------------------------------- binning (torch)
 def bin_tiles(means2d: Tensor, extent_x: Tensor, extent_y: Tensor, order: Tensor, H: int, W: int
               ) -> tuple[Tensor, Tensor]:
-    """Which drawn Gaussians each tile composites, in depth order.
+    """Which drawn Gaussians each tile composites, in depth order: in torch, the reference that
+    :func:`bin_tiles_fused` (what rendering calls) is tested against.
 
     means2d [N, 2] pixels, extent_x / extent_y [N] half-sizes (pixels) of each Gaussian's
     α ≥ 1/255 ellipse, order [M] the drawn Gaussians front to back. Returns the Gaussian list

@@ -28,6 +28,7 @@ from mega.flame.lbs import axis_angle_to_matrix
 from mega.flame.model import POSE_PARTS
 from mega.hair.deform import posed_hair
 from mega.hair.render import render_hair
+from mega.report.videos import to_uint8
 from mega.train.joint import load_avatar
 
 LAYERS = ("blended", "face", "hair", "hair alpha", "occlusion", "depth", "normals")
@@ -129,21 +130,20 @@ class AvatarScene:
             self._offsets_key = key
         return self._offsets
 
-    def head_motion(self, settings: ViewSettings, rotation: torch.Tensor, translation: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hair's rigid transform [1, 3, 3], [1, 3] with the viewer's neck offsets: the
-        table's (eq. 5) turned as the neck turns the head, about the posed neck joint, so that the
-        hair stays on the head."""
+    def head_motion(self, settings: ViewSettings, flame: dict[str, torch.Tensor], rotation: torch.Tensor,
+                    translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hair's rigid transform [1, 3, 3], [1, 3] with the viewer's neck offsets (``flame``
+        = :meth:`flame` of ``settings``): the table's (eq. 5) turned as the neck turns the head,
+        about the posed neck joint, so that the hair stays on the head."""
         if settings.neck_yaw_rad == 0 and settings.neck_pitch_rad == 0:
             return rotation, translation
-        tracked = {k: v[None] for k, v in self.tracked[settings.timestep_index].items()}
-        flame = self.flame(settings)
+        tracked_neck = self.tracked[settings.timestep_index]["neck_pose"][None]
         _, joints = self.avatar.face.mesh.flame(**{k: flame[k] for k in ("shape", "expr", *POSE_PARTS, "translation")},
                                                 return_joints=True)
         pivot = joints[0, NECK_JOINT]
         global_rotation = axis_angle_to_matrix(flame["rotation"])[0]
         turn = (global_rotation @ axis_angle_to_matrix(flame["neck_pose"])[0]
-                @ axis_angle_to_matrix(tracked["neck_pose"])[0].T @ global_rotation.T)
+                @ axis_angle_to_matrix(tracked_neck)[0].T @ global_rotation.T)
         return turn @ rotation, ((translation - pivot) @ turn.T) + pivot
 
     @torch.no_grad()
@@ -155,8 +155,8 @@ class AvatarScene:
         avatar, config = self.avatar, self.avatar.config
         cameras = Camera.stack([camera]).to(self.device)
         flame = self.flame(settings)
-        rotation, translation = self.head_motion(settings, *self.rigid(torch.tensor([settings.timestep_index],
-                                                                                     device=self.device)))
+        rotation, translation = self.head_motion(
+            settings, flame, *self.rigid(torch.tensor([settings.timestep_index], device=self.device)))
         face = avatar.face(flame, cameras)
         gaussians = posed_hair(avatar.hair, rotation, translation, self.hair_offsets(settings, flame))
         gap_m = config.early_stop_gap_m if settings.early_stop else float("inf")
@@ -170,9 +170,8 @@ class AvatarScene:
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[C, H, W] in [0, 1], C = 1 or 3 → [H, W, 3] uint8."""
-    image = image.clamp(0, 1).expand(3, -1, -1)
-    return (image * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """[C, H, W] in [0, 1], C = 1 or 3 → [H, W, 3] uint8 (a mask shown grey)."""
+    return to_uint8(image.expand(3, -1, -1))
 
 
 def _layer(name: str, face: dict, hair: dict, blended: dict, camera: Camera) -> np.ndarray:

@@ -39,15 +39,8 @@ def check_port_free(host: str, port: int) -> None:
             raise DataError(f"port {port} on {host} is in use ({exc.strerror}); pass --port with a free one") from None
 
 
-def rotation_to_wxyz(rotation: np.ndarray) -> np.ndarray:
-    """A rotation matrix [3, 3] → unit quaternion (w, x, y, z)."""
-    from scipy.spatial.transform import Rotation
-
-    x, y, z, w = Rotation.from_matrix(rotation).as_quat()
-    return np.array([w, x, y, z])
-
-
 def wxyz_to_rotation(wxyz: np.ndarray) -> np.ndarray:
+    """A unit quaternion (w, x, y, z) → rotation matrix [3, 3]."""
     from scipy.spatial.transform import Rotation
 
     w, x, y, z = wxyz
