@@ -6,9 +6,10 @@ optimizer update), and the speed-up of the CPU path side by side in one run:
 
 ``--compare`` runs each stage twice from the same start with the same batches: as it ran before
 (the torch compositing; the canonical-hair stage rendering the fixed face and the silhouette
-weights again every step) and as it runs now (the numba compositing, both kept per image), and
-prints seconds per step, the speed-up, and the two runs' losses at the last step (they differ
-by float rounding only). Needs the subject's data, face (results/train/<subject>/mega/face.pt)
+weights again every step; the deformation field in float32 with torch's softplus) and as it runs
+now (the numba compositing, both kept per image, the deformation field's numpy softplus at the
+settings' ``deform_precision``),
+and prints seconds per step, the speed-up, and the two runs' losses at the last step. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
 and hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
 
@@ -129,7 +130,8 @@ def main() -> None:
 
     setups = [("now", hair_config, HairStage)]
     if args.compare:
-        setups.insert(0, ("before", hair_config.replace(gaussian_backend="torch"), RecomputingHairStage))
+        setups.insert(0, ("before", hair_config.replace(gaussian_backend="torch", deform_precision="float32"),
+                          RecomputingHairStage))
     table = []
     for name in ("hair", "joint"):
         for label, stage_config, hair_stage in setups:
@@ -148,7 +150,10 @@ def main() -> None:
                 densify = stage.after_backward
             else:
                 torch.manual_seed(0)
-                stage = JointStage(Avatar(face, hair, DeformationField(), stage_config), frames, rigid, stage_config)
+                field = DeformationField(precision=stage_config.deform_precision)
+                if label == "before":
+                    field.activation = torch.nn.functional.softplus  # torch's CPU softplus, as before
+                stage = JointStage(Avatar(face, hair, field, stage_config), frames, rigid, stage_config)
                 dataset, batch_size, densify = train, stage_config.joint_batch_size, None
             n0 = hair.n
             started = time.perf_counter()
@@ -160,7 +165,8 @@ def main() -> None:
             wall = time.perf_counter() - started
             table.append((name, label, wall / args.steps, loss))
             backend = resolve_gaussian_backend(stage_config.gaussian_backend, device)
-            print(f"\n{name} stage, {label} ({backend} compositing): {n0} → {hair.n} Gaussians, "
+            print(f"\n{name} stage, {label} ({backend} compositing, deformation {stage_config.deform_precision}): "
+                  f"{n0} → {hair.n} Gaussians, "
                   f"batch {batch_size}: {wall / args.steps:.3f} s / step, last loss {loss:.6f}")
             for part, seconds in timer.seconds.items():
                 print(f"  {part:<20} {seconds / args.steps:7.3f} s  ({100 * seconds / wall:4.1f} %)")

@@ -7,11 +7,15 @@ the canonical hair's fit of its own training views and, with --joint, the whole 
     python benchmarks/long_hair.py --subjects synthetic synthetic_long \\
         --run 'authors={}' --run 'views={"init_colour": "views", "init_in_hull": 4000}' [--joint]
     python benchmarks/long_hair.py --subjects synthetic_long --run 'e80={}' --run 'e160={"hair_epochs": 160}'
+    python benchmarks/long_hair.py --subjects synthetic --hair-from workflow --joint \
+        --run 'fp32={"deform_precision": "float32"}' --run 'bf16={"deform_precision": "bfloat16"}'
 
 Each run is `mega train-hair` (then `mega train-joint`) with the workflow's synthetic settings
 (config/config.yaml `synthetic.hair`) updated by the run's JSON, on the workflow's stage-1 face
 of the subject, in results/benchmarks/long_hair/<subject>/<run>/; a finished stage is not
-trained again. Prints a Markdown table.
+trained again. ``--hair-from workflow`` trains only the joint stage, on the workflow's canonical
+hair (results/train/<subject>/mega/hair.pt), for changes of the joint stage alone. Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def main() -> None:
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-train", action="store_true", help="only print the table of finished runs")
+    parser.add_argument("--hair-from", choices=["run", "workflow"], default="run",
+                        help="the joint stage's canonical hair: each run's own, or the workflow's")
     args = parser.parse_args()
     results = Path(args.results)
     config = yaml.safe_load(Path(args.config).read_text())
@@ -65,16 +71,20 @@ def main() -> None:
             common = ["--head-model", str(results / "head_model"), "--face", str(face), "--rigid", str(rigid),
                       "--settings", settings, "--out", str(out), "--quiet", "--threads", str(args.threads),
                       "--on-settings-change", "restart"]
+            hair_pt = out / "hair.pt"
             stages = [("hair", ["train-hair", str(union), *common])]
+            if args.hair_from == "workflow":
+                hair_pt, stages = results / "train" / subject / "mega" / "hair.pt", []
             if args.joint:
-                stages.append(("joint", ["train-joint", str(union), "--hair", str(out / "hair.pt"), *common]))
+                stages.append(("joint", ["train-joint", str(union), "--hair", str(hair_pt), *common]))
             for stage, command in stages:
                 if not args.no_train and not (out / stage / "metrics.json").is_file():
                     print(f"$ {subject} {name}: mega {stage} ...", flush=True)
                     started = time.perf_counter()
                     subprocess.run([sys.executable, "-m", "mega", *command], check=True)
                     print(f"  {time.perf_counter() - started:.0f} s", flush=True)
-            hair, joint = read(out / "hair" / "metrics.json"), read(out / "joint" / "metrics.json")
+            hair = read(hair_pt.parent / "hair" / "metrics.json")
+            joint = read(out / "joint" / "metrics.json")
             views = hair.get("training_views", {})
             row = {"subject": subject, "run": name, "hair steps": hair.get("iterations"),
                    "Gaussians": hair.get("n_gaussians"), "hair s": hair.get("train_seconds"),

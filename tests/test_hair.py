@@ -94,6 +94,54 @@ def test_deformation_field_is_the_identity_at_start():
     assert field.last.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_softplus_is_torchs(dtype):
+    from mega.hair.deform import softplus
+    torch.manual_seed(0)
+    # Both sides of torch's threshold (20), far tails, zero, and the spread of hidden activations.
+    x = torch.cat([torch.randn(5001) * 10, torch.tensor([0.0, 19.99, 20.0, 20.01, -30.0, 88.0, -100.0, 1e4, -1e4])])
+    x = x.to(dtype).reshape(-1, 10).requires_grad_()
+    got, want = softplus(x), torch.nn.functional.softplus(x)
+    assert got.dtype == dtype and got.shape == want.shape
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, want)  # the table holds torch's own bfloat16 values
+    else:
+        assert torch.allclose(got, want, rtol=4e-7, atol=1e-6)
+    grad = torch.randn_like(want)
+    assert torch.equal(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0])
+
+
+def test_deformation_field_in_bfloat16_follows_the_float32_field(monkeypatch):
+    torch.manual_seed(0)
+    exact = DeformationField(layers=(64, 64), scale=1.0)
+    torch.nn.init.normal_(exact.last.weight, std=0.1)
+    fast = DeformationField(layers=(64, 64), scale=1.0, precision="bfloat16")
+    fast.load_state_dict(exact.state_dict())
+    means, expr = torch.randn(300, 3) * 0.1, torch.randn(3, 100)
+    want, got = exact(means, expr), fast(means, expr)
+    for name in want:
+        assert got[name].dtype == torch.float32 and got[name].shape == want[name].shape
+        error = (got[name] - want[name]).abs().max() / want[name].abs().max()
+        # bfloat16 keeps 8 bits of mantissa: close to the float32 field, but not it (the
+        # products really ran in bfloat16).
+        assert 0 < error < 3e-2, (name, float(error))
+    sum(v.square().sum() for v in got.values()).backward()
+    assert fast.hidden[0].weight.grad.dtype == torch.float32 and fast.hidden[0].weight.grad.abs().sum() > 0
+    # auto: bfloat16 only on a CPU with bfloat16 units, float32 elsewhere.
+    from mega.hair import deform
+    monkeypatch.setattr(deform, "cpu_has_native_bfloat16", lambda: False)
+    assert not deform.deformation_autocast("auto", torch.device("cpu"))
+    auto = DeformationField(layers=(64, 64), scale=1.0, precision="auto")
+    auto.load_state_dict(exact.state_dict())
+    assert torch.equal(auto(means, expr)["means"], want["means"])
+    monkeypatch.setattr(deform, "cpu_has_native_bfloat16", lambda: True)
+    assert deform.deformation_autocast("auto", torch.device("cpu"))
+    assert not deform.deformation_autocast("auto", torch.device("cuda"))
+    assert not deform.deformation_autocast("float32", torch.device("cpu"))
+    with pytest.raises(Exception, match="deform_precision"):
+        HairConfig.from_dict({"deform_precision": "half"}, where="config.yaml hair")
+
+
 def test_a_rotated_frame_rotates_positions_and_orientations():
     torch.manual_seed(0)
     hair = GaussianHair.from_points(torch.randn(20, 3) * 0.05, torch.rand(20, 3), 0.1, 0)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from mega.errors import ConfigError
+from mega.hair.deform import DEFORM_PRECISIONS
 from mega.render.gaussians import GAUSSIAN_BACKENDS
 from mega.settings import Settings, check_at_least
 
@@ -87,6 +88,9 @@ class HairConfig(Settings):
     deform_frequencies: int = 6
     deform_scale: float = 1e-3
     """The deformation MLP's outputs × this."""
+    deform_precision: str = "float32"
+    """The deformation field's arithmetic: float32 (the authors'), bfloat16, or auto (bfloat16 on
+    CPUs with bfloat16 units; docs/hair.md)."""
     lr_deform: float = 1e-3
     aiap_neighbours: int = 8
     w_rgb: float = 1.0
@@ -144,6 +148,9 @@ class HairConfig(Settings):
                               f"got {self.gaussian_backend!r}")
         if self.blur_kernel % 2 == 0:
             raise ConfigError(f"{where}: 'blur_kernel' must be odd, got {self.blur_kernel}")
+        if self.deform_precision not in DEFORM_PRECISIONS:
+            raise ConfigError(f"{where}: 'deform_precision' must be one of {', '.join(DEFORM_PRECISIONS)}, "
+                              f"got {self.deform_precision!r}")
         if not self.deform_layers or min(self.deform_layers) < 1:
             raise ConfigError(f"{where}: 'deform_layers' must list at least one positive width")
 

@@ -157,7 +157,7 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     hair.load_state_dict(hair_state["hair"])
     rigid = RigidTable.from_file(rigid_path).to(device)
     deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
-                                   scale=config.deform_scale).to(device)
+                                   scale=config.deform_scale, precision=config.deform_precision).to(device)
     avatar = Avatar(face, hair, deformation, config)
     stage = JointStage(avatar, frames, rigid, config)
     steps = config.joint_steps_for(len(dataset))
@@ -238,6 +238,6 @@ def hair_parts(joint: dict, hair_state: dict, joint_path: str | Path, device: st
     hair = GaussianHair(0, config.sh_degree).to(device)
     hair.load_state_dict(hair_state["hair"])
     deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
-                                   scale=config.deform_scale).to(device)
+                                   scale=config.deform_scale, precision=config.deform_precision).to(device)
     deformation.load_state_dict(joint["deformation"])
     return hair, deformation.eval(), config

@@ -1,0 +1,88 @@
+"""Where a trained avatar's error on a split comes from: the hair it misses, the hair it covers in
+the wrong colour, the hair it spills where there is none, and the face.
+
+    python benchmarks/hair_errors.py --subjects synthetic synthetic_long [--split val] [--run mega]
+
+Renders the split as `mega evaluate` does (the evaluation's blend, tracked expression and pose,
+8-bit rounding) and splits the frame's squared error (the paper's protocol: render and ground truth
+× the object mask × the rendered full mask, mean over the whole frame) by pixel class, from the
+parsing's hair mask and the blend's Â_hair > 0.5:
+  - missed hair: ground-truth hair the render does not cover;
+  - covered hair: ground-truth hair the render covers;
+  - spilled hair: rendered hair where the ground truth has none;
+  - the rest (face, neck, background under the masks).
+Each class: its share of the frame's pixels, its share of the frame's squared error, and the PSNR
+the frame would have if that class's error were zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from mega.avatar import RigidTable
+from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+from mega.data.parsing import batch_regions, object_mask
+from mega.data.synth import synthesized_union
+from mega.eval.avatar import full_mask
+from mega.eval.face import driving_parameters
+from mega.eval.face_metrics import as_8bit
+from mega.flame.head_model import load_head_model_folder
+from mega.train.joint import load_avatar
+
+CLASSES = ("missed hair", "covered hair", "spilled hair", "rest")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subjects", nargs="+", default=["synthetic", "synthetic_long"])
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--run", default="mega", help="the run folder under results/train/<subject>/")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = Path(args.results)
+    head = load_head_model_folder(results / "head_model")
+    print(f"split {args.split}; per class: share of the frame's pixels / share of its squared error / frame "
+          f"PSNR without that class's error (dB)\n")
+    print("| subject | frame PSNR | " + " | ".join(CLASSES) + " |")
+    print("|---|---|" + "---|" * len(CLASSES))
+    for subject in args.subjects:
+        avatar, frames, _ = load_avatar(results / "train" / subject / args.run, head)
+        rigid = RigidTable.from_file(results / "preprocess" / subject / "hair_rigid.npz")
+        dataset = SubjectDataset(synthesized_union(results / "data" / subject), args.split, parsing="require",
+                                 depth="off")
+        pixels = {c: 0.0 for c in CLASSES}
+        error = {c: 0.0 for c in CLASSES}
+        total_pixels = 0
+        with torch.no_grad():
+            for first in range(0, len(dataset), 4):
+                batch = collate_samples([dataset[i] for i in range(first, min(first + 4, len(dataset)))])
+                flame = driving_parameters(frames, batch, refined=False)
+                rotation, translation = rigid(batch["timestep_index"])
+                out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
+                hair, _, _ = batch_regions(batch)
+                used = object_mask(batch["parsing"])[:, None] * full_mask(out)
+                squared = ((as_8bit(out["rgb"]) * used - batch["image"] * used) ** 2).sum(1, keepdim=True)
+                rendered = out["hair_weight"] > 0.5
+                masks = {"missed hair": hair & ~rendered, "covered hair": hair & rendered,
+                         "spilled hair": ~hair & rendered, "rest": ~hair & ~rendered}
+                for c, m in masks.items():
+                    pixels[c] += float(m.sum())
+                    error[c] += float(squared[m].sum())
+                total_pixels += hair[:, 0].numel()
+        total = sum(error.values())
+        frame_psnr = 10 * math.log10(3 * total_pixels / total)
+        cells = []
+        for c in CLASSES:
+            without = 10 * math.log10(3 * total_pixels / max(total - error[c], 1e-12))
+            cells.append(f"{100 * pixels[c] / total_pixels:.1f} % / {100 * error[c] / total:.0f} % / {without:.1f}")
+        print(f"| {subject} | {frame_psnr:.2f} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
