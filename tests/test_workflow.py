@@ -111,9 +111,16 @@ def test_jobs_ask_for_the_resources_of_the_config(tmp_path):
     real = jobs[("train_face", "subject=306, variant=mega")]
     synthetic = jobs[("train_face", "subject=synthetic, variant=mega")]
     assert (real["gpu"], real["mem_mb"], real["runtime"], real["threads"]) == ("1", "1234", "1440", "8")
-    assert (synthetic["gpu"], synthetic["mem_mb"], synthetic["threads"]) == ("0", "3000", "2")
+    # One thread: the default job trains the GaussianAvatars baseline beside it.
+    assert (synthetic["gpu"], synthetic["mem_mb"], synthetic["threads"]) == ("0", "3000", "1")
     assert jobs[("parse_faces", "subject=306")]["gpu"] == "1"
     assert jobs[("ingest", "subject=306")]["gpu"] == "0"
+    # Without the baseline the face stage takes both threads.
+    mega_only = [*command[:command.index("-n")], str(REPO / "config" / "examples" / "mega_only.yaml"), "-n",
+                 "--cores", "16", "results/train/synthetic/mega/face.pt"]
+    alone = subprocess.run(mega_only, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stdout[-2000:] + alone.stderr[-2000:]
+    assert planned_resources(alone)[("train_face", "subject=synthetic, variant=mega")]["threads"] == "2"
 
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"resources": {"real": {"train_fase": {"mem_mb": 1}}}}))
     bad = subprocess.run([*command, "--configfile", str(tmp_path / "bad.yaml")], capture_output=True, text=True,
