@@ -7,9 +7,9 @@ optimizer update), and the speed-up of the CPU path side by side in one run:
 ``--compare`` runs each stage twice from the same start with the same batches: as it ran before
 (the torch compositing; the canonical-hair stage rendering the fixed face and the silhouette
 weights again every step; the deformation field in float32 with torch's softplus) and as it runs
-now (the numba compositing, both kept per image, the deformation field's numpy softplus at the
-settings' ``deform_precision``),
-and prints seconds per step, the speed-up, and the two runs' losses at the last step. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
+now (the numba compositing, both kept per image, the deformation field's CPU softplus at the
+settings' ``deform_precision``), and prints seconds per step, the speed-up, and the two runs'
+losses at the last step. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
 and hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
 
@@ -28,14 +28,13 @@ from mega.data.gaussian_avatars import collate_samples
 from mega.data.synth import synthesized_union
 from mega.flame.head_model import load_head_model_folder
 from mega.hair.config import HairConfig
-from mega.hair.deform import DeformationField
 from mega.hair.densify import Densifier, DensifyState
 from mega.hair.rigid import read_hair_rigid
 from mega.render.gaussians import resolve_gaussian_backend
 from mega.settings import synthetic_stage_settings
 from mega.train.face import load_face
 from mega.train.hair import HairStage, canonical_views, initial_hair, open_hair_split, scene_extent_m
-from mega.train.joint import JointStage
+from mega.train.joint import JointStage, deformation_field_of
 from mega.train.loop import batch_indices
 
 
@@ -150,7 +149,7 @@ def main() -> None:
                 densify = stage.after_backward
             else:
                 torch.manual_seed(0)
-                field = DeformationField(precision=stage_config.deform_precision)
+                field = deformation_field_of(stage_config)
                 if label == "before":
                     field.activation = torch.nn.functional.softplus  # torch's CPU softplus, as before
                 stage = JointStage(Avatar(face, hair, field, stage_config), frames, rigid, stage_config)

@@ -147,8 +147,7 @@ def evaluate_split(render: Renderer, union_dir: str | Path, split: str, out_dir:
             timestep, camera = int(batch["timestep_index"][b]), int(batch["camera_index"][b])
             name = f"{timestep:05d}_{camera:02d}.png"
             row = {"index": index, "timestep_index": timestep, "camera_index": camera, "render": f"renders/{name}",
-                   **{k: values[k][b] for k in ("psnr", "ssim", "lpips", "hair_iou", "psnr_hair", "psnr_face",
-                                                "psnr_object")}}
+                   **{k: per_image[b] for k, per_image in values.items()}}
             if "depth" in batch and out["face_depth"] is not None:
                 region = (face & out["face_mask"])[b, 0]
                 row["depth_mae_mm"] = depth_mae_mm(out["face_depth"][b, 0], batch["depth"][b, 0], region)

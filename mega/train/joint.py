@@ -156,8 +156,7 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     hair = GaussianHair(0, config.sh_degree).to(device)
     hair.load_state_dict(hair_state["hair"])
     rigid = RigidTable.from_file(rigid_path).to(device)
-    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
-                                   scale=config.deform_scale, precision=config.deform_precision).to(device)
+    deformation = deformation_field_of(config).to(device)
     avatar = Avatar(face, hair, deformation, config)
     stage = JointStage(avatar, frames, rigid, config)
     steps = config.joint_steps_for(len(dataset))
@@ -230,6 +229,12 @@ def read_avatar_checkpoints(run_dir: str | Path, head: HeadModel, device: str | 
     return joint, load_checkpoint(hair_path, device), joint_path
 
 
+def deformation_field_of(config: HairConfig) -> DeformationField:
+    """A fresh deformation field of the hair settings' shape, scale and precision."""
+    return DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
+                            scale=config.deform_scale, precision=config.deform_precision)
+
+
 def hair_parts(joint: dict, hair_state: dict, joint_path: str | Path, device: str | torch.device
                ) -> tuple[GaussianHair, DeformationField, HairConfig]:
     """The canonical hair (hair.pt's contents), the deformation field and the hair settings
@@ -237,7 +242,6 @@ def hair_parts(joint: dict, hair_state: dict, joint_path: str | Path, device: st
     config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
     hair = GaussianHair(0, config.sh_degree).to(device)
     hair.load_state_dict(hair_state["hair"])
-    deformation = DeformationField(layers=config.deform_layers, frequencies=config.deform_frequencies,
-                                   scale=config.deform_scale, precision=config.deform_precision).to(device)
+    deformation = deformation_field_of(config).to(device)
     deformation.load_state_dict(joint["deformation"])
     return hair, deformation.eval(), config
