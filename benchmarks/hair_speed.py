@@ -6,9 +6,10 @@ optimizer update), and the speed-up of the CPU path side by side in one run:
 
 ``--compare`` runs each stage twice from the same start with the same batches: as it ran before
 (the torch compositing; the canonical-hair stage rendering the fixed face and the silhouette
-weights again every step; the deformation field in float32 with torch's softplus) and as it runs
-now (the numba compositing, both kept per image, the deformation field's CPU softplus at the
-settings' ``deform_precision``), and prints seconds per step, the speed-up, and the two runs'
+weights again every step; the deformation field in float32 with torch's softplus; the frozen
+hair of every frame with all its SH coefficients) and as it runs now (the numba compositing, both
+kept per image, the deformation field's CPU softplus at the settings' ``deform_precision``, the
+active degree's coefficients only), and prints seconds per step, the speed-up, and the two runs'
 losses at the last step. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
 and hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
@@ -47,6 +48,14 @@ class RecomputingHairStage(HairStage):
         return super().fixed_inputs(flame, batch)
 
 
+class AllCoefficientsAvatar(Avatar):
+    """The avatar as it was: the posed hair of every frame carries all its SH coefficients, even
+    where the hair is frozen and the render reads only the active degree's."""
+
+    def hair_of(self, flame, rotation, translation, sh_coefficients=None):
+        return super().hair_of(flame, rotation, translation, None)
+
+
 class Timer:
     """Wall seconds by part, summed over steps."""
 
@@ -70,6 +79,9 @@ def run_steps(stage, dataset, steps: int, batch_size: int, lr: float, timer: Tim
     """Train ``steps`` steps; the last step's loss."""
     samples = [dataset[i] for i in range(len(dataset))]  # decoded once, as the loop's memory cache does
     params = [p for g in stage.parameter_groups() if g.trainable for p in g.params]
+    for group in stage.parameter_groups():  # as the training loop does: frozen groups take no gradient
+        for p in group.params:
+            p.requires_grad_(group.trainable)
     groups = [{"name": g.name, "params": g.params, "lr": lr} for g in stage.parameter_groups() if g.trainable]
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     for step in range(steps):
@@ -152,7 +164,8 @@ def main() -> None:
                 field = deformation_field_of(stage_config)
                 if label == "before":
                     field.activation = torch.nn.functional.softplus  # torch's CPU softplus, as before
-                stage = JointStage(Avatar(face, hair, field, stage_config), frames, rigid, stage_config)
+                avatar_class = AllCoefficientsAvatar if label == "before" else Avatar
+                stage = JointStage(avatar_class(face, hair, field, stage_config), frames, rigid, stage_config)
                 dataset, batch_size, densify = train, stage_config.joint_batch_size, None
             n0 = hair.n
             started = time.perf_counter()

@@ -21,6 +21,7 @@ from mega.hair.config import HairConfig
 from mega.hair.deform import posed_hair
 from mega.hair.model import GaussianHair
 from mega.hair.render import render_hair
+from mega.render.sh import num_sh_coefficients
 
 
 class RigidTable(nn.Module):
@@ -78,11 +79,14 @@ class Avatar(nn.Module):
         self.config = config
         self.evaluation_near_z = evaluation_near_z
 
-    def hair_of(self, flame: dict[str, Tensor], rotation: Tensor, translation: Tensor) -> tuple[dict, dict | None]:
+    def hair_of(self, flame: dict[str, Tensor], rotation: Tensor, translation: Tensor,
+                sh_coefficients: int | None = None) -> tuple[dict, dict | None]:
+        """The posed hair of B frames (:func:`posed_hair`) and the field's offsets (None without
+        a field); ``sh_coefficients``: keep only the first K (None = all, as exports want)."""
         offsets = None
         if self.deformation is not None:
             offsets = self.deformation(self.hair.params["means"], flame["expr"])
-        return posed_hair(self.hair, rotation, translation, offsets), offsets
+        return posed_hair(self.hair, rotation, translation, offsets, sh_coefficients), offsets
 
     def forward(self, flame: dict[str, Tensor], cameras: Camera, rotation: Tensor, translation: Tensor,
                 evaluation: bool = False, face: dict | None = None) -> dict:
@@ -90,7 +94,12 @@ class Avatar(nn.Module):
         fixed face once)."""
         c = self.config
         face = self.face(flame, cameras) if face is None else face
-        gaussians, offsets = self.hair_of(flame, rotation, translation)
+        # Hair that is not trained here (joint stage, evaluation) carries only the coefficients the
+        # render reads: B copies of the higher ones, and their zero-filled gradients, were a tenth
+        # of a joint step. While they train, all stay, so that their optimiser state is 3DGS's.
+        trained = torch.is_grad_enabled() and self.hair.params["shN"].requires_grad
+        k = None if trained else num_sh_coefficients(int(self.hair.active_degree))
+        gaussians, offsets = self.hair_of(flame, rotation, translation, k)
         hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha,
                            c.gaussian_backend)
         blended = blend_renders(face, hair, c.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma,

@@ -94,6 +94,35 @@ def test_deformation_field_is_the_identity_at_start():
     assert field.last.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("degree", [0, 1])
+def test_hair_that_is_not_trained_carries_only_the_coefficients_it_renders(trained, canonical_hair, degree):
+    from mega.avatar import Avatar, RigidTable
+    from mega.data.gaussian_avatars import collate_samples
+    from mega.train.face import load_face
+    from mega.train.hair import open_hair_split
+    union, head, run, rigid_path = trained
+    face, frames = load_face(run / "face.pt", head)
+    hair = GaussianHair(0, 3)
+    hair.load_state_dict(torch.load(canonical_hair, weights_only=False)["hair"])
+    hair.active_degree.fill_(degree)
+    with torch.no_grad():
+        hair.params["shN"].normal_(0, 0.2)  # the higher coefficients are not what is drawn
+    avatar = Avatar(face, hair, DeformationField(layers=(16, 16)), TINY_HAIR)
+    batch = collate_samples([open_hair_split(union, "train")[i] for i in (0, 5)])
+    index = batch["timestep_index"]
+    flame, (rotation, translation) = frames(index), RigidTable.from_file(rigid_path)(index)
+    cameras = batch["camera"]
+    trained_out = avatar(flame, cameras, rotation, translation)
+    assert trained_out["hair"]["alpha"].amax() > 0.1  # the hair is in view
+    assert trained_out["gaussians"]["sh"].shape[2] == 16  # trained: all, for 3DGS's optimiser state
+    hair.requires_grad_(False)  # as the joint stage freezes it
+    frozen_out = avatar(flame, cameras, rotation, translation)
+    assert frozen_out["gaussians"]["sh"].shape[2] == (degree + 1) ** 2
+    assert torch.equal(frozen_out["rgb"], trained_out["rgb"])
+    # Exports still take every coefficient.
+    assert avatar.hair_of(flame, rotation, translation)[0]["sh"].shape[2] == 16
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_cpu_softplus_is_torchs(dtype):
     from mega.hair.deform import softplus
@@ -307,6 +336,21 @@ def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     after = avatar.face.state_dict()
     assert all(torch.equal(after[k], v) for k, v in face_before.items() if k.startswith("displacement_decoder"))
     assert not torch.equal(after["diffuse_texture"], face_before["diffuse_texture"])
+
+
+def test_the_joint_stage_decays_the_faces_rates_alone_when_asked(trained, canonical_hair, tmp_path):
+    from mega.train.checkpoint import load_checkpoint
+    union, head, run, rigid = trained
+    config = TINY_HAIR.replace(joint_face_lr_final_ratio=0.1)
+    train_joint(union, run / "face.pt", canonical_hair, rigid, tmp_path, head, config, progress=False)
+    groups = {g["name"]: g["lr"] for g in load_checkpoint(tmp_path / "joint" / "checkpoint.pt")["optimizer"]["param_groups"]}
+    # At the last step: the face's rates at a tenth of stage 1's, the field's as it started.
+    assert groups["textures"] == pytest.approx(0.1 * TINY_FACE.learning_rate)
+    assert groups["pixel_decoder"] == pytest.approx(0.1 * TINY_FACE.lr_pixel_decoder)
+    assert groups["deformation"] == pytest.approx(config.lr_deform)
+    for bad in (0.0, 1.5):
+        with pytest.raises(Exception, match="joint_face_lr_final_ratio"):
+            HairConfig.from_dict({"joint_face_lr_final_ratio": bad}, where="config.yaml hair")
 
 
 @pytest.mark.parametrize("stage", ["hair", "joint"])

@@ -92,6 +92,9 @@ class HairConfig(Settings):
     """The deformation field's arithmetic: float32 (the authors'), bfloat16, or auto (bfloat16 on
     CPUs with bfloat16 units; docs/hair.md)."""
     lr_deform: float = 1e-3
+    joint_face_lr_final_ratio: float = 1.0
+    """The face's rates in the joint stage decay exponentially to this fraction of themselves at
+    its last step (1 = constant, the authors'); the deformation field's stays constant."""
     aiap_neighbours: int = 8
     w_rgb: float = 1.0
     w_ssim: float = 0.2
@@ -151,6 +154,9 @@ class HairConfig(Settings):
         if self.deform_precision not in DEFORM_PRECISIONS:
             raise ConfigError(f"{where}: 'deform_precision' must be one of {', '.join(DEFORM_PRECISIONS)}, "
                               f"got {self.deform_precision!r}")
+        if not 0 < self.joint_face_lr_final_ratio <= 1:
+            raise ConfigError(f"{where}: 'joint_face_lr_final_ratio' must be in (0, 1], "
+                              f"got {self.joint_face_lr_final_ratio}")
         if not self.deform_layers or min(self.deform_layers) < 1:
             raise ConfigError(f"{where}: 'deform_layers' must list at least one positive width")
 

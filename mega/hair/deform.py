@@ -11,13 +11,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mega.geometry import matrix_to_quaternion, quaternion_multiply
 from mega.hair.model import GaussianHair
+from mega.hair.softplus import softplus
 
 OFFSET_SIZES = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
 """What the MLP moves, and how many numbers each takes (14 in all)."""
@@ -56,64 +56,6 @@ def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
     return torch.cat([x, torch.sin(angles), torch.cos(angles)], -1)
 
 
-class _SoftplusWithTorchBackward(torch.autograd.Function):
-    """A softplus whose forward a subclass computes its own way; the backward is torch's
-    ``softplus_backward`` (β 1, threshold 20) on the saved input."""
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.ops.aten.softplus_backward(grad, x, 1.0, 20.0)
-
-
-class _CpuSoftplus(_SoftplusWithTorchBackward):
-    """``F.softplus`` (β 1, threshold 20) of a CPU float32 tensor through numpy's vectorised exp
-    and log1p: 4× faster than torch's CPU kernel, whose log1p is not vectorised (the softplus of
-    the [B·N, 256] hidden layers was a third of a CPU joint step). The same values to float32
-    rounding (above the threshold log1p(e^-|x|) < 2e-9, below half an ulp of x)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        values = x.detach().numpy()
-        out = np.abs(values)
-        np.negative(out, out=out)
-        np.exp(out, out=out)
-        np.log1p(out, out=out)
-        out += np.maximum(values, 0)
-        return torch.from_numpy(out)
-
-
-@lru_cache(maxsize=None)
-def _bfloat16_softplus_table() -> Tensor:
-    """[65536] bfloat16: torch's softplus of every bfloat16 value, indexed by its 16 bits."""
-    codes = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
-    return F.softplus(codes.float()).to(torch.bfloat16)
-
-
-class _CpuBfloat16Softplus(_SoftplusWithTorchBackward):
-    """``F.softplus`` of a CPU bfloat16 tensor by table look-up: a bfloat16 has 65,536 values, so
-    the softplus of each is tabulated once and gathered (the same values as torch's bfloat16
-    kernel, which runs a scalar log1p per element and took a quarter of a bfloat16 joint step;
-    3× faster)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        codes = x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
-        return torch.index_select(_bfloat16_softplus_table(), 0, codes.reshape(-1)).view(x.shape)
-
-
-def softplus(x: Tensor) -> Tensor:
-    """``F.softplus(x)``, faster on the CPU: float32 through numpy (:class:`_CpuSoftplus`),
-    bfloat16 by table look-up (:class:`_CpuBfloat16Softplus`)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        return _CpuSoftplus.apply(x.contiguous())
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
-        return _CpuBfloat16Softplus.apply(x)
-    return F.softplus(x)
-
-
 class DeformationField(nn.Module):
     """forward(canonical means [N, 3], expression [B, E]) → offsets by name, each [B, N, n]
     (see :data:`OFFSET_SIZES`), already × ``scale``, in the dtype of the means. Softplus hidden
@@ -129,7 +71,7 @@ class DeformationField(nn.Module):
         self.frequencies, self.scale, self.expression_size = frequencies, scale, expression_size
         self.precision = precision
         self.activation = softplus
-        """The hidden layers' softplus (the numpy one on the CPU; ``F.softplus`` gives the same values)."""
+        """The hidden layers' softplus (:mod:`mega.hair.softplus`: ``F.softplus``'s values, faster)."""
         position_size = 3 + 6 * frequencies
         # The first layer is split into its position and expression parts: the position part is
         # computed once per Gaussian and the expression part once per frame, instead of once per
@@ -165,20 +107,22 @@ def _fit_width(expression: Tensor, size: int) -> Tensor:
 
 
 def posed_hair(hair: GaussianHair, rotation: Tensor, translation: Tensor,
-               offsets: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+               offsets: dict[str, Tensor] | None = None, sh_coefficients: int | None = None) -> dict[str, Tensor]:
     """The hair of B frames, activated: means [B, N, 3], quats [B, N, 4] unit, scales [B, N, 3],
     opacities [B, N], sh [B, N, K, 3].
 
     rotation [B, 3, 3] and translation [B, 3] map the canonical frame to each frame (eq. 5);
     positions and orientations both turn with the head. ``offsets`` from
-    :class:`DeformationField` (None = rigid only).
+    :class:`DeformationField` (None = rigid only). ``sh_coefficients``: keep only the first K
+    (those of the active degree, all a render reads); None = all of the hair's.
     """
     p = hair.params
     B = rotation.shape[0]
+    shN = p["shN"] if sh_coefficients is None else p["shN"][:, : max(sh_coefficients - 1, 0)]
     means = torch.einsum("bij,nj->bni", rotation, p["means"]) + translation[:, None]
     quats = quaternion_multiply(matrix_to_quaternion(rotation)[:, None], p["quats"][None])
     scales, opacities = p["scales"][None].expand(B, -1, -1), p["opacities"][None].expand(B, -1)
-    sh0, shN = p["sh0"][None].expand(B, -1, -1, -1), p["shN"][None].expand(B, -1, -1, -1)
+    sh0, shN = p["sh0"][None].expand(B, -1, -1, -1), shN[None].expand(B, -1, -1, -1)
     if offsets is not None:
         means = means + offsets["means"]
         quats = quats + offsets["quats"]
@@ -186,4 +130,5 @@ def posed_hair(hair: GaussianHair, rotation: Tensor, translation: Tensor,
         opacities = opacities + offsets["opacities"][..., 0]
         sh0 = sh0 + offsets["sh0"][:, :, None]
     return {"means": means, "quats": F.normalize(quats, dim=-1), "scales": torch.exp(scales),
-            "opacities": torch.sigmoid(opacities), "sh": torch.cat([sh0, shN], 2)}
+            "opacities": torch.sigmoid(opacities),
+            "sh": torch.cat([sh0, shN], 2) if shN.shape[2] else sh0}

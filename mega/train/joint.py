@@ -113,6 +113,8 @@ class JointStage:
 
     def parameter_groups(self) -> list[ParameterGroup]:
         groups = self.face_stage.parameter_groups()
+        for group in groups:
+            group.lr_final_ratio = self.config.joint_face_lr_final_ratio
         groups.append(ParameterGroup("deformation", list(self.avatar.deformation.parameters()), self.config.lr_deform))
         groups.append(ParameterGroup("canonical_hair", list(self.avatar.hair.parameters()), 0.0, trainable=False))
         return groups
