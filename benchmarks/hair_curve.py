@@ -19,7 +19,6 @@ Markdown table and writes curve.csv and curve.png beside the run.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -27,16 +26,14 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import torch
-import yaml
 from torch.utils.data import Subset
 
+from curves import plot_panels, print_markdown, run_settings
 from mega.avatar import Avatar, RigidTable
 from mega.data.synth import synthesized_union
 from mega.flame.head_model import load_head_model_folder
-from mega.hair.config import HairConfig
 from mega.hair.model import GaussianHair
 from mega.hair.rigid import read_hair_rigid
-from mega.settings import synthetic_stage_settings
 from mega.train.checkpoint import load_checkpoint
 from mega.train.face import load_face
 from mega.train.hair import evaluate_canonical_hair, open_hair_split, train_hair
@@ -55,10 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(args.results)
-    name, _, overrides = args.run.partition("=")
-    settings = {**synthetic_stage_settings(yaml.safe_load(Path(args.config).read_text()), "hair"),
-                **json.loads(overrides or "{}"), "hair_iterations": args.steps}
-    config = HairConfig.from_dict(settings, where=f"--run {name}")
+    name, overrides, config = run_settings(args.config, args.run, hair_iterations=args.steps)
     union = synthesized_union(results / "data" / args.subject)
     face_path = results / "train" / args.subject / "mega" / "face.pt"
     rigid_path = results / "preprocess" / args.subject / "hair_rigid.npz"
@@ -66,7 +60,7 @@ def main() -> None:
     head = load_head_model_folder(results / "head_model")
     device = torch.device("cpu")
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} cores, {args.threads} threads; "
-          f"{args.subject} run {name}: {json.loads(overrides or '{}')}", flush=True)
+          f"{args.subject} run {name}: {overrides}", flush=True)
 
     face, frames = load_face(face_path, head, device)
     rigid_file = read_hair_rigid(rigid_path)
@@ -107,29 +101,11 @@ def main() -> None:
         pd.DataFrame(rows).to_csv(csv, index=False)
 
     table = pd.DataFrame(rows)
-    plot(table, out / "curve.png", f"{args.subject}, run {name}")
-    print("\n| " + " | ".join(table.columns) + " |")
-    print("|" + "---|" * len(table.columns))
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in table.columns) + " |")
-
-
-def plot(table: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (iou, psnr) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for split in ("train", "val"):
-        iou.plot(table["step"], table[f"{split} IoU"], marker="o", label=split)
-        psnr.plot(table["step"], table[f"{split} hair PSNR"], marker="o", label=split)
-    iou.set(xlabel="step", ylabel="hair IoU", title=title)
-    psnr.set(xlabel="step", ylabel="hair-region PSNR (dB)")
-    iou.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_panels(table, out / "curve.png", "step",
+                [("hair IoU", {s: f"{s} IoU" for s in ("train", "val")}),
+                 ("hair-region PSNR (dB)", {s: f"{s} hair PSNR" for s in ("train", "val")})],
+                f"{args.subject}, run {name}")
+    print_markdown(table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ own end (``joint/metrics.json``). Prints a Markdown table and writes curve.csv a
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -26,15 +25,13 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import torch
-import yaml
 
+from curves import plot_panels, print_markdown, run_settings
 from mega.avatar import Avatar, RigidTable
 from mega.data.synth import synthesized_union
 from mega.eval.avatar import evaluate_avatar
 from mega.flame.head_model import load_head_model_folder
-from mega.hair.config import HairConfig
 from mega.hair.model import GaussianHair
-from mega.settings import synthetic_stage_settings
 from mega.train.checkpoint import load_checkpoint
 from mega.train.face import load_face
 from mega.train.hair import open_hair_split
@@ -55,10 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(args.results)
-    name, _, overrides = args.run.partition("=")
-    settings = {**synthetic_stage_settings(yaml.safe_load(Path(args.config).read_text()), "hair"),
-                **json.loads(overrides or "{}"), "joint_epochs": args.epochs}
-    config = HairConfig.from_dict(settings, where=f"--run {name}")
+    name, overrides, config = run_settings(args.config, args.run, joint_epochs=args.epochs)
     union = synthesized_union(results / "data" / args.subject)
     run = results / "train" / args.subject / "mega"
     face_path, hair_path = run / "face.pt", run / "hair.pt"
@@ -67,7 +61,7 @@ def main() -> None:
     head = load_head_model_folder(results / "head_model")
     device = torch.device("cpu")
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} cores, {args.threads} threads; "
-          f"{args.subject} run {name}: {json.loads(overrides or '{}')}", flush=True)
+          f"{args.subject} run {name}: {overrides}", flush=True)
 
     train_set = open_hair_split(union, "train")
     splits = {split: open_hair_split(union, split) for split in ("val", "test")}
@@ -108,30 +102,11 @@ def main() -> None:
         pd.DataFrame(rows).to_csv(out / "curve.csv", index=False)
 
     table = pd.DataFrame(rows)
-    plot(table, out / "curve.png", f"{args.subject}, joint stage, run {name}")
-    print("\n| " + " | ".join(table.columns) + " |")
-    print("|" + "---|" * len(table.columns))
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in table.columns) + " |")
-
-
-def plot(table: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (psnr, iou) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for split in ("val", "test"):
-        psnr.plot(table["epoch"], table[f"{split} PSNR"], marker="o", label=f"{split}, whole head")
-        iou.plot(table["epoch"], table[f"{split} IoU"], marker="o", label=split)
-    psnr.set(xlabel="joint epochs", ylabel="PSNR (dB), paper protocol", title=title)
-    iou.set(xlabel="joint epochs", ylabel="hair IoU")
-    psnr.legend()
-    iou.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_panels(table, out / "curve.png", "epoch",
+                [("PSNR (dB), paper protocol", {f"{s}, whole head": f"{s} PSNR" for s in ("val", "test")}),
+                 ("hair IoU", {s: f"{s} IoU" for s in ("val", "test")})],
+                f"{args.subject}, joint stage, run {name}")
+    print_markdown(table)
 
 
 if __name__ == "__main__":
