@@ -95,8 +95,9 @@ class Avatar(nn.Module):
         c = self.config
         face = self.face(flame, cameras) if face is None else face
         # Hair that is not trained here (joint stage, evaluation) carries only the coefficients the
-        # render reads: B copies of the higher ones, and their zero-filled gradients, were a tenth
-        # of a joint step. While they train, all stay, so that their optimiser state is 3DGS's.
+        # render reads: B copies of the higher ones, and the zero-filled gradients of each image's
+        # slice of them, were among a joint step's largest costs (docs/benchmarks.md). While they
+        # train, all stay, so that their optimiser state is 3DGS's.
         trained = torch.is_grad_enabled() and self.hair.params["shN"].requires_grad
         k = None if trained else num_sh_coefficients(int(self.hair.active_degree))
         gaussians, offsets = self.hair_of(flame, rotation, translation, k)
