@@ -368,16 +368,17 @@ def _view(args) -> None:
     from mega.view.server import check_port_free, serve
 
     check_port_free(args.host, args.port)  # before minutes of loading, not after
-    if (args.hair_run is None) != (args.hair_union is None):
-        raise ConfigError("--hair-run and --hair-union go together: the other avatar's run folder and UNION folder")
+    hair_runs, hair_unions = args.hair_run or [], args.hair_union or []
+    if len(hair_runs) != len(hair_unions):
+        raise ConfigError("--hair-run and --hair-union go together, once each per other avatar: its run folder "
+                          f"and its UNION folder (got {len(hair_runs)} --hair-run, {len(hair_unions)} --hair-union)")
     device = _device_of(args)
     head = load_head_model_folder(args.head_model)
-    if args.hair_run is None:
-        scene = AvatarScene.from_run(args.run_dir, head, args.union, args.rigid, device, split=args.split)
-    else:
-        scene = AvatarScene.from_swap(args.run_dir, args.union, args.rigid, args.hair_run, args.hair_union, head,
-                                      device, split=args.split)
-    serve(scene, args.host, args.port, args.save_dir or Path(args.run_dir) / "view", args.fps)
+    scene = AvatarScene.from_run(args.run_dir, head, args.union, args.rigid, device, split=args.split)
+    hair_scenes = {str(run): AvatarScene.from_swap(args.run_dir, args.union, args.rigid, run, hair_union, head,
+                                                   device, split=args.split)
+                   for run, hair_union in zip(hair_runs, hair_unions)}
+    serve(scene, args.host, args.port, args.save_dir or Path(args.run_dir) / "view", args.fps, hair_scenes)
 
 
 def _view_export(args) -> None:
@@ -739,9 +740,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of 'play'")
     p.add_argument("--save-dir", help="where 'save PNG' writes (default RUN_DIR/view)")
-    p.add_argument("--hair-run", help="wear the hair of this other trained avatar (its run folder), aligned by the "
-                                      "scalps as `mega swap-hair` aligns it")
-    p.add_argument("--hair-union", help="that avatar's UNION folder (its canonical scalp)")
+    p.add_argument("--hair-run", action="append",
+                   help="offer the hair of this other trained avatar (its run folder), aligned by the scalps as "
+                        "`mega swap-hair` aligns it; the page starts with the first given, its 'hair' choice "
+                        "switches to the own hair and back (repeat for more avatars)")
+    p.add_argument("--hair-union", action="append",
+                   help="that avatar's UNION folder (its canonical scalp), once per --hair-run, in the same order")
     _runtime_arguments(p)
     p.set_defaults(func=_view)
 

@@ -301,3 +301,22 @@ def test_the_viewer_wears_another_avatars_hair(trained_avatar, tmp_path):
     assert differs(own.render(frontal, face)[0], swapped.render(frontal, face)[0]) == 0.0
     assert main(["view", str(run), str(union), "--head-model", str(head_dir), "--rigid", str(rigid),
                  "--hair-run", str(other)]) == 2  # --hair-union missing
+    # The page's 'hair' choice: it starts with the other avatar's hair and switches to the own
+    # hair and back, the occlusion test following each hair's near-z.
+    from mega.view.server import OWN_HAIR, AvatarViewer
+    viewer = AvatarViewer(own, port=free_port(), save_dir=tmp_path, hair_scenes={"other": swapped})
+    try:
+        assert viewer.scene is swapped and viewer.hair.value == "other" and viewer.near_z.value == "1st"
+        viewer.hair.value = OWN_HAIR
+        viewer._hair_changed()  # what the page's dropdown calls
+        assert viewer.scene is own and viewer.near_z.value == "2nd" and viewer.settings.evaluation_near_z == 1
+        viewer.hair.value = "other"
+        viewer._hair_changed()
+        assert viewer.scene is swapped and viewer.settings.evaluation_near_z == 0
+    finally:
+        viewer.stop()
+    alone = AvatarViewer(own, port=free_port(), save_dir=tmp_path)
+    try:
+        assert alone.hair is None and alone.scene is own  # no other avatar: no choice
+    finally:
+        alone.stop()

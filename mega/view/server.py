@@ -4,8 +4,9 @@ each frame to the page as the background of its 3D view).
 Controls: free orbit, the subject's cameras as presets, the first FLAME expression components,
 jaw, neck and eyes, the tracked frame to start from (and to play through at a frame rate), the
 layer (blend, face, hair, hair alpha, occlusion mask, depth, normals), the blending live (which
-near-z, early stop, soft blending), a button that saves the current view as a PNG, and the
-frame time. While the camera moves a frame is rendered at half resolution; once it rests, at
+near-z, early stop, soft blending), the hair of other trained avatars when they are given (a
+choice between the avatar's own hair and theirs), a button that saves the current view as a PNG,
+and the frame time. While the camera moves a frame is rendered at half resolution; once it rests, at
 the full one.
 """
 
@@ -25,6 +26,9 @@ from mega.errors import DataError
 from mega.view.scene import EXPRESSION_SLIDERS, LAYERS, AvatarScene, ViewSettings, look_at_camera
 
 log = logging.getLogger(__name__)
+
+OWN_HAIR = "own hair"
+"""The hair choice of the avatar's own hair (the others are named by their run folders)."""
 
 MOVING_S = 0.3  # a camera updated this recently is moving: half-resolution frames
 
@@ -48,13 +52,17 @@ def wxyz_to_rotation(wxyz: np.ndarray) -> np.ndarray:
 
 
 class AvatarViewer:
-    """The viser server of one :class:`AvatarScene`; ``stop()`` ends it."""
+    """The viser server of one :class:`AvatarScene`; ``stop()`` ends it. ``hair_scenes``: the
+    same face wearing other avatars' hair (:meth:`AvatarScene.from_swap`), by name; the page
+    then offers them beside the own hair and starts with the first of them."""
 
     def __init__(self, scene: AvatarScene, host: str = "127.0.0.1", port: int = 8080, save_dir: str | Path = ".",
-                 fps: float = 10.0):
+                 fps: float = 10.0, hair_scenes: dict[str, AvatarScene] | None = None):
         import viser
 
         check_port_free(host, port)
+        self.scenes = {OWN_HAIR: scene, **(hair_scenes or {})}
+        scene = self.scenes[next(iter(hair_scenes))] if hair_scenes else scene
         self.scene, self.save_dir, self.fps = scene, Path(save_dir), fps
         self.settings = ViewSettings(timestep_index=scene.timesteps[0], evaluation_near_z=scene.default_near_z)
         self.server = viser.ViserServer(host=host, port=port, label="mega", verbose=False)
@@ -79,6 +87,11 @@ class AvatarViewer:
         self.preset = gui.add_dropdown("camera", presets, initial_value=presets[self._first_camera()])
         self.preset.on_update(lambda _: self._apply_preset())
         self.layer = gui.add_dropdown("layer", LAYERS, initial_value="blended")
+        self.hair = None
+        if len(self.scenes) > 1:
+            names = tuple(self.scenes)
+            self.hair = gui.add_dropdown("hair", names, initial_value=names[list(self.scenes.values()).index(scene)])
+            self.hair.on_update(lambda _: self._hair_changed())
         with gui.add_folder("frame"):
             self.timestep = gui.add_slider("tracked frame", scene.timesteps[0], scene.timesteps[-1], 1,
                                            scene.timesteps[0])
@@ -118,6 +131,13 @@ class AvatarViewer:
             for client_id in self.server.get_clients():
                 self._dirty[client_id] = 0.0  # not a camera move: straight to full resolution
                 self._full_done.discard(client_id)
+
+    def _hair_changed(self) -> None:
+        """Another hair on the same face (same frames and cameras); the occlusion test switches to
+        the near-z that hair is evaluated with (the 1st for another avatar's, as swaps are)."""
+        self.scene = self.scenes[str(self.hair.value)]
+        self.near_z.value = ("1st", "2nd")[self.scene.default_near_z]
+        self._settings_changed()
 
     def _nearest_timestep(self, value: int) -> int:
         return min(self.scene.timesteps, key=lambda t: abs(t - value))
@@ -235,9 +255,10 @@ class AvatarViewer:
         self.server.stop()
 
 
-def serve(scene: AvatarScene, host: str, port: int, save_dir: str | Path, fps: float) -> None:
+def serve(scene: AvatarScene, host: str, port: int, save_dir: str | Path, fps: float,
+          hair_scenes: dict[str, AvatarScene] | None = None) -> None:
     """Run the viewer until interrupted (Ctrl-C)."""
-    run_until_interrupted(AvatarViewer(scene, host, port, save_dir, fps), "mega view", host)
+    run_until_interrupted(AvatarViewer(scene, host, port, save_dir, fps, hair_scenes), "mega view", host)
 
 
 def run_until_interrupted(viewer, command: str, host: str) -> None:
