@@ -307,6 +307,7 @@ def test_the_viewer_wears_another_avatars_hair(trained_avatar, tmp_path):
     viewer = AvatarViewer(own, port=free_port(), save_dir=tmp_path, hair_scenes={"other": swapped})
     try:
         assert viewer.scene is swapped and viewer.hair.value == "other" and viewer.near_z.value == "1st"
+        assert viewer.settings.evaluation_near_z == 0
         viewer.hair.value = OWN_HAIR
         viewer._hair_changed()  # what the page's dropdown calls
         assert viewer.scene is own and viewer.near_z.value == "2nd" and viewer.settings.evaluation_near_z == 1

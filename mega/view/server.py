@@ -62,9 +62,10 @@ class AvatarViewer:
 
         check_port_free(host, port)
         self.scenes = {OWN_HAIR: scene, **(hair_scenes or {})}
-        scene = self.scenes[next(iter(hair_scenes))] if hair_scenes else scene
-        self.scene, self.save_dir, self.fps = scene, Path(save_dir), fps
-        self.settings = ViewSettings(timestep_index=scene.timesteps[0], evaluation_near_z=scene.default_near_z)
+        self._first_hair = next(iter(hair_scenes)) if hair_scenes else OWN_HAIR
+        self.scene, self.save_dir, self.fps = self.scenes[self._first_hair], Path(save_dir), fps
+        self.settings = ViewSettings(timestep_index=self.scene.timesteps[0],
+                                     evaluation_near_z=self.scene.default_near_z)
         self.server = viser.ViserServer(host=host, port=port, label="mega", verbose=False)
         self.port = self.server.get_port()
         self._lock = threading.Lock()
@@ -89,8 +90,7 @@ class AvatarViewer:
         self.layer = gui.add_dropdown("layer", LAYERS, initial_value="blended")
         self.hair = None
         if len(self.scenes) > 1:
-            names = tuple(self.scenes)
-            self.hair = gui.add_dropdown("hair", names, initial_value=names[list(self.scenes.values()).index(scene)])
+            self.hair = gui.add_dropdown("hair", tuple(self.scenes), initial_value=self._first_hair)
             self.hair.on_update(lambda _: self._hair_changed())
         with gui.add_folder("frame"):
             self.timestep = gui.add_slider("tracked frame", scene.timesteps[0], scene.timesteps[-1], 1,
