@@ -87,6 +87,8 @@ def main() -> None:
         frames.load_state_dict(state["frames"])
         field = deformation_field_of(config)
         field.load_state_dict(state["deformation"])
+        if "hair" in state:  # the joint stage trained the canonical hair's colours
+            hair.load_state_dict(state["hair"])
         avatar = Avatar(face, hair, field.eval(), config)
         log = pd.read_csv(out / "joint" / "loss.csv")
         row = {"epoch": epoch, "step": stop, "train-batch PSNR (last epoch)":

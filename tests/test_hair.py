@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -351,6 +352,38 @@ def test_the_joint_stage_decays_the_faces_rates_alone_when_asked(trained, canoni
     for bad in (0.0, 1.5):
         with pytest.raises(Exception, match="joint_face_lr_final_ratio"):
             HairConfig.from_dict({"joint_face_lr_final_ratio": bad}, where="config.yaml hair")
+
+
+def test_the_joint_stage_trains_the_canonical_hair_when_asked_and_the_avatar_keeps_it(trained, canonical_hair,
+                                                                                      tmp_path):
+    union, head, run, rigid = trained
+    # The colours alone (the synthetic settings').
+    config = TINY_HAIR.replace(joint_hair_appearance_lr_ratio=1.0)
+    shutil.copy(canonical_hair, tmp_path / "hair.pt")  # a run folder as the workflow leaves it
+    train_joint(union, run / "face.pt", tmp_path / "hair.pt", rigid, tmp_path, head, config, progress=False)
+    before = torch.load(canonical_hair, weights_only=False)["hair"]
+    avatar, _, _ = load_avatar(tmp_path, head)
+    after = avatar.hair.state_dict()
+    # Colour and opacity moved; positions, orientations and sizes stayed; hair.pt is untouched.
+    for name in ("params.sh0", "params.opacities"):
+        assert not torch.equal(after[name], before[name]), name
+    for name in ("params.means", "params.quats", "params.scales", "params.shN"):
+        assert torch.equal(after[name], before[name]), name
+    assert torch.equal(torch.load(tmp_path / "hair.pt", weights_only=False)["hair"]["params.sh0"], before["params.sh0"])
+
+    # The geometry alone: positions, orientations and sizes move, colours and opacities stay.
+    config = TINY_HAIR.replace(joint_hair_geometry_lr_ratio=1.0)
+    train_joint(union, run / "face.pt", tmp_path / "hair.pt", rigid, tmp_path, head, config, progress=False,
+                restart=True)
+    after = load_avatar(tmp_path, head)[0].hair.state_dict()
+    for name in ("params.means", "params.quats", "params.scales"):
+        assert not torch.equal(after[name], before[name]), name
+    for name in ("params.sh0", "params.shN", "params.opacities"):
+        assert torch.equal(after[name], before[name]), name
+    for name in ("joint_hair_appearance_lr_ratio", "joint_hair_geometry_lr_ratio"):
+        for bad in (-0.1, 11.0):
+            with pytest.raises(Exception, match=name):
+                HairConfig.from_dict({name: bad}, where="config.yaml hair")
 
 
 @pytest.mark.parametrize("stage", ["hair", "joint"])

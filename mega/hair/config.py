@@ -95,6 +95,12 @@ class HairConfig(Settings):
     joint_face_lr_final_ratio: float = 1.0
     """The face's rates in the joint stage decay exponentially to this fraction of themselves at
     its last step (1 = constant, the authors'); the deformation field's stays constant."""
+    joint_hair_appearance_lr_ratio: float = 0.0
+    """The canonical hair's colour (SH) and opacity train in the joint stage at this fraction of
+    the canonical-hair stage's rates (0 = frozen, the authors'; a departure, docs/hair.md)."""
+    joint_hair_geometry_lr_ratio: float = 0.0
+    """The canonical hair's positions, orientations and sizes train in the joint stage at this
+    fraction of the canonical-hair stage's starting rates (0 = frozen, the authors'; a departure)."""
     aiap_neighbours: int = 8
     w_rgb: float = 1.0
     w_ssim: float = 0.2
@@ -154,6 +160,9 @@ class HairConfig(Settings):
         if self.deform_precision not in DEFORM_PRECISIONS:
             raise ConfigError(f"{where}: 'deform_precision' must be one of {', '.join(DEFORM_PRECISIONS)}, "
                               f"got {self.deform_precision!r}")
+        for name in ("joint_hair_appearance_lr_ratio", "joint_hair_geometry_lr_ratio"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ConfigError(f"{where}: '{name}' must be in [0, 10], got {getattr(self, name)}")
         if not 0 < self.joint_face_lr_final_ratio <= 1:
             raise ConfigError(f"{where}: 'joint_face_lr_final_ratio' must be in (0, 1], "
                               f"got {self.joint_face_lr_final_ratio}")

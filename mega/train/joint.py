@@ -2,13 +2,16 @@
 
 Trained: the hair's deformation field and the face's appearance (diffuse texture, view and
 dynamic decoders, UV encoding, pixel decoder). Fixed: the canonical Gaussians, the displacement
-decoder and the per-frame FLAME parameters, as the paper and the authors' code do.
+decoder and the per-frame FLAME parameters, as the paper and the authors' code do; the canonical
+Gaussians' colours and opacities (``joint_hair_appearance_lr_ratio``, the synthetic settings) and
+their geometry (``joint_hair_geometry_lr_ratio``) can train too, a departure (docs/hair.md).
 
     L = λp·L_pho(blend) + 3λp·L_di·pho(face) + λss·L_ssim(blend) + λsol·L_sol
         + λn·(‖δr‖ + ‖δs‖ + ‖δo‖ + ‖δc‖) + λa·L_aiap                                 (eq. 15)
 
 Outputs in the run folder:
-    joint.pt    the face as this stage leaves it, its frames, the deformation field, the settings
+    joint.pt    the face as this stage leaves it, its frames, the deformation field, the settings;
+                the canonical hair too where this stage trained it (hair.pt stays stage 2's)
     joint/      checkpoint.pt, loss.csv, loss.png, metrics.json (val, test; the face alone beside
                 the hybrid), val.png (ground truth | face | hair | blended | occlusion)
 """
@@ -97,33 +100,66 @@ class JointStage:
     loss_terms = LOSS_TERMS
     extra_columns = ("psnr_train", "hair_iou")
 
-    def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, config: HairConfig):
+    def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, config: HairConfig,
+                 scene_extent_m: float = 1.0):
+        """``scene_extent_m``: the canonical-hair stage's scene extent (its position rate's unit)."""
         self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
+        self.scene_extent_m = scene_extent_m
         self.face_stage = FaceStage(avatar.face, frames, avatar.face.config, frozen=FROZEN_FACE_GROUPS)
-        with torch.no_grad():
-            canonical = avatar.hair.activated()
-            self.canonical = {"means": canonical["means"].detach(),
-                              "covariances": losses.covariances(quaternion_to_matrix(canonical["quats"]),
-                                                                canonical["scales"]).detach()}
-            # The authors' K = 8 neighbours count each Gaussian as its own first one.
-            self.neighbours = losses.knn_indices(self.canonical["means"], config.aiap_neighbours - 1)
+        self.canonical = self.canonical_geometry()
+        # The authors' K = 8 neighbours count each Gaussian as its own first one.
+        self.neighbours = losses.knn_indices(self.canonical["means"], config.aiap_neighbours - 1)
+
+    @torch.no_grad()
+    def canonical_geometry(self) -> dict[str, Tensor]:
+        """The canonical means [N, 3] and covariances [N, 3, 3] the AIAP term compares the posed hair with."""
+        canonical = self.avatar.hair.activated()
+        return {"means": canonical["means"].detach(),
+                "covariances": losses.covariances(quaternion_to_matrix(canonical["quats"]), canonical["scales"])}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"face": self.avatar.face, "frames": self.frames, "deformation": self.avatar.deformation}
+        modules = {"face": self.avatar.face, "frames": self.frames, "deformation": self.avatar.deformation}
+        if self.trains_hair():
+            modules["hair"] = self.avatar.hair
+        return modules
 
     def parameter_groups(self) -> list[ParameterGroup]:
         groups = self.face_stage.parameter_groups()
         for group in groups:
             group.lr_final_ratio = self.config.joint_face_lr_final_ratio
         groups.append(ParameterGroup("deformation", list(self.avatar.deformation.parameters()), self.config.lr_deform))
-        groups.append(ParameterGroup("canonical_hair", list(self.avatar.hair.parameters()), 0.0, trainable=False))
+        # A departure where either ratio is above 0: the frames' head poses show the hair from
+        # directions the canonical frame's views do not, and frozen Gaussians cannot follow them.
+        c, params = self.config, self.avatar.hair.params
+        rates = {}
+        if c.joint_hair_appearance_lr_ratio > 0:
+            ratio = c.joint_hair_appearance_lr_ratio
+            rates.update(sh0=c.lr_sh * ratio, opacities=c.lr_opacity * ratio)
+            # The higher SH coefficients train only where the canonical stage ended above degree 0
+            # (the degree does not rise here): frozen, the posed hair carries only those it renders.
+            if int(self.avatar.hair.active_degree) > 0:
+                rates["shN"] = c.lr_sh / 20 * ratio
+        if c.joint_hair_geometry_lr_ratio > 0:
+            ratio = c.joint_hair_geometry_lr_ratio
+            rates.update(means=c.lr_position * self.scene_extent_m * ratio, quats=c.lr_rotation * ratio,
+                         scales=c.lr_scaling * ratio)
+        groups += [ParameterGroup(f"canonical_hair_{name}", [params[name]], lr) for name, lr in rates.items()]
+        groups.append(ParameterGroup("canonical_hair", [p for name, p in params.items() if name not in rates], 0.0,
+                                     trainable=False))
         return groups
+
+    def trains_hair(self) -> bool:
+        """Whether this stage trains the canonical Gaussians (then its checkpoints keep them)."""
+        return self.config.joint_hair_appearance_lr_ratio > 0 or self.config.joint_hair_geometry_lr_ratio > 0
 
     def begin_step(self, step: int) -> None:
         # The fixed displacement decoder keeps its batch-norm statistics: in training mode they
         # would drift with the joint batches and change the geometry evaluation renders.
         if self.avatar.face.displacement_decoder is not None:
             self.avatar.face.displacement_decoder.eval()
+        if self.config.joint_hair_geometry_lr_ratio > 0:
+            # AIAP keeps the deformation near-isometric to the canonical hair as it is now.
+            self.canonical = self.canonical_geometry()
 
     def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         flame = self.frames(batch["timestep_index"])
@@ -160,7 +196,7 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     rigid = RigidTable.from_file(rigid_path).to(device)
     deformation = deformation_field_of(config).to(device)
     avatar = Avatar(face, hair, deformation, config)
-    stage = JointStage(avatar, frames, rigid, config)
+    stage = JointStage(avatar, frames, rigid, config, float(hair_state.get("scene_extent_m", 1.0)))
     steps = config.joint_steps_for(len(dataset))
     settings = LoopSettings(steps=steps, batch_size=config.joint_batch_size, seed=config.seed,
                             checkpoint_every=config.checkpoint_every, data_workers=config.data_workers,
@@ -178,7 +214,9 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
                                            "frames": frames.state_dict(), "face_config": face.config.to_dict(),
                                            "deformation": deformation.state_dict(), "hair_config": config.to_dict(),
                                            "variant": variant, "iterations": steps,
-                                           "head_model": head.fingerprint()})
+                                           "head_model": head.fingerprint(),
+                                           # The canonical hair as this stage left it, where it trained.
+                                           **({"hair": hair.state_dict()} if stage.trains_hair() else {})})
     metrics = {"variant": variant, "iterations": steps, "device": str(device), "n_gaussians": hair.n,
                "train_seconds": round(result.seconds, 1),
                "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4)}
@@ -195,7 +233,8 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
 def load_avatar(run_dir: str | Path, head: HeadModel, device: str | torch.device = "cpu"
                 ) -> tuple[Avatar, FrameParameters, dict]:
     """The trained avatar of a run folder: ``joint.pt`` (the face as the joint stage left it, its
-    per-frame FLAME parameters, the deformation field) and ``hair.pt`` (the canonical hair).
+    per-frame FLAME parameters, the deformation field; the canonical hair where the stage trained
+    its colours) and ``hair.pt`` (the canonical hair).
     Returns (avatar, per-frame FLAME parameters, the joint file's contents)."""
     joint, hair_state, joint_path = read_avatar_checkpoints(run_dir, head, device)
     face = NeuralFace(head, FaceConfig.from_dict(joint["face_config"], where=f"{joint_path} face_config")).to(device)
@@ -239,11 +278,11 @@ def deformation_field_of(config: HairConfig) -> DeformationField:
 
 def hair_parts(joint: dict, hair_state: dict, joint_path: str | Path, device: str | torch.device
                ) -> tuple[GaussianHair, DeformationField, HairConfig]:
-    """The canonical hair (hair.pt's contents), the deformation field and the hair settings
-    (joint.pt's) of a trained avatar."""
+    """The canonical hair (joint.pt's where the joint stage trained its colours, hair.pt's
+    otherwise), the deformation field and the hair settings (joint.pt's) of a trained avatar."""
     config = HairConfig.from_dict(joint["hair_config"], where=f"{joint_path} hair_config")
     hair = GaussianHair(0, config.sh_degree).to(device)
-    hair.load_state_dict(hair_state["hair"])
+    hair.load_state_dict(joint["hair"] if "hair" in joint else hair_state["hair"])
     deformation = deformation_field_of(config).to(device)
     deformation.load_state_dict(joint["deformation"])
     return hair, deformation.eval(), config
