@@ -386,13 +386,16 @@ def test_the_joint_stage_trains_the_canonical_hair_when_asked_and_the_avatar_kee
                 HairConfig.from_dict({name: bad}, where="config.yaml hair")
 
 
-@pytest.mark.parametrize("stage", ["hair", "joint"])
+@pytest.mark.parametrize("stage", ["hair", "joint", "joint_with_hair_colours"])
 def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_hair, tmp_path, stage):
     union, head, run, rigid = trained
     # Densification at steps 2 and 4 (a batch of 5 images: every 10 images), on both sides of the interruption.
     config = TINY_HAIR.replace(hair_iterations=4, joint_iterations=4, hair_batch_size=5, joint_batch_size=5,
-                               densify_from_images=5, densify_every_images=10, checkpoint_every=2)
+                               densify_from_images=5, densify_every_images=10, checkpoint_every=2,
+                               joint_hair_appearance_lr_ratio=1.0 if stage == "joint_with_hair_colours" else 0.0)
     hair_pt = canonical_hair
+    parts = {"hair": ["hair"], "joint": ["deformation"], "joint_with_hair_colours": ["deformation", "hair"]}[stage]
+    stage = "hair" if stage == "hair" else "joint"
 
     def run_stage(folder, stop_after=None):
         if stage == "hair":
@@ -410,9 +413,9 @@ def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_ha
     assert log_a["total"].tolist() == pytest.approx(log_b["total"].tolist(), rel=1e-5)
     a = torch.load(tmp_path / "straight" / f"{stage}.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / f"{stage}.pt", weights_only=False)
-    part = "hair" if stage == "hair" else "deformation"
-    for name, value in a[part].items():
-        assert torch.allclose(value.float(), b[part][name].float(), atol=1e-6), name
+    for part in parts:
+        for name, value in a[part].items():
+            assert torch.allclose(value.float(), b[part][name].float(), atol=1e-6), name
     if stage == "hair":
         assert log_a["n_gaussians"].iloc[-1] > log_a["n_gaussians"].iloc[0]  # densification happened
 
