@@ -181,6 +181,12 @@ class HairConfig(Settings):
             return self.joint_iterations
         return self.joint_epochs * max(n_images // min(self.joint_batch_size, n_images), 1)
 
+    def canonical_hair_rates(self, scene_extent_m: float) -> dict[str, float]:
+        """The canonical Gaussians' starting learning rates by parameter (3DGS's: the position rate
+        in units of the scene extent, the higher SH coefficients at a twentieth of the DC's)."""
+        return {"means": self.lr_position * scene_extent_m, "quats": self.lr_rotation, "scales": self.lr_scaling,
+                "opacities": self.lr_opacity, "sh0": self.lr_sh, "shN": self.lr_sh / 20}
+
     def images_to_steps(self, images: int, batch_size: int) -> int:
         """The authors count densification in images; our schedule counts steps."""
         return max(round(images / batch_size), 1)

@@ -123,12 +123,8 @@ class HairStage:
         # stage stops part way along the same curve.
         span = min(self.total_steps, c.lr_position_steps) / c.lr_position_steps
         position_ratio = (c.lr_position_final / c.lr_position) ** span
-        groups = [ParameterGroup("means", [p["means"]], c.lr_position * self.extent_m, lr_final_ratio=position_ratio),
-                  ParameterGroup("quats", [p["quats"]], c.lr_rotation),
-                  ParameterGroup("scales", [p["scales"]], c.lr_scaling),
-                  ParameterGroup("opacities", [p["opacities"]], c.lr_opacity),
-                  ParameterGroup("sh0", [p["sh0"]], c.lr_sh),
-                  ParameterGroup("shN", [p["shN"]], c.lr_sh / 20)]
+        groups = [ParameterGroup(name, [p[name]], lr, lr_final_ratio=position_ratio if name == "means" else None)
+                  for name, lr in c.canonical_hair_rates(self.extent_m).items()]
         face = self.avatar.face
         groups.append(ParameterGroup("face", list(face.parameters()) + list(self.frames.parameters()), 0.0,
                                      trainable=False))

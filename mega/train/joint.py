@@ -131,18 +131,16 @@ class JointStage:
         # A departure where either ratio is above 0: the frames' head poses show the hair from
         # directions the canonical frame's views do not, and frozen Gaussians cannot follow them.
         c, params = self.config, self.avatar.hair.params
-        rates = {}
+        ratios = {}
         if c.joint_hair_appearance_lr_ratio > 0:
-            ratio = c.joint_hair_appearance_lr_ratio
-            rates.update(sh0=c.lr_sh * ratio, opacities=c.lr_opacity * ratio)
             # The higher SH coefficients train only where the canonical stage ended above degree 0
             # (the degree does not rise here): frozen, the posed hair carries only those it renders.
-            if int(self.avatar.hair.active_degree) > 0:
-                rates["shN"] = c.lr_sh / 20 * ratio
+            colour = ("sh0", "shN") if int(self.avatar.hair.active_degree) > 0 else ("sh0",)
+            ratios.update(dict.fromkeys((*colour, "opacities"), c.joint_hair_appearance_lr_ratio))
         if c.joint_hair_geometry_lr_ratio > 0:
-            ratio = c.joint_hair_geometry_lr_ratio
-            rates.update(means=c.lr_position * self.scene_extent_m * ratio, quats=c.lr_rotation * ratio,
-                         scales=c.lr_scaling * ratio)
+            ratios.update(dict.fromkeys(("means", "quats", "scales"), c.joint_hair_geometry_lr_ratio))
+        rates = {name: lr * ratios[name] for name, lr in c.canonical_hair_rates(self.scene_extent_m).items()
+                 if name in ratios}
         groups += [ParameterGroup(f"canonical_hair_{name}", [params[name]], lr) for name, lr in rates.items()]
         groups.append(ParameterGroup("canonical_hair", [p for name, p in params.items() if name not in rates], 0.0,
                                      trainable=False))
