@@ -4,12 +4,16 @@ optimizer update), and the speed-up of the CPU path side by side in one run:
 
     python benchmarks/hair_speed.py --subject synthetic_long [--steps 40] [--threads 2] [--compare]
 
+``MEGA_REUSE_FREED_MEMORY=0`` runs it with glibc's allocator as it is (mega/allocator.py);
+``--composite-threads 1`` composites a batch's images one at a time, as before.
+
 ``--compare`` runs each stage twice from the same start with the same batches: as it ran before
 (the torch compositing; the canonical-hair stage rendering the fixed face and the silhouette
 weights again every step; the deformation field in float32 with torch's softplus; the frozen
 hair of every frame with all its SH coefficients) and as it runs now (the numba compositing, both
 kept per image, the deformation field's CPU softplus at the settings' ``deform_precision``, the
-active degree's coefficients only), and prints seconds per step, the speed-up, and the two runs'
+active degree's coefficients only, glibc keeping freed memory for reuse as the ``mega`` command
+makes it), and prints seconds per step, the speed-up, and the two runs'
 losses at the last step. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
 and hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mega.allocator import reuse_freed_memory
 from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import collate_samples
 from mega.data.synth import synthesized_union
@@ -116,10 +121,20 @@ def main() -> None:
     parser.add_argument("--settings", default="{}", help="JSON overrides of the hair settings")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators")
     parser.add_argument("--compare", action="store_true", help="also run the stages as they ran before, side by side")
+    parser.add_argument("--composite-threads", type=int, default=0,
+                        help="threads that composite a batch's images (0: torch's, as the stages do; 1: one image "
+                             "at a time, as before)")
     args = parser.parse_args()
     import json
 
     torch.set_num_threads(args.threads)
+    if args.composite_threads:
+        import functools
+
+        import mega.hair.render
+
+        mega.hair.render.rasterize_gaussians_batch = functools.partial(
+            mega.hair.render.rasterize_gaussians_batch, threads=args.composite_threads)
     results = Path(args.results)
     config = yaml.safe_load(Path(args.config).read_text())
     settings = {**synthetic_stage_settings(config, "hair"), **json.loads(args.settings)}
@@ -143,9 +158,13 @@ def main() -> None:
     if args.compare:
         setups.insert(0, ("before", hair_config.replace(gaussian_backend="torch", deform_precision="float32"),
                           RecomputingHairStage))
-    table = []
-    for name in ("hair", "joint"):
-        for label, stage_config, hair_stage in setups:
+    table = {}
+    # Every "before" run first, with glibc's allocator as it was; the allocator's settings are the
+    # process's and cannot be undone, so they are made between the two (mega/allocator.py).
+    for label, stage_config, hair_stage in setups:
+        if label == "now":
+            print(f"\nglibc keeps freed memory for reuse: {reuse_freed_memory()}")
+        for name in ("hair", "joint"):
             hair = initial_hair(face, frames, timestep, stage_config, views)
             with torch.no_grad():  # opaque enough to render like trained hair
                 hair.params["opacities"].fill_(2.0)
@@ -175,7 +194,7 @@ def main() -> None:
             else:
                 loss = run_steps(stage, dataset, args.steps, batch_size, 1e-3, timer, densify)
             wall = time.perf_counter() - started
-            table.append((name, label, wall / args.steps, loss))
+            table[name, label] = (wall / args.steps, loss)
             backend = resolve_gaussian_backend(stage_config.gaussian_backend, device)
             print(f"\n{name} stage, {label} ({backend} compositing, deformation {stage_config.deform_precision}): "
                   f"{n0} → {hair.n} Gaussians, "
@@ -187,8 +206,8 @@ def main() -> None:
     if args.compare:
         print("\n| stage | before (s / step) | now (s / step) | speed-up | last loss before | now |")
         print("|---|---|---|---|---|---|")
-        for i in range(0, len(table), 2):
-            (name, _, before, loss_before), (_, _, now, loss_now) = table[i], table[i + 1]
+        for name in ("hair", "joint"):
+            (before, loss_before), (now, loss_now) = table[name, "before"], table[name, "now"]
             print(f"| {name} | {before:.3f} | {now:.3f} | {before / now:.2f}× | {loss_before:.6f} | {loss_now:.6f} |")
 
 

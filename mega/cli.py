@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from mega.allocator import reuse_freed_memory
 from mega.errors import MegaError
 from mega.ablations import DEFAULT_PATH as ABLATIONS
 
@@ -63,11 +64,14 @@ def _inspect_subject(args) -> None:
     from mega.atomic import write_json
     from mega.data.gaussian_avatars import SubjectDataset
 
+    from mega.errors import DataError
+
     summary = {"union": str(Path(args.union).resolve()), "splits": {}}
-    for split in args.splits:
-        path = Path(args.union) / f"transforms_{split}.json"
-        if not path.exists():
-            continue
+    found = [split for split in args.splits if (Path(args.union) / f"transforms_{split}.json").exists()]
+    if not found:
+        raise DataError(f"{args.union}: no {', '.join(f'transforms_{s}.json' for s in args.splits)}; expected a "
+                        f"subject folder in the GaussianAvatars format (docs/preprocess.md)")
+    for split in found:
         ds = SubjectDataset(args.union, split)
         sample = ds[0]
         summary["splits"][split] = {
@@ -864,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # Before any tensor exists: freed memory stays for the next step (mega/allocator.py).
+    if reuse_freed_memory():
+        log.debug("glibc keeps freed memory for reuse (MEGA_REUSE_FREED_MEMORY=0 leaves its defaults)")
     if "SLURM_JOB_ID" in os.environ:  # the rule's log then says where it ran
         log.info("mega %s in SLURM job %s on %s", args.command, os.environ["SLURM_JOB_ID"],
                  os.environ.get("SLURMD_NODENAME", "?"))

@@ -82,3 +82,42 @@ def test_auto_picks_numba_on_the_cpu_and_numba_is_refused_elsewhere():
     assert resolve_gaussian_backend("auto", torch.device("cpu")) == "numba"
     with pytest.raises(ValueError, match="numba Gaussian backend runs on the CPU"):
         resolve_gaussian_backend("numba", torch.device("cuda"))
+
+
+def _shifted_camera(dx: float) -> Camera:
+    cam = camera()
+    world_to_camera = cam.world_to_camera.clone()
+    world_to_camera[0, 3] = dx
+    return Camera(cam.intrinsics, world_to_camera, W, H)
+
+
+@pytest.mark.parametrize("mesh", [False, True])
+def test_a_batch_composited_on_two_threads_is_each_image_rendered_alone(mesh):
+    """rasterize_gaussians_batch shares the images' loops among threads (forward and backward):
+    each image's outputs and gradients are those of its own rasterize_gaussians call."""
+    from mega.render.gaussians import rasterize_gaussians_batch
+
+    scenes = [SCENES["dense"](), SCENES["sparse"](), SCENES["dense"]()]
+    n = min(s[0].shape[0] for s in scenes)
+    stacked = [torch.stack([s[k][:n] for s in scenes]) for k in range(5)]
+    cameras = [_shifted_camera(dx) for dx in (0.0, 0.05, -0.03)]
+    options = {"mesh_depth": torch.stack([mesh_plane()] * 3)} if mesh else {}
+    batch_leaves = [t.detach().clone().requires_grad_() for t in stacked]
+    outs = rasterize_gaussians_batch(*batch_leaves[:4], cameras, colors=batch_leaves[4], threads=2,
+                                     backend="numba", pair_budget=300, **options)
+    sum(loss_of(o) for o in outs).backward()
+    for i, out in enumerate(outs):
+        leaves = [t[i].detach().clone().requires_grad_() for t in stacked]
+        alone = rasterize_gaussians(*leaves[:4], cameras[i], colors=leaves[4], backend="numba", pair_budget=300,
+                                    **({"mesh_depth": mesh_plane()} if mesh else {}))
+        loss_of(alone).backward()
+        for key in ("color", "alpha", "depth", "near_z", "num_significant", "radii"):
+            assert torch.equal(out[key], alone[key]), key
+        for name, batch_leaf, leaf in zip(("means", "quats", "scales", "opacities", "colors"), batch_leaves, leaves):
+            assert torch.equal(batch_leaf.grad[i], leaf.grad), (i, name)
+        assert torch.equal(out["means2d"].grad, alone["means2d"].grad)
+    assert float(outs[0]["alpha"].detach().mean()) > 0.05
+    assert not torch.equal(outs[0]["color"], outs[1]["color"])  # the images differ: each went to its own
+    with pytest.raises(ValueError, match="one size"):
+        rasterize_gaussians_batch(*stacked[:4], [camera(), Camera(camera().intrinsics, torch.eye(4), W + 1, H),
+                                                 camera()], colors=stacked[4], threads=2, backend="numba")

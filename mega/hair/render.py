@@ -1,5 +1,6 @@
-"""Render posed hair for a batch of cameras: one call of the Gaussian rasterizer per image,
-outputs stacked as images, and what densification needs kept aside."""
+"""Render posed hair for a batch of cameras: the Gaussian rasterizer's images of the batch (on
+the CPU composited side by side on torch's threads), outputs stacked as images, and what
+densification needs kept aside."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mega.data.camera import Camera
-from mega.render.gaussians import rasterize_gaussians
+from mega.render.gaussians import rasterize_gaussians_batch
 
 BACKGROUND = 1.0  # the data's white background
 
@@ -29,12 +30,10 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     """
     gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
     cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
-    outs = []
-    for i in range(gaussians["means"].shape[0]):
-        outs.append(rasterize_gaussians(gaussians["means"][i], gaussians["quats"][i], gaussians["scales"][i],
-                                        gaussians["opacities"][i], camera_at(cameras, i), sh=gaussians["sh"][i],
-                                        sh_degree=sh_degree, near_z_alpha=near_z_alpha, early_stop_gap_m=gap,
-                                        backend=backend))
+    outs = rasterize_gaussians_batch(gaussians["means"], gaussians["quats"], gaussians["scales"],
+                                     gaussians["opacities"], [camera_at(cameras, i) for i in range(gaussians["means"].shape[0])],
+                                     sh=gaussians["sh"], sh_degree=sh_degree, near_z_alpha=near_z_alpha,
+                                     early_stop_gap_m=gap, backend=backend)
     alpha = torch.stack([o["alpha"] for o in outs])[:, None]
     color = torch.stack([o["color"] for o in outs]).permute(0, 3, 1, 2)
     return {

@@ -104,29 +104,28 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, camera: Came
     return means2d, z, cov2d, in_front
 
 
-def rasterize_gaussians(
-    means: Tensor,  # [N, 3] metres
-    quats: Tensor,  # [N, 4] (w, x, y, z), normalised here
-    scales: Tensor,  # [N, 3] metres (not log)
-    opacities: Tensor,  # [N] in [0, 1]
-    camera: Camera,  # one camera (unbatched)
-    colors: Tensor | None = None,  # [N, C]
-    sh: Tensor | None = None,  # [N, K, 3] spherical-harmonics coefficients
-    sh_degree: int = 3,
-    mesh_depth: Tensor | None = None,  # [H, W] metres; ≤ 0 or non-finite = no mesh
-    near_z_alpha: float = 0.05,
-    early_stop_gap_m: float | None = 0.1,
-    min_transmittance: float | None = 1e-4,
-    near_plane_m: float = 0.01,
-    pair_budget: int | None = None,  # default: DEFAULT_PAIR_BUDGET for the device
-    backend: Literal["auto", "torch", "triton", "numba"] = "auto",
-) -> dict[str, Tensor]:
-    """Render Gaussians into one camera; see the module docstring for the outputs.
+class _Prepared(NamedTuple):
+    """One image's Gaussians ready for compositing (see :func:`_prepare`)."""
 
-    ``backend``: ``torch`` (any device, the reference), ``triton`` (the tiled kernels of
-    :mod:`mega.render.gaussians_triton`: CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``),
-    ``numba`` (:mod:`mega.render.gaussians_numba`, CPU tensors), ``auto`` = numba on the CPU,
-    triton on CUDA (see :data:`AUTO_PICKS_TRITON`)."""
+    backend: str
+    table: Tensor  # [N, 7 + C] (mean x, mean y, conic A, B, C, opacity, depth, colour…)
+    order: Tensor  # the drawn Gaussians front to back (all, the others last, for triton)
+    spans: tuple[Tensor, ...] | None  # the torch and numba backends' row spans
+    triton_screen: tuple[Tensor, ...] | None  # triton's (means2d, extent_x, extent_y, key)
+    mesh_depth: Tensor | None  # [H·W]
+    settings: "_Settings"
+    n_colors: int
+    means2d: Tensor
+    radii: Tensor
+    depths: Tensor
+
+
+def _prepare(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera, colors: Tensor | None,
+             sh: Tensor | None, sh_degree: int, mesh_depth: Tensor | None, near_z_alpha: float,
+             early_stop_gap_m: float | None, min_transmittance: float | None, near_plane_m: float,
+             pair_budget: int | None, backend: str) -> _Prepared:
+    """Everything before compositing, checked: the projection, the colours, the depth order, the
+    table compositing reads and (torch, numba) the Gaussians' row spans."""
     N = means.shape[0]
     _check_shape("means", means, (N, 3))
     _check_shape("quats", quats, (N, 4))
@@ -167,7 +166,6 @@ def rasterize_gaussians(
             colors = torch.clamp_min(eval_sh(sh_degree, sh, directions) + 0.5, 0.0)
     else:
         _check_shape("colors", colors, (N, colors.shape[-1]))
-    C = colors.shape[-1]
     with torch.no_grad():
         order = torch.argsort(key)  # the drawn Gaussians front to back, then the others
         if backend != "triton":  # the tile binning skips the others itself, without a wait for the GPU
@@ -180,32 +178,117 @@ def rasterize_gaussians(
         pair_budget = DEFAULT_PAIR_BUDGET.get(means.device.type, DEFAULT_PAIR_BUDGET["cpu"])
     settings = _Settings(H, W, near_z_alpha, early_stop_gap_m, min_transmittance, pair_budget)
     mesh_depth_flat = None if mesh_depth is None else mesh_depth.reshape(-1).detach().to(means.dtype)
+    spans = triton_screen = None
     if backend == "triton":
-        from mega.render import gaussians_triton
-
-        image, near_z, num_significant = gaussians_triton.composite(table, means2d, extent_x, extent_y, order, key,
-                                                                    mesh_depth_flat, settings)
-    elif backend == "numba":
-        from mega.render import gaussians_numba
-
-        with torch.no_grad():
-            spans = gaussians_numba.row_spans(means2d.detach()[order], conic.detach()[order], level[order],
-                                              extent_y[order], H, W)
-        image, near_z, num_significant = gaussians_numba.composite(table, order, spans, mesh_depth_flat, settings)
+        triton_screen = (means2d, extent_x, extent_y, key)
     else:
         with torch.no_grad():
-            spans = _row_spans(means2d.detach()[order], conic.detach()[order], level[order], extent_y[order], H, W)
-        image, near_z, num_significant = _Composite.apply(table, order, *spans, mesh_depth_flat, settings)
+            if backend == "numba":
+                from mega.render import gaussians_numba
+
+                spans = gaussians_numba.row_spans(means2d.detach()[order], conic.detach()[order], level[order],
+                                                  extent_y[order], H, W)
+            else:
+                spans = _row_spans(means2d.detach()[order], conic.detach()[order], level[order], extent_y[order],
+                                   H, W)
+    return _Prepared(backend, table, order, spans, triton_screen, mesh_depth_flat, settings, colors.shape[-1],
+                     means2d, radii, depths)
+
+
+def _outputs(prepared: _Prepared, image: Tensor, near_z: Tensor, num_significant: Tensor) -> dict[str, Tensor]:
+    """The rasterizer's dict (see the module docstring) from one image's compositing results."""
+    H, W, C = prepared.settings.H, prepared.settings.W, prepared.n_colors
     return {
         "color": image[:, :C].reshape(H, W, C),
         "alpha": image[:, C].reshape(H, W),
         "depth": image[:, C + 1].reshape(H, W),
         "near_z": near_z.view(3, H, W),
         "num_significant": num_significant.view(H, W),
-        "means2d": means2d,
-        "radii": radii,
-        "depths": depths,
+        "means2d": prepared.means2d,
+        "radii": prepared.radii,
+        "depths": prepared.depths,
     }
+
+
+def rasterize_gaussians(
+    means: Tensor,  # [N, 3] metres
+    quats: Tensor,  # [N, 4] (w, x, y, z), normalised here
+    scales: Tensor,  # [N, 3] metres (not log)
+    opacities: Tensor,  # [N] in [0, 1]
+    camera: Camera,  # one camera (unbatched)
+    colors: Tensor | None = None,  # [N, C]
+    sh: Tensor | None = None,  # [N, K, 3] spherical-harmonics coefficients
+    sh_degree: int = 3,
+    mesh_depth: Tensor | None = None,  # [H, W] metres; ≤ 0 or non-finite = no mesh
+    near_z_alpha: float = 0.05,
+    early_stop_gap_m: float | None = 0.1,
+    min_transmittance: float | None = 1e-4,
+    near_plane_m: float = 0.01,
+    pair_budget: int | None = None,  # default: DEFAULT_PAIR_BUDGET for the device
+    backend: Literal["auto", "torch", "triton", "numba"] = "auto",
+) -> dict[str, Tensor]:
+    """Render Gaussians into one camera; see the module docstring for the outputs.
+
+    ``backend``: ``torch`` (any device, the reference), ``triton`` (the tiled kernels of
+    :mod:`mega.render.gaussians_triton`: CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``),
+    ``numba`` (:mod:`mega.render.gaussians_numba`, CPU tensors), ``auto`` = numba on the CPU,
+    triton on CUDA (see :data:`AUTO_PICKS_TRITON`)."""
+    p = _prepare(means, quats, scales, opacities, camera, colors, sh, sh_degree, mesh_depth, near_z_alpha,
+                 early_stop_gap_m, min_transmittance, near_plane_m, pair_budget, backend)
+    if p.backend == "triton":
+        from mega.render import gaussians_triton
+
+        means2d, extent_x, extent_y, key = p.triton_screen
+        image, near_z, num_significant = gaussians_triton.composite(p.table, means2d, extent_x, extent_y, p.order,
+                                                                    key, p.mesh_depth, p.settings)
+    elif p.backend == "numba":
+        from mega.render import gaussians_numba
+
+        image, near_z, num_significant = gaussians_numba.composite(p.table, p.order, p.spans, p.mesh_depth,
+                                                                   p.settings)
+    else:
+        image, near_z, num_significant = _Composite.apply(p.table, p.order, *p.spans, p.mesh_depth, p.settings)
+    return _outputs(p, image, near_z, num_significant)
+
+
+def rasterize_gaussians_batch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cameras: list[Camera],
+                              colors: Tensor | None = None, sh: Tensor | None = None, threads: int | None = None,
+                              **options) -> list[dict[str, Tensor]]:
+    """:func:`rasterize_gaussians` of B sets of Gaussians (means [B, N, 3] …, colors [B, N, C] or
+    sh [B, N, K, 3]) into B cameras of one size, one dict per image, the same values and
+    gradients. On the numba backend the images' compositing (forward and backward) is shared
+    among ``threads`` threads (default: torch's thread count), which a per-image call cannot do:
+    each image's loops run on one core. ``options``: :func:`rasterize_gaussians`'s keywords
+    (``mesh_depth`` then [B, H, W])."""
+    B = means.shape[0]
+    threads = torch.get_num_threads() if threads is None else threads
+    mesh_depth = options.pop("mesh_depth", None)
+
+    def image_args(i):
+        return dict(colors=None if colors is None else colors[i], sh=None if sh is None else sh[i],
+                    mesh_depth=None if mesh_depth is None else mesh_depth[i])
+
+    backend = resolve_gaussian_backend(options.get("backend", "auto"), means.device)
+    if backend != "numba" or B < 2 or threads < 2:
+        return [rasterize_gaussians(means[i], quats[i], scales[i], opacities[i], cameras[i], **image_args(i),
+                                    **options) for i in range(B)]
+    from mega.render import gaussians_numba
+
+    defaults = dict(sh_degree=3, near_z_alpha=0.05, early_stop_gap_m=0.1, min_transmittance=1e-4,
+                    near_plane_m=0.01, pair_budget=None)
+    unknown = set(options) - set(defaults) - {"backend"}
+    if unknown:
+        raise TypeError(f"unknown rasterizer options: {', '.join(sorted(unknown))}")
+    settings = {**defaults, **{k: v for k, v in options.items() if k != "backend"}}
+    prepared = [_prepare(means[i], quats[i], scales[i], opacities[i], cameras[i], **image_args(i), **settings,
+                         backend=backend) for i in range(B)]
+    if len({(p.settings.H, p.settings.W) for p in prepared}) != 1:
+        raise ValueError("rasterize_gaussians_batch renders images of one size; the cameras differ")
+    image, near_z, count = gaussians_numba.composite_images([p.table for p in prepared], [p.order for p in prepared],
+                                                            [p.spans for p in prepared],
+                                                            [p.mesh_depth for p in prepared], prepared[0].settings,
+                                                            threads)
+    return [_outputs(p, image[i], near_z[i], count[i]) for i, p in enumerate(prepared)]
 
 
 GAUSSIAN_BACKENDS = ("auto", "torch", "triton", "numba")

@@ -15,15 +15,19 @@ pixel's composited pairs back to front across the chunks (the loss's share of ev
 a pair, in float64, as the torch backend sums it) and adds each pair's gradient to its
 Gaussian's table row.
 
-The loops run on one thread: the rasterizer is called once per image, and on the small CPUs this
-path is for, a thread pool of numba's beside torch's cost more than it gained (measured on 2
-cores: five times slower under load than one thread). numba compiles the loops on first use and
-caches the machine code beside this file.
+Each image's loops run on one thread: on the small CPUs this path is for, a thread pool of
+numba's beside torch's cost more than it gained (measured on 2 cores: five times slower under
+load than one thread). A batch's images instead share torch's thread count among Python threads
+(:func:`composite_images`; the loops release the GIL), forward and backward, while torch's own
+threads wait: 6–16 % off a joint step on two threads (docs/benchmarks.md). numba compiles the
+loops on first use and caches the machine code beside this file.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -33,7 +37,7 @@ from torch import Tensor
 from mega.render.gaussians import MAX_ALPHA, MIN_ALPHA, _span_chunks
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _offset_and_power(table, g, px, py):
     """(dx, dy, exponent of the Gaussian) at pixel centre (px, py) for Gaussian ``g``'s table row."""
     dx = px - table[g, 0]
@@ -41,7 +45,7 @@ def _offset_and_power(table, g, px, py):
     return dx, dy, -0.5 * (table[g, 2] * dx * dx + table[g, 4] * dy * dy) - table[g, 3] * dx * dy
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sort_chunk(span_rank, span_row, span_col0, span_length, order, alive, W, HW):
     """Pairs of live pixels of the chunk's spans, sorted by pixel, each pixel's in depth order:
     (pixel_start [HW + 1] offsets, gaussian [P] ids)."""
@@ -66,7 +70,7 @@ def _sort_chunk(span_rank, span_row, span_col0, span_length, order, alive, W, HW
     return counts, gaussian
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _composite_chunk(pixel_start, gaussian, geometry, colors, W, near_z_alpha, gap, min_t, mesh_depth, use_gap,
                      use_min_t, use_mesh, log_t, last_z, count, alive, image, near_z, kept_alpha, kept_t, kept):
     """Front to back over each pixel's pairs; updates the per-pixel state and outputs in place and
@@ -120,7 +124,7 @@ def _composite_chunk(pixel_start, gaussian, geometry, colors, W, near_z_alpha, g
         count[p] = n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _backward_chunk(pixel_start, gaussian, alpha, transmittance, table, grad_image, W, behind, grad_table):
     """Back to front over each pixel's composited pairs, adding each pair's gradient with respect
     to its Gaussian's table row into ``grad_table`` [N, 7 + C]. ``behind`` [HW] float64 carries
@@ -160,7 +164,7 @@ def _backward_chunk(pixel_start, gaussian, alpha, transmittance, table, grad_ima
         behind[p] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_spans(means2d, conic, level, extent_y, H, W):
     """:func:`mega.render.gaussians._row_spans` as a loop (same spans, same order): inputs of the
     drawn Gaussians in depth order; returns (rank, row, first column, length) [R]."""
@@ -201,51 +205,73 @@ def row_spans(means2d: Tensor, conic: Tensor, level: Tensor, extent_y: Tensor, H
     return tuple(torch.from_numpy(a) for a in _row_spans(*arrays, H, W))
 
 
+def _np_dtype(dtype: torch.dtype):
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def _forward_image(table: Tensor, order: Tensor, spans: tuple[Tensor, ...], mesh_depth: Tensor | None, settings):
+    """One image's compositing: (image [C + 2, H·W], near_z [3, H·W], count [H·W]) as numpy arrays
+    and what its backward reads (the composited pairs of each chunk)."""
+    H, W = settings.H, settings.W
+    HW = H * W
+    np_dtype = _np_dtype(table.dtype)
+    table_np = table.detach().numpy().astype(np_dtype, copy=False)
+    geometry = np.ascontiguousarray(table_np[:, :7])
+    colors = np.ascontiguousarray(table_np[:, 7:])
+    n_colors = colors.shape[1]
+    order_np = order.numpy()
+    span_length = spans[3]
+    rank, row, col0, length = (t.numpy() for t in spans)
+    use_mesh = mesh_depth is not None
+    mesh = mesh_depth.numpy().astype(np_dtype, copy=False) if use_mesh else np.zeros(1, np_dtype)
+    log_t = np.zeros(HW, np.float64)
+    last_z = np.full(HW, -np.inf, np_dtype)
+    count = np.zeros(HW, np.int32)
+    alive = np.ones(HW, np.bool_)
+    image = np.zeros((n_colors + 2, HW), np_dtype)
+    near_z = np.full((3, HW), np.inf, np_dtype)
+    gap = settings.early_stop_gap_m if settings.early_stop_gap_m is not None else 0.0
+    min_t = settings.min_transmittance if settings.min_transmittance is not None else 0.0
+    saved = []
+    for start, stop in _span_chunks(span_length, settings.pair_budget):
+        pixel_start, gaussian = _sort_chunk(rank[start:stop], row[start:stop], col0[start:stop],
+                                            length[start:stop], order_np, alive, W, HW)
+        P = gaussian.shape[0]
+        if P == 0:
+            continue
+        kept_alpha = np.empty(P, np_dtype)
+        kept_t = np.empty(P, np_dtype)
+        kept = np.zeros(P, np.bool_)
+        _composite_chunk(pixel_start, gaussian, geometry, colors, W, settings.near_z_alpha, gap, min_t, mesh,
+                         settings.early_stop_gap_m is not None, settings.min_transmittance is not None, use_mesh,
+                         log_t, last_z, count, alive, image, near_z, kept_alpha, kept_t, kept)
+        # Keep only the composited pairs, still grouped by pixel.
+        kept_before = np.zeros(P + 1, np.int64)
+        np.cumsum(kept, out=kept_before[1:])
+        kept_start = kept_before[pixel_start]
+        saved.append((kept_start, gaussian[kept], kept_alpha[kept], kept_t[kept]))
+    return image, near_z, count, saved
+
+
+def _backward_image(table: Tensor, saved: list, grad_image: np.ndarray, W: int, out: np.ndarray) -> None:
+    """One image's gradient with respect to its table [N, 7 + C], added into ``out`` (numpy,
+    zeros); ``grad_image`` [H·W, C + 2] numpy in the table's precision."""
+    np_dtype = _np_dtype(table.dtype)
+    table_np = np.ascontiguousarray(table.detach().numpy().astype(np_dtype, copy=False))
+    behind = np.zeros(grad_image.shape[0], np.float64)
+    for kept_start, gaussian, alpha, transmittance in reversed(saved):
+        if gaussian.shape[0]:
+            _backward_chunk(kept_start, gaussian, alpha, transmittance, table_np, grad_image, W, behind, out)
+
+
 class _Composite(torch.autograd.Function):
     """The torch backend's ``_Composite`` (same arguments and results) on CPU tensors."""
 
     @staticmethod
     def forward(ctx, table, order, span_rank, span_row, span_col0, span_length, mesh_depth, settings):
-        H, W = settings.H, settings.W
-        HW = H * W
-        dtype = table.dtype
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        table_np = table.detach().numpy().astype(np_dtype, copy=False)
-        geometry = np.ascontiguousarray(table_np[:, :7])
-        colors = np.ascontiguousarray(table_np[:, 7:])
-        n_colors = colors.shape[1]
-        order_np = order.numpy()
-        rank, row, col0, length = (t.numpy() for t in (span_rank, span_row, span_col0, span_length))
-        use_mesh = mesh_depth is not None
-        mesh = mesh_depth.numpy().astype(np_dtype, copy=False) if use_mesh else np.zeros(1, np_dtype)
-        log_t = np.zeros(HW, np.float64)
-        last_z = np.full(HW, -np.inf, np_dtype)
-        count = np.zeros(HW, np.int32)
-        alive = np.ones(HW, np.bool_)
-        image = np.zeros((n_colors + 2, HW), np_dtype)
-        near_z = np.full((3, HW), np.inf, np_dtype)
-        gap = settings.early_stop_gap_m if settings.early_stop_gap_m is not None else 0.0
-        min_t = settings.min_transmittance if settings.min_transmittance is not None else 0.0
-        saved = []
-        for start, stop in _span_chunks(span_length, settings.pair_budget):
-            pixel_start, gaussian = _sort_chunk(rank[start:stop], row[start:stop], col0[start:stop],
-                                                length[start:stop], order_np, alive, W, HW)
-            P = gaussian.shape[0]
-            if P == 0:
-                continue
-            kept_alpha = np.empty(P, np_dtype)
-            kept_t = np.empty(P, np_dtype)
-            kept = np.zeros(P, np.bool_)
-            _composite_chunk(pixel_start, gaussian, geometry, colors, W, settings.near_z_alpha, gap, min_t, mesh,
-                             settings.early_stop_gap_m is not None, settings.min_transmittance is not None, use_mesh,
-                             log_t, last_z, count, alive, image, near_z, kept_alpha, kept_t, kept)
-            # Keep only the composited pairs, still grouped by pixel.
-            kept_before = np.zeros(P + 1, np.int64)
-            np.cumsum(kept, out=kept_before[1:])
-            kept_start = kept_before[pixel_start]
-            saved.append((kept_start, gaussian[kept], kept_alpha[kept], kept_t[kept]))
-        ctx.saved = saved
-        ctx.W = W
+        image, near_z, count, ctx.saved = _forward_image(table, order, (span_rank, span_row, span_col0, span_length),
+                                                         mesh_depth, settings)
+        ctx.W = settings.W
         ctx.save_for_backward(table)
         image_t = torch.from_numpy(image).T
         near_z_t, count_t = torch.from_numpy(near_z), torch.from_numpy(count)
@@ -255,18 +281,53 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_image, _grad_near_z, _grad_count):
         (table,) = ctx.saved_tensors
-        np_dtype = np.float64 if table.dtype == torch.float64 else np.float32
-        table_np = np.ascontiguousarray(table.detach().numpy().astype(np_dtype, copy=False))
+        np_dtype = _np_dtype(table.dtype)
         grad_np = np.ascontiguousarray(grad_image.detach().numpy().astype(np_dtype, copy=False))
-        HW = grad_np.shape[0]
-        behind = np.zeros(HW, np.float64)
-        grad_np_table = np.zeros(table_np.shape, np_dtype)
-        for kept_start, gaussian, alpha, transmittance in reversed(ctx.saved):
-            if gaussian.shape[0]:
-                _backward_chunk(kept_start, gaussian, alpha, transmittance, table_np, grad_np, ctx.W, behind,
-                                grad_np_table)
-        grad_table = torch.from_numpy(grad_np_table)
-        return grad_table.to(table.dtype), None, None, None, None, None, None, None
+        grad_np_table = np.zeros(tuple(table.shape), np_dtype)
+        _backward_image(table, ctx.saved, grad_np, ctx.W, grad_np_table)
+        return torch.from_numpy(grad_np_table).to(table.dtype), None, None, None, None, None, None, None
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+# A forked child (a data worker) has none of its parent's threads: it makes its own pool if needed.
+os.register_at_fork(after_in_child=_POOLS.clear)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mega-composite")
+    return _POOLS[threads]
+
+
+class _CompositeImages(torch.autograd.Function):
+    """:class:`_Composite` of B images of one size at once, the images shared among ``threads``
+    Python threads (the loops release the GIL), forward and backward. ``tables``: the B tables
+    one after the other [ΣN, 7 + C], ``sizes`` their row counts; the rest are per-image lists."""
+
+    @staticmethod
+    def forward(ctx, tables, sizes, orders, spans, mesh_depths, settings, threads):
+        parts = tables.split(sizes)
+        results = list(_pool(threads).map(_forward_image, parts, orders, spans, mesh_depths,
+                                          [settings] * len(parts)))
+        ctx.saved, ctx.sizes, ctx.W, ctx.threads = [r[3] for r in results], sizes, settings.W, threads
+        ctx.save_for_backward(tables)
+        image = torch.from_numpy(np.stack([r[0] for r in results])).transpose(1, 2)
+        near_z = torch.from_numpy(np.stack([r[1] for r in results]))
+        count = torch.from_numpy(np.stack([r[2] for r in results]))
+        ctx.mark_non_differentiable(near_z, count)
+        return image, near_z, count
+
+    @staticmethod
+    def backward(ctx, grad_image, _grad_near_z, _grad_count):
+        (tables,) = ctx.saved_tensors
+        np_dtype = _np_dtype(tables.dtype)
+        grad_np = np.ascontiguousarray(grad_image.detach().numpy().astype(np_dtype, copy=False))
+        out = np.zeros(tuple(tables.shape), np_dtype)
+        offsets = np.cumsum([0, *ctx.sizes])
+        list(_pool(ctx.threads).map(
+            lambda i: _backward_image(tables[offsets[i]:offsets[i + 1]], ctx.saved[i], grad_np[i], ctx.W,
+                                      out[offsets[i]:offsets[i + 1]]), range(len(ctx.sizes))))
+        return torch.from_numpy(out).to(tables.dtype), None, None, None, None, None, None
 
 
 def composite(table: Tensor, order: Tensor, spans: tuple[Tensor, ...], mesh_depth: Tensor | None, settings):
@@ -276,3 +337,15 @@ def composite(table: Tensor, order: Tensor, spans: tuple[Tensor, ...], mesh_dept
     spans = tuple(s.contiguous() for s in spans)
     return _Composite.apply(table, order.contiguous(), *spans, None if mesh_depth is None else mesh_depth.contiguous(),
                             settings)
+
+
+def composite_images(tables: list[Tensor], orders: list[Tensor], spans: list[tuple[Tensor, ...]],
+                     mesh_depths: list[Tensor | None], settings, threads: int):
+    """:func:`composite` of B images of one size, ``threads`` at a time: (image [B, H·W, C + 2],
+    near_z [B, 3, H·W], count [B, H·W]); each image's values and gradients are :func:`composite`'s."""
+    if any(t.device.type != "cpu" for t in tables):
+        raise ValueError("the numba Gaussian backend runs on the CPU")
+    spans = [tuple(s.contiguous() for s in image_spans) for image_spans in spans]
+    meshes = [None if m is None else m.contiguous() for m in mesh_depths]
+    return _CompositeImages.apply(torch.cat(tables), [t.shape[0] for t in tables], [o.contiguous() for o in orders],
+                                  spans, meshes, settings, threads)
