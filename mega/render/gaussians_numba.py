@@ -264,28 +264,12 @@ def _backward_image(table: Tensor, saved: list, grad_image: np.ndarray, W: int, 
             _backward_chunk(kept_start, gaussian, alpha, transmittance, table_np, grad_image, W, behind, out)
 
 
-class _Composite(torch.autograd.Function):
-    """The torch backend's ``_Composite`` (same arguments and results) on CPU tensors."""
-
-    @staticmethod
-    def forward(ctx, table, order, span_rank, span_row, span_col0, span_length, mesh_depth, settings):
-        image, near_z, count, ctx.saved = _forward_image(table, order, (span_rank, span_row, span_col0, span_length),
-                                                         mesh_depth, settings)
-        ctx.W = settings.W
-        ctx.save_for_backward(table)
-        image_t = torch.from_numpy(image).T
-        near_z_t, count_t = torch.from_numpy(near_z), torch.from_numpy(count)
-        ctx.mark_non_differentiable(near_z_t, count_t)
-        return image_t, near_z_t, count_t
-
-    @staticmethod
-    def backward(ctx, grad_image, _grad_near_z, _grad_count):
-        (table,) = ctx.saved_tensors
-        np_dtype = _np_dtype(table.dtype)
-        grad_np = np.ascontiguousarray(grad_image.detach().numpy().astype(np_dtype, copy=False))
-        grad_np_table = np.zeros(tuple(table.shape), np_dtype)
-        _backward_image(table, ctx.saved, grad_np, ctx.W, grad_np_table)
-        return torch.from_numpy(grad_np_table).to(table.dtype), None, None, None, None, None, None, None
+def _gradient_arrays(table: Tensor, grad_image: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The backward's numpy arrays in the table's precision: the image's gradient (contiguous)
+    and the table's gradient (zeros, to add into)."""
+    np_dtype = _np_dtype(table.dtype)
+    grad_np = np.ascontiguousarray(grad_image.detach().numpy().astype(np_dtype, copy=False))
+    return grad_np, np.zeros(tuple(table.shape), np_dtype)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -299,16 +283,21 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
+def _map(threads: int):
+    """``map`` over the images: on this thread, or shared among a pool's ``threads``."""
+    return map if threads < 2 else _pool(threads).map
+
+
 class _CompositeImages(torch.autograd.Function):
-    """:class:`_Composite` of B images of one size at once, the images shared among ``threads``
-    Python threads (the loops release the GIL), forward and backward. ``tables``: the B tables
-    one after the other [ΣN, 7 + C], ``sizes`` their row counts; the rest are per-image lists."""
+    """The torch backend's ``_Composite`` (the same results and gradients) for B images of one
+    size, the images shared among ``threads`` Python threads (the loops release the GIL), forward
+    and backward. ``tables``: the B tables one after the other [ΣN, 7 + C], ``sizes`` their row
+    counts; the rest are per-image lists."""
 
     @staticmethod
     def forward(ctx, tables, sizes, orders, spans, mesh_depths, settings, threads):
         parts = tables.split(sizes)
-        results = list(_pool(threads).map(_forward_image, parts, orders, spans, mesh_depths,
-                                          [settings] * len(parts)))
+        results = list(_map(threads)(_forward_image, parts, orders, spans, mesh_depths, [settings] * len(parts)))
         ctx.saved, ctx.sizes, ctx.W, ctx.threads = [r[3] for r in results], sizes, settings.W, threads
         ctx.save_for_backward(tables)
         image = torch.from_numpy(np.stack([r[0] for r in results])).transpose(1, 2)
@@ -320,11 +309,9 @@ class _CompositeImages(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_image, _grad_near_z, _grad_count):
         (tables,) = ctx.saved_tensors
-        np_dtype = _np_dtype(tables.dtype)
-        grad_np = np.ascontiguousarray(grad_image.detach().numpy().astype(np_dtype, copy=False))
-        out = np.zeros(tuple(tables.shape), np_dtype)
+        grad_np, out = _gradient_arrays(tables, grad_image)
         offsets = np.cumsum([0, *ctx.sizes])
-        list(_pool(ctx.threads).map(
+        list(_map(ctx.threads)(
             lambda i: _backward_image(tables[offsets[i]:offsets[i + 1]], ctx.saved[i], grad_np[i], ctx.W,
                                       out[offsets[i]:offsets[i + 1]]), range(len(ctx.sizes))))
         return torch.from_numpy(out).to(tables.dtype), None, None, None, None, None, None
@@ -332,19 +319,17 @@ class _CompositeImages(torch.autograd.Function):
 
 def composite(table: Tensor, order: Tensor, spans: tuple[Tensor, ...], mesh_depth: Tensor | None, settings):
     """(image [H·W, C + 2], near_z [3, H·W], count [H·W]) as the torch backend's compositing."""
-    if table.device.type != "cpu":
-        raise ValueError(f"the numba Gaussian backend runs on the CPU, got tensors on {table.device}")
-    spans = tuple(s.contiguous() for s in spans)
-    return _Composite.apply(table, order.contiguous(), *spans, None if mesh_depth is None else mesh_depth.contiguous(),
-                            settings)
+    image, near_z, count = composite_images([table], [order], [spans], [mesh_depth], settings, threads=1)
+    return image[0], near_z[0], count[0]
 
 
 def composite_images(tables: list[Tensor], orders: list[Tensor], spans: list[tuple[Tensor, ...]],
                      mesh_depths: list[Tensor | None], settings, threads: int):
     """:func:`composite` of B images of one size, ``threads`` at a time: (image [B, H·W, C + 2],
     near_z [B, 3, H·W], count [B, H·W]); each image's values and gradients are :func:`composite`'s."""
-    if any(t.device.type != "cpu" for t in tables):
-        raise ValueError("the numba Gaussian backend runs on the CPU")
+    for table in tables:
+        if table.device.type != "cpu":
+            raise ValueError(f"the numba Gaussian backend runs on the CPU, got tensors on {table.device}")
     spans = [tuple(s.contiguous() for s in image_spans) for image_spans in spans]
     meshes = [None if m is None else m.contiguous() for m in mesh_depths]
     return _CompositeImages.apply(torch.cat(tables), [t.shape[0] for t in tables], [o.contiguous() for o in orders],
