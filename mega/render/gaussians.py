@@ -40,6 +40,7 @@ CPU loops, both with the same outputs and gradients.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Literal, NamedTuple
@@ -274,8 +275,9 @@ def rasterize_gaussians_batch(means: Tensor, quats: Tensor, scales: Tensor, opac
                                     **options) for i in range(B)]
     from mega.render import gaussians_numba
 
-    defaults = dict(sh_degree=3, near_z_alpha=0.05, early_stop_gap_m=0.1, min_transmittance=1e-4,
-                    near_plane_m=0.01, pair_budget=None)
+    # rasterize_gaussians's own defaults, so that the two paths cannot drift apart.
+    defaults = {name: p.default for name, p in inspect.signature(rasterize_gaussians).parameters.items()
+                if p.default is not inspect.Parameter.empty and name not in ("colors", "sh", "mesh_depth", "backend")}
     unknown = set(options) - set(defaults) - {"backend"}
     if unknown:
         raise TypeError(f"unknown rasterizer options: {', '.join(sorted(unknown))}")
