@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mega.allocator import reuse_freed_memory
-from mega.errors import MegaError
+from mega.errors import DataError, MegaError
 from mega.ablations import DEFAULT_PATH as ABLATIONS
 
 log = logging.getLogger("mega")
@@ -63,8 +63,6 @@ def _head_model(args) -> None:
 def _inspect_subject(args) -> None:
     from mega.atomic import write_json
     from mega.data.gaussian_avatars import SubjectDataset
-
-    from mega.errors import DataError
 
     summary = {"union": str(Path(args.union).resolve()), "splits": {}}
     found = [split for split in args.splits if (Path(args.union) / f"transforms_{split}.json").exists()]
