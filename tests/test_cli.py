@@ -46,13 +46,13 @@ import torch
 from mega.cli import main
 code = main(["inspect-subject", os.devnull + "/missing", "--out", os.devnull])  # fails fast on bad input
 faults = []
-for _ in range(4):
+for _ in range(30):  # as a training loop makes and frees its step's tensors
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(16_000_000)  # 64 MB: above glibc's largest automatic mmap threshold (32 MiB)
     x.fill_(1.0)
     del x
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(code, min(faults[1:]))
+print(code, sum(faults[10:]))
 """
 
 
@@ -69,17 +69,18 @@ def _page_faults_after_the_mega_command(env_overrides: dict) -> tuple[int, int]:
 
 def test_the_mega_command_keeps_freed_memory_for_the_next_step():
     """glibc gave every large tensor fresh pages (mmap) and the kernel zero-filled each on first
-    touch; after the mega command starts, a freed 64 MB block is reused without a page fault
-    (mega/allocator.py). MEGA_REUSE_FREED_MEMORY=0 and a user's own MALLOC_* settings keep glibc's
-    behaviour."""
+    touch; after the mega command starts, a freed 64 MB block is reused without page faults once
+    the loop is steady (the first few are split by the small blocks torch allocates beside it,
+    until glibc's per-size cache of those is full: measured, at most 9 iterations).
+    MEGA_REUSE_FREED_MEMORY=0 and a user's own MALLOC_* settings keep glibc's behaviour."""
     import platform
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         import pytest
         pytest.skip("mallopt is glibc's")
     code, reused_faults = _page_faults_after_the_mega_command({})
     assert code == 2  # the command ran (and refused the missing subject)
-    pages = 64_000_000 // 4096
-    assert reused_faults < pages // 20
+    pages = 64_000_000 // 4096  # one tensor's
+    assert reused_faults < pages // 2  # over the last 20 iterations
     for opt_out in ({"MEGA_REUSE_FREED_MEMORY": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}):
         _, fresh_faults = _page_faults_after_the_mega_command(opt_out)
-        assert fresh_faults > pages // 2, opt_out
+        assert fresh_faults > 10 * pages, opt_out
