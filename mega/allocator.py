@@ -5,11 +5,11 @@ glibc's malloc serves every allocation above its mmap threshold (128 KiB, rising
 freed. A joint step at long hair's size makes and frees dozens of [4, 34,000, 256] tensors (70 MB
 each): every one was new memory, and the kernel zero-filled each of its pages on first touch,
 about a fifth of the step (docs/benchmarks.md). With the threshold and the trim threshold raised,
-freed blocks stay in the heap and later steps reuse them (from the second to the ninth: until
-then the small blocks torch allocates beside a large one split it, up to glibc's per-size cache
-of them; resident memory then stays level): the same numbers, the same peak memory within a few
-per cent, a faster step. This is the allocator tuning torch's CPU performance
-guides recommend (there through jemalloc or tcmalloc, which this machine's Python does not ship).
+freed blocks stay in the heap and later steps reuse them (within a few steps: until then the
+small blocks torch allocates beside a large one may split it; resident memory then stays level):
+the same numbers, the same peak memory within a few per cent, a faster step (docs/benchmarks.md).
+torch's CPU performance guides recommend the same through jemalloc or tcmalloc, which the project
+does not install; glibc's own settings need no package and no preloading.
 
 The settings are the process's: :func:`reuse_freed_memory` is called once, by the ``mega``
 command, before any work. A user who tunes the allocator already (``MALLOC_MMAP_THRESHOLD_`` or
