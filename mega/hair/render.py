@@ -30,10 +30,10 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     """
     gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
     cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
+    per_image = [camera_at(cameras, i) for i in range(gaussians["means"].shape[0])]
     outs = rasterize_gaussians_batch(gaussians["means"], gaussians["quats"], gaussians["scales"],
-                                     gaussians["opacities"], [camera_at(cameras, i) for i in range(gaussians["means"].shape[0])],
-                                     sh=gaussians["sh"], sh_degree=sh_degree, near_z_alpha=near_z_alpha,
-                                     early_stop_gap_m=gap, backend=backend)
+                                     gaussians["opacities"], per_image, sh=gaussians["sh"], sh_degree=sh_degree,
+                                     near_z_alpha=near_z_alpha, early_stop_gap_m=gap, backend=backend)
     alpha = torch.stack([o["alpha"] for o in outs])[:, None]
     color = torch.stack([o["color"] for o in outs]).permute(0, 3, 1, 2)
     return {

@@ -252,6 +252,12 @@ def rasterize_gaussians(
     return _outputs(p, image, near_z, num_significant)
 
 
+# rasterize_gaussians's own defaults, read once, so that the batched path cannot drift from it.
+_RASTERIZE_DEFAULTS = {name: p.default for name, p in inspect.signature(rasterize_gaussians).parameters.items()
+                       if p.default is not inspect.Parameter.empty
+                       and name not in ("colors", "sh", "mesh_depth", "backend")}
+
+
 def rasterize_gaussians_batch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cameras: list[Camera],
                               colors: Tensor | None = None, sh: Tensor | None = None, threads: int | None = None,
                               **options) -> list[dict[str, Tensor]]:
@@ -275,13 +281,7 @@ def rasterize_gaussians_batch(means: Tensor, quats: Tensor, scales: Tensor, opac
                                     **options) for i in range(B)]
     from mega.render import gaussians_numba
 
-    # rasterize_gaussians's own defaults, so that the two paths cannot drift apart.
-    defaults = {name: p.default for name, p in inspect.signature(rasterize_gaussians).parameters.items()
-                if p.default is not inspect.Parameter.empty and name not in ("colors", "sh", "mesh_depth", "backend")}
-    unknown = set(options) - set(defaults) - {"backend"}
-    if unknown:
-        raise TypeError(f"unknown rasterizer options: {', '.join(sorted(unknown))}")
-    settings = {**defaults, **{k: v for k, v in options.items() if k != "backend"}}
+    settings = {**_RASTERIZE_DEFAULTS, **{k: v for k, v in options.items() if k != "backend"}}
     prepared = [_prepare(means[i], quats[i], scales[i], opacities[i], cameras[i], **image_args(i), **settings,
                          backend=backend) for i in range(B)]
     if len({(p.settings.H, p.settings.W) for p in prepared}) != 1:

@@ -332,5 +332,6 @@ def composite_images(tables: list[Tensor], orders: list[Tensor], spans: list[tup
             raise ValueError(f"the numba Gaussian backend runs on the CPU, got tensors on {table.device}")
     spans = [tuple(s.contiguous() for s in image_spans) for image_spans in spans]
     meshes = [None if m is None else m.contiguous() for m in mesh_depths]
-    return _CompositeImages.apply(torch.cat(tables), [t.shape[0] for t in tables], [o.contiguous() for o in orders],
+    stacked = tables[0] if len(tables) == 1 else torch.cat(tables)  # one image: no copy of its table
+    return _CompositeImages.apply(stacked, [t.shape[0] for t in tables], [o.contiguous() for o in orders],
                                   spans, meshes, settings, threads)
