@@ -9,8 +9,9 @@ Each run trains with the synthetic subjects' settings of config/config.yaml (`sy
 `synthetic.hair`), the variant's overrides and the seed (every stage's `seed`), one thread a
 job, in results/benchmarks/avatar_variants/<subject>/seed<S>/<variant>/, and is evaluated on val
 (novel view) and test (novel expression) as the workflow does; a finished stage is not run
-again (runs are keyed by the variant's name: give changed overrides a new name). The subjects must have been made by the workflow (results/data/<subject>, the hair's rigid
-fit in results/preprocess/<subject>/hair_rigid.npz). Prints per run and, per variant, the mean
+again (runs are keyed by the variant's name: give changed overrides a new name). The subjects
+must have been made by the workflow (results/data/<subject>, the hair's rigid fit in
+results/preprocess/<subject>/hair_rigid.npz). Prints per run and, per variant, the mean
 difference to the first variant over the same (subject, seed) pairs.
 """
 
@@ -82,8 +83,11 @@ def run_avatar(subject: str, seed: int, overrides: dict, out: Path, results: Pat
         sys.stdout.write(f"{subject} seed {seed} {out.name}: {command[0]} ... (log {log})\n")
         sys.stdout.flush()
         with open(log, "w") as stream:
-            subprocess.run([sys.executable, "-m", "mega", *command, *common], check=True, stdout=stream,
-                           stderr=subprocess.STDOUT)
+            finished = subprocess.run([sys.executable, "-m", "mega", *command, *common], stdout=stream,
+                                      stderr=subprocess.STDOUT)
+        if finished.returncode != 0:
+            raise RuntimeError(f"{subject} seed {seed} {out.name}: mega {command[0]} exited with "
+                               f"{finished.returncode}; its output is in {log}")
 
 
 def main() -> None:
