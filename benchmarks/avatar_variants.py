@@ -61,24 +61,25 @@ def run_avatar(subject: str, seed: int, overrides: dict, out: Path, results: Pat
     face = {**synthetic_stage_settings(config, "face"), **overrides.get("face", {}), "seed": seed}
     hair = {**synthetic_stage_settings(config, "hair"), **overrides.get("hair", {}), "seed": seed}
     common = ["--head-model", head_model, "--threads", "1", "--quiet"]
-    steps = [
-        (out / "face.pt", ["train-face", union, "--out", str(out), "--settings", json.dumps(face)]),
-        (out / "hair.pt", ["train-hair", union, "--out", str(out), "--face", str(out / "face.pt"), "--rigid", rigid,
-                           "--settings", json.dumps(hair)]),
-        (out / "joint.pt", ["train-joint", union, "--out", str(out), "--face", str(out / "face.pt"), "--hair",
-                            str(out / "hair.pt"), "--rigid", rigid, "--settings", json.dumps(hair)]),
+    steps = [  # (what shows it done, its log's name, the mega command)
+        (out / "face.pt", "train-face", ["train-face", union, "--out", str(out), "--settings", json.dumps(face)]),
+        (out / "hair.pt", "train-hair", ["train-hair", union, "--out", str(out), "--face", str(out / "face.pt"),
+                                         "--rigid", rigid, "--settings", json.dumps(hair)]),
+        (out / "joint.pt", "train-joint", ["train-joint", union, "--out", str(out), "--face", str(out / "face.pt"),
+                                           "--hair", str(out / "hair.pt"), "--rigid", rigid,
+                                           "--settings", json.dumps(hair)]),
     ]
     for split in ("val", "test"):
         evaluate = ["evaluate", str(out), union, "--rigid", rigid, "--split", split, "--out",
                     str(out / "eval" / split), "--subject", subject]
         if lpips_weights:
             evaluate += ["--lpips-weights", lpips_weights]
-        steps.append((out / "eval" / split / "metrics.json", evaluate))
+        steps.append((out / "eval" / split / "metrics.json", f"evaluate_{split}", evaluate))
     out.mkdir(parents=True, exist_ok=True)
-    for done, command in steps:
+    for done, log_name, command in steps:
         if done.is_file():
             continue
-        log = out / f"{command[0]}{'_' + command[command.index('--split') + 1] if '--split' in command else ''}.log"
+        log = out / f"{log_name}.log"
         # One write a line: the jobs' threads print side by side.
         sys.stdout.write(f"{subject} seed {seed} {out.name}: {command[0]} ... (log {log})\n")
         sys.stdout.flush()
@@ -146,7 +147,7 @@ def main() -> None:
     print(table.round(3).to_markdown(index=False))
     reference = next(iter(variants))
     keyed = table.set_index(["subject", "seed", "variant"])[list(COLUMNS)]
-    if reference in keyed.index.get_level_values("variant"):
+    if len(variants) > 1 and reference in keyed.index.get_level_values("variant"):
         print(f"\nmean difference to {reference} over the same subject and seed (and its range):")
         base = keyed.xs(reference, level="variant")
         for name in variants:
