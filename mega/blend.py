@@ -13,7 +13,9 @@ the two agree wherever the face is white off the mesh, as ours is.
 
 At evaluation the authors test the 2nd near-z instead of the 1st (a lone stray Gaussian in front
 of the face no longer flips a pixel) and clean the mask with a morphological opening (3 × 3)
-then closing (5 × 5); :func:`occlusion_mask` does both when ``evaluation`` is set.
+then closing (5 × 5); :func:`occlusion_mask` does both when ``evaluation`` is set. The blur and
+the cleaning are in pixels of the authors' 550 × 802 images; smaller images may scale them
+(the hair settings' ``blur_*`` and ``occlusion_*_px``).
 The ``gsdepth`` variant of Table 2 (c) tests the alpha-weighted hair depth instead of near-z.
 """
 
@@ -34,16 +36,21 @@ def _far_where_missing(depth: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, depth, torch.full_like(depth, math.inf))
 
 
-def occlusion_mask(hair_depth: Tensor, face_depth: Tensor, face_mask: Tensor, evaluation: bool = False) -> Tensor:
+def occlusion_mask(hair_depth: Tensor, face_depth: Tensor, face_mask: Tensor, evaluation: bool = False,
+                   open_px: int = 3, close_px: int = 5) -> Tensor:
     """M_o [B, 1, H, W] float in {0, 1}: the hair is in front of the face.
 
     hair_depth [B, 1, H, W] metres (near-z: ``inf`` where no significant Gaussian; alpha-depth:
-    0 where nothing); face_depth [B, 1, H, W] metres; face_mask [B, 1, H, W] bool (mesh covers)."""
+    0 where nothing); face_depth [B, 1, H, W] metres; face_mask [B, 1, H, W] bool (mesh covers).
+    ``evaluation`` cleans it: an opening then a closing by squares of ``open_px`` and ``close_px``
+    pixels (1: that step left out)."""
     hair = _far_where_missing(hair_depth, torch.isfinite(hair_depth) & (hair_depth > 0))
     face = _far_where_missing(face_depth, face_mask)
     mask = (hair < face).to(face_depth.dtype)
-    if evaluation:
-        mask = closing(opening(mask, mask.new_ones(3, 3)), mask.new_ones(5, 5))
+    if evaluation and open_px > 1:
+        mask = opening(mask, mask.new_ones(open_px, open_px))
+    if evaluation and close_px > 1:
+        mask = closing(mask, mask.new_ones(close_px, close_px))
     return mask
 
 
@@ -71,11 +78,12 @@ def occlusion_depth(hair: dict[str, Tensor], which: OcclusionDepth, evaluation: 
 
 def blend_renders(face: dict[str, Tensor], hair: dict[str, Tensor], which: OcclusionDepth = "near_z",
                   evaluation: bool = False, kernel: int = 5, sigma: float = 1.5,
-                  evaluation_near_z: int = 1) -> dict[str, Tensor]:
+                  evaluation_near_z: int = 1, open_px: int = 3, close_px: int = 5) -> dict[str, Tensor]:
     """Everything of the blending for a batch: ``face`` from the neural face (rgb, mask, depth),
     ``hair`` from :func:`mega.hair.render.render_hair` (rgb over white, alpha, depth, near_z
-    [B, 3, H, W]). Returns rgb (blended), hair_weight (Â_hair), occlusion (M_o, before the blur)."""
+    [B, 3, H, W]); ``open_px`` and ``close_px`` the evaluation's cleaning (:func:`occlusion_mask`).
+    Returns rgb (blended), hair_weight (Â_hair), occlusion (M_o, before the blur)."""
     depth = occlusion_depth(hair, which, evaluation, evaluation_near_z)
-    occlusion = occlusion_mask(depth, face["depth"], face["mask"], evaluation)
+    occlusion = occlusion_mask(depth, face["depth"], face["mask"], evaluation, open_px, close_px)
     rgb, weight = blend(face["rgb"], hair["rgb"], hair["alpha"], soften(occlusion, kernel, sigma))
     return {"rgb": rgb, "hair_weight": weight, "occlusion": occlusion}

@@ -14,7 +14,7 @@ from mega.blend import blend, blend_renders, occlusion_mask, soften
 from mega.cli import main
 from mega.data.camera import Camera
 from mega.data.synth import synthesized_union
-from mega.errors import TrainingError
+from mega.errors import ConfigError, TrainingError
 from mega.face.config import FaceConfig
 from mega.flame.head_model import load_head_model_folder
 from mega.hair.config import HairConfig
@@ -297,6 +297,28 @@ def test_gsdepth_tests_the_alpha_depth_and_evaluation_cleans_the_mask():
     near_z[:, 1] = 1.2
     near_z[:, 1, 4, 4] = 0.9
     assert blend_renders(face, hair, "near_z", evaluation=True)["occlusion"].eq(0).all()
+
+
+def test_the_evaluations_cleaning_has_the_sizes_asked_and_1_leaves_a_step_out():
+    H, W = 12, 12
+    face_depth, face_mask = torch.full((1, 1, H, W), 1.0), torch.ones(1, 1, H, W, dtype=torch.bool)
+    near_z = torch.full((1, 1, H, W), 1.2)
+    near_z[..., :, 2:4] = 0.9  # a strand two pixels wide in front of the face
+    near_z[..., 4:, 5:] = 0.9  # a block with a one-pixel gap
+    near_z[..., 7, 8] = 1.2
+    opened_closed = occlusion_mask(near_z, face_depth, face_mask, evaluation=True)
+    assert opened_closed[0, 0, :, 2:4].eq(0).all()  # the 3 x 3 opening removes the strand
+    assert opened_closed[0, 0, 7, 8] == 1  # the closing fills the gap
+    kept = occlusion_mask(near_z, face_depth, face_mask, evaluation=True, open_px=1, close_px=1)
+    assert torch.equal(kept, occlusion_mask(near_z, face_depth, face_mask))
+    only_closed = occlusion_mask(near_z, face_depth, face_mask, evaluation=True, open_px=1)
+    assert only_closed[0, 0, :, 2:4].eq(1).all() and only_closed[0, 0, 7, 8] == 1
+    # The hair settings take odd sizes only.
+    for name, value in (("occlusion_open_px", 2), ("occlusion_close_px", 0), ("blur_kernel", 4)):
+        with pytest.raises(ConfigError, match=f"'{name}' must be an odd number of pixels"):
+            HairConfig(**{name: value}).check("hair settings")
+    with pytest.raises(ConfigError, match="'blur_sigma' must be positive"):
+        HairConfig(blur_sigma=0).check("hair settings")
 
 
 def test_allgs_composites_hair_behind_the_head_that_early_stopping_drops():

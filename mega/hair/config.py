@@ -121,6 +121,11 @@ class HairConfig(Settings):
     """The hair depth of the occlusion test: near_z (the method) or alpha_depth (``gsdepth``)."""
     blur_kernel: int = 5
     blur_sigma: float = 1.5
+    """G(M_o): a ``blur_kernel``² Gaussian of ``blur_sigma`` pixels (the authors', at 550 × 802)."""
+    occlusion_open_px: int = 3
+    occlusion_close_px: int = 5
+    """At evaluation M_o is opened then closed by squares of these sides, in pixels (the authors',
+    at 550 × 802; 1 leaves the step out)."""
     gaussian_backend: str = "auto"
     """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), numba (compiled CPU loops),
     or auto (numba on the CPU, triton on CUDA)."""
@@ -155,8 +160,12 @@ class HairConfig(Settings):
         if self.gaussian_backend not in GAUSSIAN_BACKENDS:
             raise ConfigError(f"{where}: 'gaussian_backend' must be one of {', '.join(GAUSSIAN_BACKENDS)}, "
                               f"got {self.gaussian_backend!r}")
-        if self.blur_kernel % 2 == 0:
-            raise ConfigError(f"{where}: 'blur_kernel' must be odd, got {self.blur_kernel}")
+        if not self.blur_sigma > 0:
+            raise ConfigError(f"{where}: 'blur_sigma' must be positive (pixels), got {self.blur_sigma}")
+        for name in ("blur_kernel", "occlusion_open_px", "occlusion_close_px"):
+            if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
+                raise ConfigError(f"{where}: '{name}' must be an odd number of pixels (1, 3, 5, ...), "
+                                  f"got {getattr(self, name)}")
         if self.deform_precision not in DEFORM_PRECISIONS:
             raise ConfigError(f"{where}: 'deform_precision' must be one of {', '.join(DEFORM_PRECISIONS)}, "
                               f"got {self.deform_precision!r}")
