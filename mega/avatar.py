@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mega.blend import blend_renders
+from mega.blend import blend_renders, evaluation_blend_text
 from mega.data.camera import Camera
 from mega.errors import DataError
 from mega.face.model import NeuralFace
@@ -78,6 +78,12 @@ class Avatar(nn.Module):
         self.face, self.hair, self.deformation = face, hair, deformation
         self.config = config
         self.evaluation_near_z = evaluation_near_z
+
+    def evaluation_blend(self) -> str:
+        """How :meth:`forward` blends with ``evaluation`` set, in words (for the metrics files)."""
+        c = self.config
+        return evaluation_blend_text(self.evaluation_near_z, c.occlusion_open_px, c.occlusion_close_px, c.blur_kernel,
+                                     c.blur_sigma)
 
     def hair_of(self, flame: dict[str, Tensor], rotation: Tensor, translation: Tensor,
                 sh_coefficients: int | None = None) -> tuple[dict, dict | None]:

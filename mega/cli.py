@@ -333,8 +333,7 @@ def _evaluate(args) -> None:
         if args.rigid is None:
             raise MegaError(f"{run}: a MeGA avatar needs --rigid (the subject's hair_rigid.npz)")
         device, avatar, frames, joint, rigid = _trained_avatar(args)
-        render, blending = mega_renderer(avatar, frames, rigid), "2nd near-z, occlusion mask opened and closed " \
-                                                                  "(the authors' evaluation)"
+        render, blending = mega_renderer(avatar, frames, rigid), avatar.evaluation_blend()
         about = {"subject": args.subject, "variant": joint.get("variant", "mega"), "method": "mega", "run": str(run)}
         parameters = "tracked expression and pose, refined shape"
     summary = evaluate_split(render, args.union, args.split, args.out, PaperMetrics(lpips.to(device)), device,

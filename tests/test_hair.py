@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mega import losses
-from mega.blend import blend, blend_renders, occlusion_mask, soften
+from mega.blend import blend, blend_renders, evaluation_blend_text, occlusion_mask, soften
 from mega.cli import main
 from mega.data.camera import Camera
 from mega.data.synth import synthesized_union
@@ -313,6 +313,11 @@ def test_the_evaluations_cleaning_has_the_sizes_asked_and_1_leaves_a_step_out():
     assert torch.equal(kept, occlusion_mask(near_z, face_depth, face_mask))
     only_closed = occlusion_mask(near_z, face_depth, face_mask, evaluation=True, open_px=1)
     assert only_closed[0, 0, :, 2:4].eq(1).all() and only_closed[0, 0, 7, 8] == 1
+    # The metrics files say which blend scored them.
+    assert evaluation_blend_text(1, 3, 5, 5, 1.5) == ("2nd near-z, occlusion mask opened 3 x 3 and closed 5 x 5, "
+                                                      "blurred 5 x 5 at sigma 1.5 px (the authors' evaluation)")
+    assert evaluation_blend_text(0, 1, 1, 3, 0.375) == ("1st near-z, occlusion mask not cleaned, blurred 3 x 3 at sigma "
+                                                        "0.375 px (the authors' evaluation at other pixel sizes)")
     # The hair settings take odd sizes only.
     for name, value in (("occlusion_open_px", 2), ("occlusion_close_px", 0), ("blur_kernel", 4)):
         with pytest.raises(ConfigError, match=f"'{name}' must be an odd number of pixels"):

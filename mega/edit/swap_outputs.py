@@ -68,6 +68,6 @@ def write_swap(swap: SwappedAvatar, union_dir: str | Path, out_dir: str | Path, 
     write_mp4(chain([first], images), out_dir / "turntable.mp4", fps, (width, height))
     summary = {**about, "scalp_alignment": swap.similarity.to_dict(), "n_images": counts,
                "turntable_frames": turntable_frames_n,
-               "blending": "1st near-z, occlusion mask opened and closed (the authors' evaluation of a swap)"}
+               "blending": f"{swap.swapped.evaluation_blend()}, of a swap"}
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -112,11 +112,12 @@ def write_render(path: Path, image: torch.Tensor) -> None:
 def evaluate_split(render: Renderer, union_dir: str | Path, split: str, out_dir: str | Path,
                    metrics: PaperMetrics, device: torch.device, batch_size: int = 4, save_renders: bool = True,
                    limit: int | None = None, progress: bool = True, about: dict | None = None,
-                   blending: str | None = "2nd near-z, occlusion mask opened and closed (the authors' evaluation)",
+                   blending: str | None = None,
                    parameters: str = "tracked expression and pose, refined shape") -> dict:
     """Evaluate what ``render`` draws (:func:`mega_renderer`, :func:`gaussianavatars_renderer`) on
     ``split``; writes the outputs above and returns metrics.json's content. ``about`` (subject,
-    variant, method ...) is copied into metrics.json."""
+    variant, method ...) is copied into metrics.json, and ``blending`` (the blend in words,
+    :meth:`mega.avatar.Avatar.evaluation_blend`; None for a method without one)."""
     if split not in SPLITS:
         raise DataError(f"split '{split}': expected one of {', '.join(SPLITS)}")
     dataset = SubjectDataset(union_dir, split)
