@@ -31,25 +31,13 @@ import yaml
 
 from mega.data.synth import synthesized_union
 from mega.settings import synthetic_stage_settings
+from named_overrides import parse_named_overrides
 
 COLUMNS = {  # column: (split, metric)
     "NV PSNR": ("val", "psnr"), "NV SSIM": ("val", "ssim"), "NV LPIPS": ("val", "lpips"),
     "NV face": ("val", "psnr_face"), "NV hair": ("val", "psnr_hair"), "NV IoU": ("val", "hair_iou"),
     "NE PSNR": ("test", "psnr"), "NE face": ("test", "psnr_face"),
 }
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    name, _, overrides = text.partition("=")
-    try:
-        parsed = json.loads(overrides or "{}")
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"--variant {text!r}: expected NAME='{{\"face\": {{...}}, \"hair\": {{...}}}}' ({error})")
-    unknown = set(parsed) - {"face", "hair"}
-    if not name or unknown:
-        raise SystemExit(f"--variant {text!r}: expected NAME= then a JSON object with keys face and/or hair"
-                         + (f", not {sorted(unknown)}" if unknown else ""))
-    return name, parsed
 
 
 def run_avatar(subject: str, seed: int, overrides: dict, out: Path, results: Path, config: dict,
@@ -103,7 +91,8 @@ def main() -> None:
     parser.add_argument("--lpips-weights", default=".cache/mega/lpips_alex.pth")
     parser.add_argument("--no-train", action="store_true", help="only print the table of finished runs")
     args = parser.parse_args()
-    variants = dict(parse_variant(v) for v in (args.variant or ["as_configured={}"]))
+    variants = dict(parse_named_overrides(v, "--variant", {"face", "hair"})
+                    for v in (args.variant or ["as_configured={}"]))
     results = Path(args.results)
     config = yaml.safe_load(Path(args.config).read_text())
     lpips_weights = args.lpips_weights if Path(args.lpips_weights).is_file() else None

@@ -3,7 +3,6 @@ Markdown and their curves as a figure."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,13 +10,13 @@ import yaml
 
 from mega.hair.config import HairConfig
 from mega.settings import synthetic_stage_settings
+from named_overrides import parse_named_overrides
 
 
 def run_settings(config_path: str | Path, run: str, **fixed) -> tuple[str, dict, HairConfig]:
     """``run`` = 'NAME=JSON': (name, the JSON's overrides, the workflow's synthetic hair settings
     updated by them and by ``fixed``)."""
-    name, _, text = run.partition("=")
-    overrides = json.loads(text or "{}")
+    name, overrides = parse_named_overrides(run, "--run")
     settings = {**synthetic_stage_settings(yaml.safe_load(Path(config_path).read_text()), "hair"), **overrides,
                 **fixed}
     return name, overrides, HairConfig.from_dict(settings, where=f"--run {name}")

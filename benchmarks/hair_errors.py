@@ -12,7 +12,12 @@ parsing's hair mask and the blend's Â_hair > 0.5:
   - spilled hair: rendered hair where the ground truth has none;
   - the rest (face, neck, background under the masks).
 Each class: its share of the frame's pixels, its share of the frame's squared error, and the PSNR
-the frame would have if that class's error were zero.
+the frame would have if that class's error were zero. Then, for the covered hair: its PSNR per
+pixel, its mean colour error (a bias a colour fix could remove), and the share of its squared
+error that is coarser than strands: the error averaged over a Gaussian of σ 1.5 px (within the
+covered hair); the rest is strand-scale detail.
+
+    python benchmarks/hair_errors.py --subjects long_seed11 --run ../../benchmarks/avatar_variants/long_seed11/seed42/omega10
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 from pathlib import Path
 
 import torch
+from kornia.filters import gaussian_blur2d
 
 from mega.avatar import RigidTable
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples
@@ -40,7 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", nargs="+", default=["synthetic", "synthetic_long"])
     parser.add_argument("--results", default="results")
-    parser.add_argument("--run", default="mega", help="the run folder under results/train/<subject>/")
+    parser.add_argument("--run", default="mega", help="the run folder under results/train/<subject>/ (or a path "
+                        "relative to it)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -49,8 +56,9 @@ def main() -> None:
     head = load_head_model_folder(results / "head_model")
     print(f"split {args.split}; per class: share of the frame's pixels / share of its squared error / frame "
           f"PSNR without that class's error (dB)\n")
-    print("| subject | frame PSNR | " + " | ".join(CLASSES) + " |")
-    print("|---|---|" + "---|" * len(CLASSES))
+    print("| subject | frame PSNR | " + " | ".join(CLASSES) + " | covered hair: PSNR per pixel / mean error "
+          "(RGB, 8-bit levels) / share coarser than σ 1.5 px |")
+    print("|---|---|" + "---|" * (len(CLASSES) + 1))
     for subject in args.subjects:
         avatar, frames, _ = load_avatar(results / "train" / subject / args.run, head)
         rigid = RigidTable.from_file(results / "preprocess" / subject / "hair_rigid.npz")
@@ -59,6 +67,7 @@ def main() -> None:
         pixels = {c: 0.0 for c in CLASSES}
         error = {c: 0.0 for c in CLASSES}
         total_pixels = 0
+        covered_sum, covered_coarse = torch.zeros(3, dtype=torch.float64), 0.0
         with torch.no_grad():
             for first in range(0, len(dataset), 4):
                 batch = collate_samples([dataset[i] for i in range(first, min(first + 4, len(dataset)))])
@@ -74,6 +83,13 @@ def main() -> None:
                 for c, m in masks.items():
                     pixels[c] += float(m.sum())
                     error[c] += float(squared[m].sum())
+                difference = as_8bit(out["rgb"]) * used - batch["image"] * used
+                covered = masks["covered hair"].to(difference.dtype)
+                covered_sum += (difference * covered).sum((0, 2, 3)).double()
+                # The error's coarse part: its local mean over the covered hair around each pixel.
+                weight = gaussian_blur2d(covered, (7, 7), (1.5, 1.5)).clamp_min(1e-6)
+                coarse = gaussian_blur2d(difference * covered, (7, 7), (1.5, 1.5)) / weight
+                covered_coarse += float((coarse ** 2 * covered).sum())
                 total_pixels += hair[:, 0].numel()
         total = sum(error.values())
         frame_psnr = 10 * math.log10(3 * total_pixels / total)
@@ -81,6 +97,10 @@ def main() -> None:
         for c in CLASSES:
             without = 10 * math.log10(3 * total_pixels / max(total - error[c], 1e-12))
             cells.append(f"{100 * pixels[c] / total_pixels:.1f} % / {100 * error[c] / total:.0f} % / {without:.1f}")
+        n_covered = max(pixels["covered hair"], 1.0)
+        per_pixel = 10 * math.log10(3 * n_covered / max(error["covered hair"], 1e-12))
+        bias = ", ".join(f"{255 * float(v) / n_covered:+.1f}" for v in covered_sum)
+        cells.append(f"{per_pixel:.1f} dB / {bias} / {100 * covered_coarse / max(error['covered hair'], 1e-12):.0f} %")
         print(f"| {subject} | {frame_psnr:.2f} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -33,6 +33,7 @@ import yaml
 
 from mega.data.synth import synthesized_union
 from mega.settings import synthetic_stage_settings
+from named_overrides import parse_named_overrides
 
 
 def read(path: Path) -> dict:
@@ -54,10 +55,7 @@ def main() -> None:
     results = Path(args.results)
     config = yaml.safe_load(Path(args.config).read_text())
     base = synthetic_stage_settings(config, "hair")
-    runs = {}
-    for item in args.run:
-        name, _, overrides = item.partition("=")
-        runs[name] = json.loads(overrides or "{}")
+    runs = dict(parse_named_overrides(item, "--run") for item in args.run)
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} cores, {args.threads} threads", flush=True)
 
     rows = []

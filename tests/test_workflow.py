@@ -142,6 +142,8 @@ def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
     assert "| MeGA | mean of 9" in (workdir / "results" / "tables" / "table1.md").read_text()
     for video in ("turntable", "expression"):
         assert (workdir / "results" / "videos" / "synthetic" / "mega" / f"{video}.mp4").stat().st_size > 1000
+    metrics = json.loads((workdir / "results" / "eval" / "synthetic" / "mega" / "val" / "metrics.json").read_text())
+    assert "blurred 3 x 3 at sigma 0.375 px" in metrics["blending"]  # the synthetic settings' quarter sizes
     rows = pd.read_csv(workdir / "results" / "eval" / "synthetic" / "mega" / "val" / "metrics.csv")
     assert all((workdir / "results" / "eval" / "synthetic" / "mega" / "val" / r).is_file() for r in rows["render"])
 
@@ -215,3 +217,6 @@ def test_a_real_subject_without_parsing_goes_from_ingest_to_its_metrics(tmp_path
     assert len(list((tmp_path / "results" / "preprocess" / "999" / "depths").rglob("*.npz"))) == 2 * 2 * 9
     assert metrics["n_images"] == 2 and metrics["psnr"] > 0  # camera 8 at the 2 frames of the train sequence
     assert metrics["depth_mae_mm"] is not None  # the imported depth reached evaluation
+    # A real subject is blended at the authors' pixel sizes (the synthetic settings' quarter sizes stay theirs).
+    assert metrics["blending"] == ("2nd near-z, occlusion mask opened 3 x 3 and closed 5 x 5, blurred 5 x 5 at "
+                                   "sigma 1.5 px (the authors' evaluation)")
