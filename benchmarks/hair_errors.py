@@ -76,14 +76,14 @@ def main() -> None:
                 out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
                 hair, _, _ = batch_regions(batch)
                 used = object_mask(batch["parsing"])[:, None] * full_mask(out)
-                squared = ((as_8bit(out["rgb"]) * used - batch["image"] * used) ** 2).sum(1, keepdim=True)
+                difference = as_8bit(out["rgb"]) * used - batch["image"] * used
+                squared = (difference ** 2).sum(1, keepdim=True)
                 rendered = out["hair_weight"] > 0.5
                 masks = {"missed hair": hair & ~rendered, "covered hair": hair & rendered,
                          "spilled hair": ~hair & rendered, "rest": ~hair & ~rendered}
                 for c, m in masks.items():
                     pixels[c] += float(m.sum())
                     error[c] += float(squared[m].sum())
-                difference = as_8bit(out["rgb"]) * used - batch["image"] * used
                 covered = masks["covered hair"].to(difference.dtype)
                 covered_sum += (difference * covered).sum((0, 2, 3)).double()
                 # The error's coarse part: its local mean over the covered hair around each pixel.

@@ -77,11 +77,11 @@ def occlusion_depth(hair: dict[str, Tensor], which: OcclusionDepth, evaluation: 
 
 
 def evaluation_blend_text(near_z: int, open_px: int, close_px: int, kernel: int, sigma: float) -> str:
-    """The evaluation's blend in words, for the metrics files: which near-z (counted from 0), the
+    """The evaluation's blend in words, for the metrics files: which near-z (0–2, as the render keeps), the
     cleaning and the blur, and whether those are the authors' pixel sizes."""
     cleaning = [f"{what} {size} x {size}" for what, size in (("opened", open_px), ("closed", close_px)) if size > 1]
     authors = (open_px, close_px, kernel, sigma) == (3, 5, 5, 1.5)
-    return (f"{near_z + 1}{'st' if near_z == 0 else 'nd' if near_z == 1 else 'th'} near-z, occlusion mask "
+    return (f"{('1st', '2nd', '3rd')[near_z]} near-z, occlusion mask "
             f"{' and '.join(cleaning) if cleaning else 'not cleaned'}, blurred {kernel} x {kernel} at sigma {sigma} px "
             f"(the authors' evaluation{'' if authors else ' at other pixel sizes'})")
 
