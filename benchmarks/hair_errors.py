@@ -17,7 +17,8 @@ pixel, its mean colour error (a bias a colour fix could remove), and the share o
 error that is coarser than strands: the error averaged over a Gaussian of σ 1.5 px (within the
 covered hair); the rest is strand-scale detail.
 
-    python benchmarks/hair_errors.py --subjects long_seed11 --run ../../benchmarks/avatar_variants/long_seed11/seed42/omega10
+    python benchmarks/hair_errors.py --subjects long_seed11 \\
+        --run ../../benchmarks/avatar_variants/long_seed11/seed42/omega10
 """
 
 from __future__ import annotations
