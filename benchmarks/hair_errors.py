@@ -15,10 +15,17 @@ Each class: its share of the frame's pixels, its share of the frame's squared er
 the frame would have if that class's error were zero. Then, for the covered hair: its PSNR per
 pixel, its mean colour error (a bias a colour fix could remove), and the share of its squared
 error that is coarser than strands: the error averaged over a Gaussian of σ 1.5 px (within the
-covered hair); the rest is strand-scale detail.
+covered hair); the rest is strand-scale detail. Last, the parsing's face region: its PSNR per
+pixel within 3 px of the ground truth's hair (where hair hangs over or borders the face) and
+farther from it.
 
     python benchmarks/hair_errors.py --subjects long_seed11 \\
         --run ../../benchmarks/avatar_variants/long_seed11/seed42/omega10
+
+`--by-frame` adds, per subject, a table by timestep: the frame's PSNR and the covered hair's PSNR
+per pixel on each timestep of the split, beside the canonical frame's (the one the canonical hair
+was fitted to; its hair differs from the others' only by the rigid motion and what the
+deformation field models).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 
 from mega.avatar import RigidTable
@@ -51,6 +59,7 @@ def main() -> None:
                         "relative to it)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--by-frame", action="store_true", help="also a table by timestep")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(args.results)
@@ -63,19 +72,21 @@ def main() -> None:
     for subject in args.subjects:
         avatar, frames, _ = load_avatar(results / "train" / subject / args.run, head)
         rigid = RigidTable.from_file(results / "preprocess" / subject / "hair_rigid.npz")
-        dataset = SubjectDataset(synthesized_union(results / "data" / subject), args.split, parsing="require",
-                                 depth="off")
+        union = synthesized_union(results / "data" / subject)
+        dataset = SubjectDataset(union, args.split, parsing="require", depth="off")
         pixels = {c: 0.0 for c in CLASSES}
         error = {c: 0.0 for c in CLASSES}
         total_pixels = 0
         covered_sum, covered_coarse = torch.zeros(3, dtype=torch.float64), 0.0
+        face_pixels, face_error = [0.0, 0.0], [0.0, 0.0]  # within 3 px of the hair, farther
+        by_frame: dict[int, list[float]] = {}  # timestep -> [pixels, squared error, covered pixels, its error]
         with torch.no_grad():
             for first in range(0, len(dataset), 4):
                 batch = collate_samples([dataset[i] for i in range(first, min(first + 4, len(dataset)))])
                 flame = driving_parameters(frames, batch, refined=False)
                 rotation, translation = rigid(batch["timestep_index"])
                 out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
-                hair, _, _ = batch_regions(batch)
+                hair, _, face = batch_regions(batch)
                 used = object_mask(batch["parsing"])[:, None] * full_mask(out)
                 difference = as_8bit(out["rgb"]) * used - batch["image"] * used
                 squared = (difference ** 2).sum(1, keepdim=True)
@@ -86,6 +97,16 @@ def main() -> None:
                     pixels[c] += float(m.sum())
                     error[c] += float(squared[m].sum())
                 covered = masks["covered hair"].to(difference.dtype)
+                near_hair = F.max_pool2d(hair.to(difference.dtype), 7, stride=1, padding=3) > 0
+                for k, m in enumerate((face & near_hair, face & ~near_hair)):
+                    face_pixels[k] += float(m.sum())
+                    face_error[k] += float(squared[m].sum())
+                for i, timestep in enumerate(batch["timestep_index"].tolist()):
+                    row = by_frame.setdefault(int(timestep), [0.0, 0.0, 0.0, 0.0])
+                    row[0] += float(hair[i, 0].numel())
+                    row[1] += float(squared[i].sum())
+                    row[2] += float(covered[i].sum())
+                    row[3] += float((squared[i] * covered[i]).sum())
                 covered_sum += (difference * covered).sum((0, 2, 3)).double()
                 # The error's coarse part: its local mean over the covered hair around each pixel.
                 weight = gaussian_blur2d(covered, (7, 7), (1.5, 1.5)).clamp_min(1e-6)
@@ -103,6 +124,26 @@ def main() -> None:
         bias = ", ".join(f"{255 * float(v) / n_covered:+.1f}" for v in covered_sum)
         cells.append(f"{per_pixel:.1f} dB / {bias} / {100 * covered_coarse / max(error['covered hair'], 1e-12):.0f} %")
         print(f"| {subject} | {frame_psnr:.2f} | " + " | ".join(cells) + " |", flush=True)
+        face = [10 * math.log10(3 * max(n, 1.0) / max(e, 1e-12)) for n, e in zip(face_pixels, face_error)]
+        print(f"  {subject}: face region {100 * sum(face_pixels) / total_pixels:.1f} % of the frame, "
+              f"{10 * math.log10(3 * max(sum(face_pixels), 1.0) / max(sum(face_error), 1e-12)):.2f} dB per pixel; "
+              f"within 3 px of the hair {100 * face_pixels[0] / max(sum(face_pixels), 1.0):.0f} % of it at "
+              f"{face[0]:.2f} dB, farther {face[1]:.2f} dB", flush=True)
+        if args.by_frame:
+            onef = SubjectDataset(union, "onef", depth="off")
+            print_by_frame(subject, by_frame, int(onef[0]["timestep_index"]))
+
+
+def print_by_frame(subject: str, by_frame: dict[int, list[float]], canonical: int) -> None:
+    """Per timestep: the frame's PSNR and the covered hair's PSNR per pixel (dB)."""
+    print(f"\n{subject}, by timestep (canonical: {canonical}): frame PSNR / covered hair per pixel")
+    for timestep in sorted(by_frame):
+        pixels, squared, covered, covered_error = by_frame[timestep]
+        frame = 10 * math.log10(3 * pixels / max(squared, 1e-12))
+        hair = 10 * math.log10(3 * max(covered, 1.0) / max(covered_error, 1e-12))
+        mark = "  (canonical)" if timestep == canonical else ""
+        print(f"  {timestep:4d}: {frame:6.2f} / {hair:5.2f}{mark}")
+    print(flush=True)
 
 
 if __name__ == "__main__":

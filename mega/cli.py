@@ -148,7 +148,7 @@ def _synth(args) -> None:
 
     options = SynthOptions(seed=args.seed, width=args.width, height=args.height, n_cameras=args.cameras,
                            n_sequences=args.sequences, frames_per_sequence=args.frames, hair=args.hair,
-                           supersample=args.supersample, subject=args.subject)
+                           supersample=args.supersample, hair_render=args.hair_render, subject=args.subject)
     if options.n_sequences < 2 or options.frames_per_sequence < 1 or options.n_cameras <= 8:
         raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 cameras "
                         "(camera 8 is the val camera)")
@@ -597,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hair", choices=("short", "long", "none"), default="short")
     p.add_argument("--supersample", type=int, default=2, help="ground truth is rendered this much larger, then "
                                                               "box-filtered down")
+    p.add_argument("--hair-render", choices=("classic", "antialiased"), default="classic",
+                   help="the strands' sub-pixel Gaussians: 3DGS's dilation as is (classic) or mass-preserving "
+                        "(antialiased: the hair converges with --supersample)")
     p.add_argument("--subject", default="synthetic", help="subject id in the folder names")
     p.add_argument("--source", choices=("toy", "flame"), default="toy", help="head model, as for head-model")
     p.add_argument("--model")

@@ -112,6 +112,35 @@ def test_same_seed_same_files_other_seed_other_files(subject, tmp_path):
     assert sum(different[k] != first[k] for k in first) > len(first) // 2
 
 
+def test_antialiased_hair_changes_only_the_hair_and_is_recorded(tmp_path):
+    """--hair-render antialiased draws the strands with less coverage (each sub-pixel Gaussian
+    keeps its mass instead of being drawn a pixel wide): the same head, lighter hair, and the
+    summary says which render wrote it."""
+    size = ["--width", "69", "--height", "100", "--hair", "long"]
+    classic = make_subject(tmp_path / "classic", *size)
+    antialiased = make_subject(tmp_path / "aa", *size, "--hair-render", "antialiased")
+    summary = json.loads((antialiased.parent / "summary.json").read_text())
+    assert summary["options"]["hair_render"] == "antialiased"
+    frame, labels = frontal_parsing(classic)
+    _, labels_aa = frontal_parsing(antialiased)
+    image = np.asarray(Image.open(classic / frame["file_path"]), dtype=np.float64)[..., :3]
+    image_aa = np.asarray(Image.open(antialiased / frame["file_path"]), dtype=np.float64)[..., :3]
+    fg = np.asarray(Image.open(classic / frame["file_path"].replace("images", "fg_masks")), dtype=np.float64)
+    fg_aa = np.asarray(Image.open(antialiased / frame["file_path"].replace("images", "fg_masks")), dtype=np.float64)
+    assert fg_aa.sum() < 0.97 * fg.sum()  # the thin strands cover less
+    assert (labels_aa == LABEL["hair"]).sum() < (labels == LABEL["hair"]).sum()
+    # Away from the hair (of either render) the two images are the same, up to the faint tails of
+    # strands (a few 8-bit levels).
+    from scipy.ndimage import binary_dilation
+
+    near_hair = binary_dilation((labels == LABEL["hair"]) | (labels_aa == LABEL["hair"]) | (fg != fg_aa), iterations=2)
+    skin = (labels != 0) & ~near_hair
+    assert skin.sum() > 200
+    assert np.abs(image - image_aa)[skin].max() <= 3
+    assert np.abs(image - image_aa)[skin].mean() < 0.05
+    assert np.abs(image - image_aa)[~skin].max() > 20
+
+
 def test_validator_names_file_and_field(tmp_path):
     union = write_fixture_subject(tmp_path / "fixture", n_sequences=3, n_timesteps=1, width=12, height=16)
     assert validate_union(union) == []

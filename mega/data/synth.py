@@ -18,6 +18,12 @@ What it exercises:
 Ground truth is rendered at ``supersample``× the output size and box-filtered down (so it is not
 a copy of what a model renders at the output size), while depth and parsing come from an exact
 render at the output size: depth is the camera z of the mesh at each pixel centre, in metres.
+The hair's strands (0.8 mm thick, under half a pixel at 138 × 200) are drawn with 3DGS's
+dilation (``hair_render="classic"``) or with it mass-preserving (``"antialiased"``, gsplat's
+mode of that name): classic strands are drawn about a supersampled pixel wide at full opacity,
+so the written hair depends on ``supersample`` as much as on the strands; antialiased hair at 2×
+is within 31–37 dB of the same hair at 8× (docs/hair.md, "The ground truth's hair and its
+supersampling").
 """
 
 from __future__ import annotations
@@ -44,13 +50,14 @@ from mega.flame.geometry import vertex_normals
 from mega.flame.head_model import HeadModel
 from mega.flame.model import FlameModel
 from mega.flame.toy import EXPRESSIONS
-from mega.render.gaussians import rasterize_gaussians
+from mega.render.gaussians import antialiased_opacities, rasterize_gaussians
 from mega.render.mesh import interpolate, rasterize, texture
 from mega.render.projection import world_to_clip
 
 # NeRSemble's ten sequences, in the order GaussianAvatars lists them.
 SEQUENCES = ("EMO-1", "EMO-2", "EMO-3", "EMO-4", "EXP-2", "EXP-3", "EXP-4", "EXP-5", "EXP-8", "EXP-9")
 HairStyle = Literal["short", "long", "none"]
+HairRender = Literal["classic", "antialiased"]
 WHITE = 1.0
 
 
@@ -67,6 +74,8 @@ class SynthOptions:
     hair: HairStyle = "short"
     supersample: int = 2
     """Ground truth is rendered at this factor and box-filtered down."""
+    hair_render: HairRender = "classic"
+    """How the strands' sub-pixel Gaussians are drawn (the module docstring)."""
     subject: str = "synthetic"
 
 
@@ -359,7 +368,7 @@ def vertex_attributes(vertices: torch.Tensor, faces: torch.Tensor, appearance: A
 
 def render_view(camera: Camera, vertices: torch.Tensor, attrs: torch.Tensor, faces: torch.Tensor,
                 faces_uv: torch.Tensor, uvs: torch.Tensor, appearance: Appearance, expr: np.ndarray, hair_state,
-                supersample: int, light_dir: torch.Tensor):
+                supersample: int, light_dir: torch.Tensor, hair_render: HairRender = "classic"):
     """One ground-truth view: image [H, W, 3] in [0, 1], foreground alpha [H, W], parsing [H, W]
     uint8, depth [H, W] metres (0 = background). ``attrs`` from :func:`vertex_attributes`."""
     H, W = camera.height, camera.width
@@ -391,8 +400,11 @@ def render_view(camera: Camera, vertices: torch.Tensor, attrs: torch.Tensor, fac
         means, quats, hair = hair_state
         mesh_depth = interpolate(big.world_to_camera_points(vertices)[None, :, 2:], rast, faces)[0, ..., 0]
         mesh_depth = torch.where(covered, mesh_depth, torch.full_like(mesh_depth, math.inf))
+        opacities = hair.opacities
+        if hair_render == "antialiased":
+            opacities = antialiased_opacities(means, quats, hair.scales, opacities, big)
         with torch.no_grad():
-            out = rasterize_gaussians(means, quats, hair.scales, hair.opacities, big, colors=hair.colors,
+            out = rasterize_gaussians(means, quats, hair.scales, opacities, big, colors=hair.colors,
                                       mesh_depth=mesh_depth)
         hair_alpha_big = out["alpha"]
         rgb_big = out["color"] + (1 - hair_alpha_big[..., None]) * mesh_rgb
@@ -454,7 +466,8 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
                     hair_state = (means, quats, hair)
                 for index, camera in enumerate(cameras):
                     image, fg, parsing, depth = render_view(camera, vertices, attrs, faces, faces_uv, uvs, appearance,
-                                                            frame["expr"], hair_state, options.supersample, light_dir)
+                                                            frame["expr"], hair_state, options.supersample, light_dir,
+                                                            options.hair_render)
                     writer.write_frame(sequence, t, index, _to_uint8(image), _to_uint8(fg), parsing.numpy(),
                                        depth.numpy())
                     bar.update()

@@ -105,6 +105,20 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, camera: Came
     return means2d, z, cov2d, in_front
 
 
+def antialiased_opacities(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera,
+                          near_plane_m: float = 0.01) -> Tensor:
+    """Opacities [N] that make the 0.3 px² dilation keep each Gaussian's screen-space mass: scaled
+    by sqrt(det Σ / det(Σ + 0.3 I)) in ``camera``'s pixels, gsplat's ``antialiased`` mode
+    (Mip-Splatting's 2D filter). Without it a Gaussian thinner than a pixel is drawn a pixel wide
+    at its full opacity, so the same thin structure covers more of a low-resolution image than of
+    a high-resolution one; with it, renders at different resolutions agree after box filtering.
+    means [N, 3] m, quats [N, 4], scales [N, 3] m, opacities [N] in [0, 1]."""
+    _, _, cov2d, _ = project_gaussians(means, quats, scales, camera, near_plane_m)
+    dilation = COVARIANCE_DILATION_PX2 * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    ratio = torch.linalg.det(cov2d - dilation).clamp_min(0) / torch.linalg.det(cov2d).clamp_min(1e-12)
+    return opacities * ratio.sqrt()
+
+
 class _Prepared(NamedTuple):
     """One image's Gaussians ready for compositing (see :func:`_prepare`)."""
 
