@@ -8,11 +8,14 @@ integrates each pixel, so the written hair should not depend on the factor. For 
 and hair render (`classic`: 3DGS's dilation as is; `antialiased`: mass-preserving), this
 synthesizes one small subject (2 sequences × 1 frame × 16 cameras, the workflow's image size) at
 each factor, and prints the PSNR over the hair pixels (the largest factor's parsing) of each
-factor against the largest: how converged the written hair is. Then, against the ground truth
-at 2× (the workflow's), the true strands drawn at 1× the way an avatar draws its Gaussians
-(classic): what a model that knew every strand exactly would score on the hair.
+factor against the largest: how converged the written hair is (each render over its own
+parsing). Then, against the ground truth at 2× (the workflow's), the subject written at 1×
+(classic, no supersampling: the true strands drawn at the image's size the way an avatar draws
+its Gaussians, and the mesh unfiltered too): what a model that knew every strand exactly would
+score on the hair.
 
-Subjects are written to results/benchmarks/hair_supersampling/ and reused when present.
+Subjects are written to results/benchmarks/hair_supersampling/ and reused when present (a
+`complete` file marks each; delete the folder after changing `mega/data/synth.py`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def hair_psnr(rendered: Path, truth: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hairstyles", nargs="+", default=["short", "long"])
+    parser.add_argument("--hairstyles", nargs="+", choices=("short", "long"), default=["short", "long"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--results", default="results")
@@ -58,8 +61,9 @@ def main() -> None:
     head = load_head_model_folder(results / "head_model")
     root = results / "benchmarks" / "hair_supersampling"
     factors = sorted(set(args.factors))
-    if 1 not in factors or 2 not in factors or len(factors) < 3:
-        raise SystemExit("--factors: give 1, 2 and at least one larger factor (the reference is the largest)")
+    if min(factors) < 1 or 1 not in factors or 2 not in factors or len(factors) < 3:
+        raise SystemExit("--factors: give 1, 2 and at least one larger factor, none below 1 "
+                         "(the reference is the largest)")
     top = factors[-1]
 
     def subject(style: str, render: str, factor: int) -> Path:

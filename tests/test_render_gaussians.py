@@ -239,8 +239,9 @@ def test_cuda_matches_cpu():
 
 
 def test_antialiased_opacities_keep_thin_strands_equally_covering_at_any_resolution():
-    """Sparse strands 0.2 px thick: with 3DGS's dilation as is they cover far more of a small
-    image than of a 4× larger one box-filtered down; with the mass-preserving opacities both agree."""
+    """Strands 0.2 px thick, about a pixel apart: with 3DGS's dilation as is they cover far more of
+    a small image than of a 4× larger one box-filtered down; with the mass-preserving opacities both
+    agree."""
     from mega.render.gaussians import antialiased_opacities
 
     g = torch.Generator().manual_seed(3)

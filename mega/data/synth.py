@@ -22,7 +22,7 @@ The hair's strands (0.8 mm thick, under half a pixel at 138 × 200) are drawn wi
 dilation (``hair_render="classic"``) or with it mass-preserving (``"antialiased"``, gsplat's
 mode of that name): classic strands are drawn about a supersampled pixel wide at full opacity,
 so the written hair depends on ``supersample`` as much as on the strands; antialiased hair at 2×
-is within 31–37 dB of the same hair at 8× (docs/hair.md, "The ground truth's hair and its
+scores 31–37 dB PSNR against the same hair at 8× (docs/hair.md, "The ground truth's hair and its
 supersampling").
 """
 
