@@ -117,16 +117,16 @@ def main() -> None:
         frame_psnr = 10 * math.log10(3 * total_pixels / total)
         cells = []
         for c in CLASSES:
-            without = 10 * math.log10(3 * total_pixels / max(total - error[c], 1e-12))
+            without = psnr_db(total_pixels, total - error[c])
             cells.append(f"{100 * pixels[c] / total_pixels:.1f} % / {100 * error[c] / total:.0f} % / {without:.1f}")
         n_covered = max(pixels["covered hair"], 1.0)
-        per_pixel = 10 * math.log10(3 * n_covered / max(error["covered hair"], 1e-12))
+        per_pixel = psnr_db(n_covered, error["covered hair"])
         bias = ", ".join(f"{255 * float(v) / n_covered:+.1f}" for v in covered_sum)
         cells.append(f"{per_pixel:.1f} dB / {bias} / {100 * covered_coarse / max(error['covered hair'], 1e-12):.0f} %")
         print(f"| {subject} | {frame_psnr:.2f} | " + " | ".join(cells) + " |", flush=True)
-        face = [10 * math.log10(3 * max(n, 1.0) / max(e, 1e-12)) for n, e in zip(face_pixels, face_error)]
+        face = [psnr_db(n, e) for n, e in zip(face_pixels, face_error)]
         print(f"  {subject}: face region {100 * sum(face_pixels) / total_pixels:.1f} % of the frame, "
-              f"{10 * math.log10(3 * max(sum(face_pixels), 1.0) / max(sum(face_error), 1e-12)):.2f} dB per pixel; "
+              f"{psnr_db(sum(face_pixels), sum(face_error)):.2f} dB per pixel; "
               f"within 3 px of the hair {100 * face_pixels[0] / max(sum(face_pixels), 1.0):.0f} % of it at "
               f"{face[0]:.2f} dB, farther {face[1]:.2f} dB", flush=True)
         if args.by_frame:
@@ -134,13 +134,17 @@ def main() -> None:
             print_by_frame(subject, by_frame, int(onef[0]["timestep_index"]))
 
 
+def psnr_db(pixels: float, squared_error: float) -> float:
+    """PSNR (dB) of ``pixels`` RGB pixels in [0, 1] whose squared errors sum to ``squared_error``."""
+    return 10 * math.log10(3 * max(pixels, 1.0) / max(squared_error, 1e-12))
+
+
 def print_by_frame(subject: str, by_frame: dict[int, list[float]], canonical: int) -> None:
     """Per timestep: the frame's PSNR and the covered hair's PSNR per pixel (dB)."""
     print(f"\n{subject}, by timestep (canonical: {canonical}): frame PSNR / covered hair per pixel")
     for timestep in sorted(by_frame):
         pixels, squared, covered, covered_error = by_frame[timestep]
-        frame = 10 * math.log10(3 * pixels / max(squared, 1e-12))
-        hair = 10 * math.log10(3 * max(covered, 1.0) / max(covered_error, 1e-12))
+        frame, hair = psnr_db(pixels, squared), psnr_db(covered, covered_error)
         mark = "  (canonical)" if timestep == canonical else ""
         print(f"  {timestep:4d}: {frame:6.2f} / {hair:5.2f}{mark}")
     print(flush=True)
