@@ -19,7 +19,7 @@ from mega.face.config import FaceConfig
 from mega.flame.head_model import load_head_model_folder
 from mega.hair.config import HairConfig
 from mega.hair.deform import DeformationField, posed_hair
-from mega.hair.densify import Densifier, DensifyState
+from mega.hair.densify import Densifier, DensifyState, step_statistics
 from mega.hair.model import GaussianHair, sample_scalp_points
 from mega.hair.render import render_hair
 from mega.render.gaussians import quaternion_to_matrix
@@ -339,6 +339,63 @@ def test_allgs_composites_hair_behind_the_head_that_early_stopping_drops():
     assert everything["alpha"][centre] > stopped["alpha"][centre] + 0.3
 
 
+def some_gaussians(n: int, scale_m: tuple[float, float], seed: int = 0, spread_m: float = 0.03) -> dict:
+    """n random Gaussians of sizes in ``scale_m``, ``spread_m`` about a point 1 m in front of the
+    camera (:func:`a_camera`: 40 pixels a metre there), one frame."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = scale_m
+    return {"means": torch.randn(1, n, 3, generator=generator) * spread_m + torch.tensor([0.0, 0, 1]),
+            "quats": torch.randn(1, n, 4, generator=generator),
+            "scales": torch.rand(1, n, 3, generator=generator) * (high - low) + low,
+            "opacities": torch.rand(1, n, generator=generator) * 0.9, "sh": torch.rand(1, n, 1, 3, generator=generator)}
+
+
+def test_supersampled_hair_approaches_the_pixel_integral_at_the_images_size():
+    # Strand-thin Gaussians (0.3–1 mm, a few hundredths of a pixel here): drawn at the image's size each is
+    # dilated to a pixel at its full opacity; drawn larger and box-filtered, as a camera
+    # integrates, the images converge.
+    gaussians = some_gaussians(300, (3e-4, 1e-3))
+    cameras = Camera(a_camera(40, 48).intrinsics[None], torch.eye(4)[None], 40, 48)
+    plain, twice, fine = (render_hair(gaussians, cameras, 0, supersample=s) for s in (1, 2, 8))
+    for name in ("rgb", "alpha"):
+        assert twice[name].shape == plain[name].shape == fine[name].shape
+        error_plain = (plain[name] - fine[name]).abs().mean()
+        assert (twice[name] - fine[name]).abs().mean() < 0.5 * error_plain, name
+    # Near-z is the block's nearest significant Gaussian, inf where it has none; means2d and
+    # radii stay in the drawn image's pixels, whose size densification reads.
+    drawn = render_hair(gaussians, Camera(cameras.intrinsics * torch.tensor([[2.0], [2.0], [1.0]]),
+                                          cameras.world_to_camera, 80, 96), 0)
+    nearest = -torch.nn.functional.max_pool2d(-drawn["near_z"], 2)
+    assert torch.equal(twice["near_z"], nearest) and bool(torch.isinf(twice["near_z"]).any())
+    assert twice["render_size"] == (80, 96) and plain["render_size"] == (40, 48)
+    assert torch.allclose(twice["means2d"][0], 2 * plain["means2d"][0], atol=1e-4)
+
+
+def test_densification_reads_supersampled_gradients_in_the_units_of_the_plain_render():
+    # Large smooth Gaussians look the same drawn at 1× or 2×; their screen-space gradients in
+    # normalised device coordinates, which the 2e-4 threshold compares, must be too.
+    gaussians = some_gaussians(20, (0.04, 0.08), seed=1, spread_m=0.2)
+    cameras = Camera(a_camera(40, 48).intrinsics[None], torch.eye(4)[None], 40, 48)
+    target = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(2))
+    statistics = []
+    for supersample in (1, 2):
+        leaves = {k: v.clone().requires_grad_() for k, v in gaussians.items()}
+        out = render_hair(leaves, cameras, 0, supersample=supersample)
+        ((out["rgb"] - target) ** 2).mean().backward()
+        hair = GaussianHair.from_points(gaussians["means"][0], torch.rand(20, 3), 0.5, 0)
+        densifier = Densifier(HairConfig(), 1, 1.0, DensifyState(20), 100)
+        width, height = out["render_size"]
+        statistics.append(step_statistics(densifier.strategy, hair.params, densifier.state, 1.0, out["means2d"],
+                                          out["radii"], width, height)["grad2d"].clone())
+    plain, twice = statistics
+    seen = plain > plain.max() * 0.05
+    assert seen.sum() >= 5
+    # Per Gaussian the two agree to the sampling's differences; read in the 1× image's pixels
+    # instead, the supersampled ones would be halved.
+    ratio = twice[seen] / plain[seen]
+    assert 0.9 < float(ratio.median()) < 1.1 and 0.6 < float(ratio.min()) and float(ratio.max()) < 1.6
+
+
 # ----------------------------------------------------------------------------- the stages
 def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     union, head, run, rigid = trained
@@ -364,6 +421,24 @@ def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     after = avatar.face.state_dict()
     assert all(torch.equal(after[k], v) for k, v in face_before.items() if k.startswith("displacement_decoder"))
     assert not torch.equal(after["diffuse_texture"], face_before["diffuse_texture"])
+
+
+def test_both_stages_train_supersampled_hair_and_densify_it(trained, tmp_path):
+    union, head, run, rigid = trained
+    # Densification at step 2 (a batch of 15 images: every 30 images, from the 15th).
+    config = TINY_HAIR.replace(hair_supersample=2, densify_from_images=15, densify_every_images=30)
+    metrics = train_hair(union, run / "face.pt", rigid, tmp_path, head, config, progress=False)
+    log = pd.read_csv(tmp_path / "hair" / "loss.csv")
+    assert log["total"][1] < log["total"][0]
+    assert metrics["n_gaussians"] > 450  # densified from the drawn image's gradients
+    assert torch.load(tmp_path / "hair.pt", weights_only=False)["hair_config"]["hair_supersample"] == 2
+    metrics = train_joint(union, run / "face.pt", tmp_path / "hair.pt", rigid, tmp_path, head, config, progress=False)
+    log = pd.read_csv(tmp_path / "joint" / "loss.csv")
+    assert log["total"][1] < log["total"][0] and metrics["val"]["psnr_head_paper"] > 5
+    avatar, _, _ = load_avatar(tmp_path, head)
+    assert avatar.config.hair_supersample == 2  # evaluation and videos draw the hair as it trained
+    with pytest.raises(ConfigError, match="hair_supersample"):
+        HairConfig.from_dict({"hair_supersample": 0}, where="config.yaml hair")
 
 
 def test_the_joint_stage_decays_the_faces_rates_alone_when_asked(trained, canonical_hair, tmp_path):

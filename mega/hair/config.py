@@ -126,6 +126,9 @@ class HairConfig(Settings):
     occlusion_close_px: int = 5
     """At evaluation M_o is opened then closed by squares of these sides, in pixels (the authors',
     at 550 × 802; 1 leaves the step out)."""
+    hair_supersample: int = 1
+    """The hair is drawn at this factor of the image size and box-filtered down, in training and
+    evaluation (1: at the image size, as the authors; a departure, docs/hair.md)."""
     gaussian_backend: str = "auto"
     """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), numba (compiled CPU loops),
     or auto (numba on the CPU, triton on CUDA)."""
@@ -140,7 +143,8 @@ class HairConfig(Settings):
     def check(self, where: str) -> None:
         check_at_least(self, where, 1, "hair_epochs", "hair_batch_size", "joint_epochs", "joint_batch_size",
                        "sh_degree_every", "densify_every_images", "opacity_reset_every_images", "checkpoint_every",
-                       "deform_frequencies", "aiap_neighbours", "erode_px", "lr_position_steps")
+                       "deform_frequencies", "aiap_neighbours", "erode_px", "lr_position_steps",
+                       "hair_supersample")
         check_at_least(self, where, 0, "init_on_scalp", "init_off_scalp", "init_in_hull", "hair_iterations",
                        "prune_large_from_images",
                        "joint_iterations", "data_workers", "cache_mb", "val_views")

@@ -5,6 +5,7 @@ densification needs kept aside."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mega.data.camera import Camera
@@ -18,7 +19,7 @@ def camera_at(cameras: Camera, i: int) -> Camera:
 
 
 def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, early_stop_gap_m: float | None = 0.1,
-                near_z_alpha: float = 0.05, backend: str = "auto") -> dict:
+                near_z_alpha: float = 0.05, backend: str = "auto", supersample: int = 1) -> dict:
     """gaussians: activated hair of B frames (means [B, N, 3], quats [B, N, 4], scales [B, N, 3],
     opacities [B, N], sh [B, N, K, 3]); cameras batched [B].
 
@@ -27,7 +28,20 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     densification ``means2d`` (a list of B [N, 2] tensors whose ``.grad`` is the screen-space
     gradient after backward) and ``radii`` [B, N] pixels. An infinite early-stop gap (the
     ``allgs`` variant) turns early stopping off. ``backend``: the Gaussian rasterizer's.
+
+    ``supersample`` s > 1 draws the hair at s × the cameras' size and box-filters the images
+    down (rgb, alpha and depth averaged over each s × s block, near-z its nearest), as a camera
+    integrates its pixels; ``means2d`` and ``radii`` stay in the drawn image's pixels, whose
+    size ``render_size`` (width, height) gives.
     """
+    if supersample > 1:
+        drawn = render_hair(gaussians, cameras.resized(cameras.width * supersample, cameras.height * supersample),
+                            sh_degree, early_stop_gap_m, near_z_alpha, backend)
+        pooled = {k: F.avg_pool2d(drawn[k], supersample) for k in ("rgb", "alpha", "depth")}
+        # The nearest significant Gaussian of the block (inf where none): what the occlusion test
+        # of a pixel that any of its sub-pixels sees hair in front of the face should read.
+        pooled["near_z"] = -F.max_pool2d(-drawn["near_z"], supersample)
+        return {**drawn, **pooled}
     gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
     cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
     per_image = [camera_at(cameras, i) for i in range(gaussians["means"].shape[0])]
@@ -43,4 +57,5 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
         "near_z": torch.stack([o["near_z"] for o in outs]),
         "means2d": [o["means2d"] for o in outs],
         "radii": torch.stack([o["radii"] for o in outs]),
+        "render_size": (cameras.width, cameras.height),
     }

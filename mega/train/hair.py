@@ -168,7 +168,7 @@ class HairStage:
 
     def after_backward(self, step: int, optimizer: torch.optim.Optimizer) -> bool:
         out, self._hair_out = self._hair_out, None
-        H, W = out["alpha"].shape[-2:]
+        W, H = out["render_size"]
         return self.densifier.after_backward(step, self.hair, optimizer, out["means2d"], out["radii"], W, H)
 
 
