@@ -423,7 +423,7 @@ def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     assert not torch.equal(after["diffuse_texture"], face_before["diffuse_texture"])
 
 
-def test_both_stages_train_supersampled_hair_and_densify_it(trained, tmp_path):
+def test_the_canonical_hair_trains_supersampled_and_densifies(trained, tmp_path):
     union, head, run, rigid = trained
     # Densification at step 2 (a batch of 15 images: every 30 images, from the 15th).
     config = TINY_HAIR.replace(hair_supersample=2, densify_from_images=15, densify_every_images=30)
@@ -431,12 +431,9 @@ def test_both_stages_train_supersampled_hair_and_densify_it(trained, tmp_path):
     log = pd.read_csv(tmp_path / "hair" / "loss.csv")
     assert log["total"][1] < log["total"][0]
     assert metrics["n_gaussians"] > 450  # densified from the drawn image's gradients
+    # Its evaluation on the training views drew the hair the same way, and hair.pt records it.
+    assert 0 < metrics["training_views"]["hair_iou"] <= 1
     assert torch.load(tmp_path / "hair.pt", weights_only=False)["hair_config"]["hair_supersample"] == 2
-    metrics = train_joint(union, run / "face.pt", tmp_path / "hair.pt", rigid, tmp_path, head, config, progress=False)
-    log = pd.read_csv(tmp_path / "joint" / "loss.csv")
-    assert log["total"][1] < log["total"][0] and metrics["val"]["psnr_head_paper"] > 5
-    avatar, _, _ = load_avatar(tmp_path, head)
-    assert avatar.config.hair_supersample == 2  # evaluation and videos draw the hair as it trained
     with pytest.raises(ConfigError, match="hair_supersample"):
         HairConfig.from_dict({"hair_supersample": 0}, where="config.yaml hair")
 
