@@ -114,7 +114,7 @@ def main() -> None:
                 covered_coarse += float((coarse ** 2 * covered).sum())
                 total_pixels += hair[:, 0].numel()
         total = sum(error.values())
-        frame_psnr = 10 * math.log10(3 * total_pixels / total)
+        frame_psnr = psnr_db(total_pixels, total)
         cells = []
         for c in CLASSES:
             without = psnr_db(total_pixels, total - error[c])

@@ -351,9 +351,9 @@ def some_gaussians(n: int, scale_m: tuple[float, float], seed: int = 0, spread_m
 
 
 def test_supersampled_hair_approaches_the_pixel_integral_at_the_images_size():
-    # Strand-thin Gaussians (0.3–1 mm, a few hundredths of a pixel here): drawn at the image's size each is
-    # dilated to a pixel at its full opacity; drawn larger and box-filtered, as a camera
-    # integrates, the images converge.
+    # Strand-thin Gaussians (0.3–1 mm, a few hundredths of a pixel here): drawn at the image's
+    # size each is dilated to a pixel at its full opacity; drawn larger and box-filtered, as a
+    # camera integrates, the images converge.
     gaussians = some_gaussians(300, (3e-4, 1e-3))
     cameras = Camera(a_camera(40, 48).intrinsics[None], torch.eye(4)[None], 40, 48)
     plain, twice, fine = (render_hair(gaussians, cameras, 0, supersample=s) for s in (1, 2, 8))
@@ -363,8 +363,7 @@ def test_supersampled_hair_approaches_the_pixel_integral_at_the_images_size():
         assert (twice[name] - fine[name]).abs().mean() < 0.5 * error_plain, name
     # Near-z is the block's nearest significant Gaussian, inf where it has none; means2d and
     # radii stay in the drawn image's pixels, whose size densification reads.
-    drawn = render_hair(gaussians, Camera(cameras.intrinsics * torch.tensor([[2.0], [2.0], [1.0]]),
-                                          cameras.world_to_camera, 80, 96), 0)
+    drawn = render_hair(gaussians, cameras.resized(80, 96), 0)
     nearest = -torch.nn.functional.max_pool2d(-drawn["near_z"], 2)
     assert torch.equal(twice["near_z"], nearest) and bool(torch.isinf(twice["near_z"]).any())
     assert twice["render_size"] == (80, 96) and plain["render_size"] == (40, 48)

@@ -142,7 +142,7 @@ class GaussianAvatarsStage:
 
     def after_backward(self, step: int, optimizer: torch.optim.Optimizer) -> bool:
         out, self._out = self._out, None
-        H, W = out["alpha"].shape[-2:]
+        W, H = out["render_size"]
         return self.densifier.after_backward(step, self.gaussians, optimizer, out["means2d"], out["radii"], W, H,
                                              out["size"][0])
 
