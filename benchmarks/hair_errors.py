@@ -26,6 +26,11 @@ farther from it.
 per pixel on each timestep of the split, beside the canonical frame's (the one the canonical hair
 was fitted to; its hair differs from the others' only by the rigid motion and what the
 deformation field models).
+
+`--blur-hair σ [σ ...]` adds, per subject, the frame's PSNR when the render's hair is blurred by a
+Gaussian of σ px before the error is taken (rgb + Â_hair · (blur(rgb) − rgb), the render's own hair
+weight, no ground truth): whether the avatar's hair is noisier from this split's cameras than a
+smoother render would be (compare `--split val` with `--split train`).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--by-frame", action="store_true", help="also a table by timestep")
+    parser.add_argument("--blur-hair", type=float, nargs="*", default=[], metavar="SIGMA",
+                        help="also the frame PSNR with the render's hair blurred by each σ (px)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(args.results)
@@ -80,6 +87,7 @@ def main() -> None:
         covered_sum, covered_coarse = torch.zeros(3, dtype=torch.float64), 0.0
         face_pixels, face_error = [0.0, 0.0], [0.0, 0.0]  # within 3 px of the hair, farther
         by_frame: dict[int, list[float]] = {}  # timestep -> [pixels, squared error, covered pixels, its error]
+        blurred_error = {sigma: 0.0 for sigma in args.blur_hair}
         with torch.no_grad():
             for first in range(0, len(dataset), 4):
                 batch = collate_samples([dataset[i] for i in range(first, min(first + 4, len(dataset)))])
@@ -90,6 +98,11 @@ def main() -> None:
                 used = object_mask(batch["parsing"])[:, None] * full_mask(out)
                 difference = as_8bit(out["rgb"]) * used - batch["image"] * used
                 squared = (difference ** 2).sum(1, keepdim=True)
+                for sigma in args.blur_hair:
+                    size = 2 * math.ceil(3 * sigma) + 1
+                    smoothed = gaussian_blur2d(out["rgb"], (size, size), (sigma, sigma))
+                    rgb = out["rgb"] + out["hair_weight"] * (smoothed - out["rgb"])
+                    blurred_error[sigma] += float(((as_8bit(rgb) * used - batch["image"] * used) ** 2).sum())
                 rendered = out["hair_weight"] > 0.5
                 masks = {"missed hair": hair & ~rendered, "covered hair": hair & rendered,
                          "spilled hair": ~hair & rendered, "rest": ~hair & ~rendered}
@@ -129,6 +142,10 @@ def main() -> None:
               f"{psnr_db(sum(face_pixels), sum(face_error)):.2f} dB per pixel; "
               f"within 3 px of the hair {100 * face_pixels[0] / max(sum(face_pixels), 1.0):.0f} % of it at "
               f"{face[0]:.2f} dB, farther {face[1]:.2f} dB", flush=True)
+        if args.blur_hair:
+            print(f"  {subject}: the render's hair blurred: " + ", ".join(
+                f"σ {sigma:g} px {psnr_db(total_pixels, e):.2f} dB" for sigma, e in blurred_error.items())
+                + f" (unblurred {frame_psnr:.2f})", flush=True)
         if args.by_frame:
             onef = SubjectDataset(union, "onef", depth="off")
             print_by_frame(subject, by_frame, int(onef[0]["timestep_index"]))

@@ -148,7 +148,12 @@ def _synth(args) -> None:
 
     options = SynthOptions(seed=args.seed, width=args.width, height=args.height, n_cameras=args.cameras,
                            n_sequences=args.sequences, frames_per_sequence=args.frames, hair=args.hair,
-                           supersample=args.supersample, hair_render=args.hair_render, subject=args.subject)
+                           supersample=args.supersample, hair_render=args.hair_render,
+                           hair_clumps=args.hair_clumps, hair_strands=args.hair_strands,
+                           subject=args.subject)
+    if options.hair_strands < 1 or options.hair_clumps < 0:
+        raise MegaError(f"mega synth: --hair-strands must be at least 1 (got {options.hair_strands}) and "
+                        f"--hair-clumps at least 0 (got {options.hair_clumps})")
     if options.n_sequences < 2 or options.frames_per_sequence < 1 or options.n_cameras <= 8:
         raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 cameras "
                         "(camera 8 is the val camera)")
@@ -600,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hair-render", choices=("classic", "antialiased"), default="classic",
                    help="the strands' sub-pixel Gaussians: 3DGS's dilation as is (classic) or mass-preserving "
                         "(antialiased: the hair converges with --supersample)")
+    p.add_argument("--hair-clumps", type=int, default=0,
+                   help="0: every strand its own tint and bends; N > 0: the strands grow in N clumps that share "
+                        "them, as real hair does (a texture coherent over a clump)")
+    p.add_argument("--hair-strands", type=int, default=2500,
+                   help="strands on the scalp (more cover more of the hair's volume)")
     p.add_argument("--subject", default="synthetic", help="subject id in the folder names")
     p.add_argument("--source", choices=("toy", "flame"), default="toy", help="head model, as for head-model")
     p.add_argument("--model")

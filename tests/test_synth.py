@@ -141,6 +141,51 @@ def test_antialiased_hair_changes_only_the_hair_and_is_recorded(tmp_path):
     assert np.abs(image - image_aa)[~skin].max() > 20
 
 
+def test_clumped_hair_shares_tint_and_path_with_its_neighbours(toy_enhanced):
+    """hair_clumps > 0 grows the strands in locks: a strand's nearest neighbour at the scalp has
+    nearly its tint and ends near its tip (the same clump, mostly), where independent strands
+    differ as much from their neighbour as from any strand. The strands' roots, count and
+    lengths (the hair's coverage of the scalp) stay those of the independent hair."""
+    from scipy.spatial import cKDTree
+
+    from mega.data.synth import build_hair
+
+    colour = np.array([0.2, 0.13, 0.08])
+    K = 16  # long hair's Gaussians per strand
+    measures = {}
+    for clumps in (0, 100):
+        hair = build_hair(toy_enhanced, "long", 0, colour, clumps=clumps)
+        assert len(hair.means) == 2500 * K
+        means = hair.means.numpy().reshape(-1, K, 3)
+        tint = hair.colors.numpy().reshape(-1, K, 3)[:, 0, 0] / colour[0]
+        roots, tips = means[:, 0], means[:, -1]
+        neighbour = cKDTree(roots).query(roots, k=2)[1][:, 1]
+        measures[clumps] = (roots, np.median(np.abs(tint - tint[neighbour])),
+                            np.median(np.linalg.norm(tips - tips[neighbour], axis=1)), np.abs(tint - tint.mean()).mean())
+    roots, tint_step, tip_gap, _ = measures[0]
+    roots_c, tint_step_c, tip_gap_c, spread_c = measures[100]
+    assert roots_c.shape == roots.shape and np.abs(roots_c - roots).max() < 0.01  # the first Gaussian: near the same roots
+    assert tint_step_c < 0.3 * tint_step  # a lock shares its tint (measured 0.2)
+    assert spread_c > 0.5 * measures[0][3]  # across the head the tints still vary as much
+    assert tip_gap_c < 0.6 * tip_gap  # and its strands end together (measured 0.39)
+    # No clumps is the independent hair itself, draw for draw.
+    again = build_hair(toy_enhanced, "long", 0, colour)
+    independent = build_hair(toy_enhanced, "long", 0, colour, clumps=0)
+    assert torch.equal(again.means, independent.means) and torch.equal(again.colors, independent.colors)
+
+
+def test_clumps_and_strands_reach_the_written_subject(tmp_path, capsys):
+    size = ["--width", "69", "--height", "100", "--hair", "long"]
+    clumped = make_subject(tmp_path / "clumped", *size, "--cameras", "9", "--hair-clumps", "60", "--hair-strands", "3000")
+    options = json.loads((clumped.parent / "summary.json").read_text())["options"]
+    assert (options["hair_clumps"], options["hair_strands"]) == (60, 3000)
+    _, labels = frontal_parsing(clumped)
+    assert {LABEL["l_eye"], LABEL["r_eye"]} <= set(np.unique(labels).tolist())
+    assert (labels == LABEL["hair"]).sum() > 300
+    assert main(["synth", str(tmp_path / "none"), *TINY, "--hair-strands", "0"]) == 2
+    assert "--hair-strands must be at least 1 (got 0)" in capsys.readouterr().err
+
+
 def test_validator_names_file_and_field(tmp_path):
     union = write_fixture_subject(tmp_path / "fixture", n_sequences=3, n_timesteps=1, width=12, height=16)
     assert validate_union(union) == []

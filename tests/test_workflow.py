@@ -128,6 +128,34 @@ def test_jobs_ask_for_the_resources_of_the_config(tmp_path):
     assert bad.returncode != 0 and "resources.real: unknown rule(s) train_fase" in bad.stdout + bad.stderr
 
 
+def test_other_synthetic_subjects_pass_their_own_hair_options_to_synth(tmp_path):
+    """A subject under synthetic.others is made with its own hair options; the default subject's
+    command names none (so that subjects made before the options were added are not remade)."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"synthetic": {"others": {
+        "locks": {"seed": 3, "hairstyle": "long", "cameras": 12, "hair_clumps": 200, "hair_strands": 10000,
+                  "hair_render": "antialiased"}}}}))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "c.yaml"), "-n", "-p", "--cores", "2",
+               "results/data/locks/summary.json", "results/data/synthetic/summary.json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    synth = {line.split("mega synth ")[1].split()[0]: line for line in result.stdout.splitlines()
+             if "mega synth " in line}
+    assert set(synth) == {"results/data/locks", "results/data/synthetic"}
+    locks = synth["results/data/locks"]
+    for option in ("--seed 3 ", "--hair long ", "--cameras 12 ", "--hair-render antialiased", "--hair-clumps 200",
+                   "--hair-strands 10000"):
+        assert option in locks, (option, locks)
+    assert "--hair-clumps" not in synth["results/data/synthetic"]
+    assert "--hair-strands" not in synth["results/data/synthetic"]
+    assert "--hair-render" not in synth["results/data/synthetic"]
+
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"synthetic": {"others": {"x": {"hair_clumps": -1}}}}))
+    bad = subprocess.run([*command[:command.index("-n")], str(tmp_path / "bad.yaml"), "-n", "results/data/x/summary.json"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "hair_clumps" in bad.stdout + bad.stderr
+
+
 def test_table1_runs_then_nothing_is_left_to_do_and_the_report_builds(workdir):
     result = snakemake(workdir, "--cores", "2", "results/tables/table1.csv", "all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -76,6 +76,10 @@ class SynthOptions:
     """Ground truth is rendered at this factor and box-filtered down."""
     hair_render: HairRender = "classic"
     """How the strands' sub-pixel Gaussians are drawn (the module docstring)."""
+    hair_clumps: int = 0
+    """0: independent strands; more: the strands grow in that many clumps (``build_hair``)."""
+    hair_strands: int = 2500
+    """Strands on the scalp (``build_hair``)."""
     subject: str = "synthetic"
 
 
@@ -278,11 +282,24 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     return q * np.where(q[:, :1] < 0, -1, 1)
 
 
-def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray) -> Hair | None:
+def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray, clumps: int = 0,
+               strands: int = 2500) -> Hair | None:
+    """The subject's strands as Gaussians (``Hair``), or None for ``style == "none"``.
+
+    ``clumps == 0``: every strand independent, its own tint (0.75–1.3 × ``colour``) and its own
+    random bends. ``clumps > 0``: strands grow in that many clumps (each strand joins the clump of
+    the nearest of ``clumps`` guide roots), as real hair does: a clump's strands share its tint
+    (within ±5 %) and most of its bends, and gather towards its guide strand along their length
+    (60 % of the way at the tip), so the hair's texture is coherent over a clump instead of
+    changing from strand to strand. The independent strands' random draws are the same either way.
+    ``strands``: how many grow from the scalp (real heads have some 100,000; more strands cover
+    more of the hair's volume, with less background between them).
+    """
     if style == "none":
         return None
     rng = np.random.default_rng(seed + 2)
-    length_m, n_strands, n_segments = {"short": (0.03, 2500, 6), "long": (0.14, 2500, 16)}[style]
+    length_m, n_segments = {"short": (0.03, 6), "long": (0.14, 16)}[style]
+    n_strands = strands
     v, faces = head.v_template, head.faces
     normals = vertex_normals(v, faces)
     scalp = head.region_mask("scalp")
@@ -304,17 +321,32 @@ def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray)
         side = np.where(roots[:, :1] >= 0, 1.0, -1.0)
         comb = np.concatenate([0.55 * side, np.full_like(side, -1.0), np.full_like(side, -0.45)], axis=1)
     stiffness = 5.0 if style == "short" else 4.0
+    # Clumps draw from their own generator, so that the independent strands' draws stay as they were.
+    clump_rng = np.random.default_rng(seed + 5)
+    if clumps > 0:
+        guides = clump_rng.choice(n_strands, min(clumps, n_strands), replace=False)
+        clump_of = cKDTree(roots[guides]).query(roots)[1]  # [S] index into guides
     points = [roots + root_normals * 0.0015]
     directions = []
     for k in range(n_segments):
         s = (k + 0.5) / n_segments
         keep = np.exp(-stiffness * s) if style == "long" else 0.75 - 0.5 * s
-        d = root_normals * keep + comb * (1 - keep) + rng.normal(size=(n_strands, 3)) * 0.15
+        bend = rng.normal(size=(n_strands, 3))
+        if clumps > 0:  # mostly the clump's bend: about the same spread per strand as without clumps
+            bend = 0.97 * clump_rng.normal(size=(len(guides), 3))[clump_of] + 0.25 * bend
+        d = root_normals * keep + comb * (1 - keep) + bend * 0.15
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         directions.append(d)
         points.append(points[-1] + d * segment[:, None])
     P = np.stack(points, 1)  # [S, K+1, 3]
     D = np.stack(directions, 1)  # [S, K, 3]
+    segment_m = np.repeat(segment[:, None], n_segments, 1)  # [S, K]
+    if clumps > 0:  # gather towards the guide strand, not at all at the root and 60 % at the tip
+        gather = 0.6 * (np.arange(n_segments + 1) / n_segments)[None, :, None]
+        P = (1 - gather) * P + gather * P[guides[clump_of]]
+        D = np.diff(P, axis=1)
+        segment_m = np.linalg.norm(D, axis=2)
+        D /= segment_m[..., None]
     centres = 0.5 * (P[:, 1:] + P[:, :-1])
     # Each Gaussian's x axis runs along its segment.
     x = D.reshape(-1, 3)
@@ -324,8 +356,11 @@ def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray)
     z = np.cross(x, y)
     quats = matrix_to_quaternion(np.stack([x, y, z], axis=2))
     n = len(x)
-    scales = np.stack([np.repeat(segment, n_segments) * 0.55, np.full(n, 0.0004), np.full(n, 0.0004)], 1)
+    scales = np.stack([segment_m.reshape(-1) * 0.55, np.full(n, 0.0004), np.full(n, 0.0004)], 1)
     tint = rng.uniform(0.75, 1.3, (n_strands, 1)) * colour
+    if clumps > 0:
+        tint = (clump_rng.uniform(0.75, 1.3, (len(guides), 1))[clump_of] * clump_rng.uniform(0.95, 1.05, (n_strands, 1))
+                * colour)
     tip = np.linspace(0.0, 0.35, n_segments)[None, :, None]
     colors = np.clip(tint[:, None, :] * (1 + tip), 0, 1).reshape(-1, 3)
     sway = np.tile(((np.arange(n_segments) + 0.5) / n_segments) ** 2, n_strands)
@@ -435,7 +470,8 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
     model = FlameModel(enhanced)
     hair_colour = np.array([0.2, 0.13, 0.08])
     appearance = build_appearance(enhanced, options.seed, hair_colour if options.hair != "none" else None)
-    hair = build_hair(enhanced, options.hair, options.seed, hair_colour)
+    hair = build_hair(enhanced, options.hair, options.seed, hair_colour, options.hair_clumps,
+                      options.hair_strands)
     detail = build_geometric_detail(enhanced, options.seed)
     faces = torch.as_tensor(enhanced.faces, dtype=torch.int64)
     faces_uv = torch.as_tensor(enhanced.faces_uv, dtype=torch.int64)

@@ -71,14 +71,18 @@ def synth_args(wildcards):
     """Command-line options of `mega synth` from the config's synthetic and head_model sections."""
     s = config.get("synthetic", {})
     own = {**s, **OTHER_SYNTHETIC.get(wildcards.subject, {})}
-    # Named only when not the default, so that subjects made before the option are not remade.
-    hair_render = own.get("hair_render", "classic")
-    hair_render_arg = "" if hair_render == "classic" else f" --hair-render {hair_render}"
+    # Named only when not the default, so that subjects made before the options are not remade.
+    hair_options = {"hair_render": "classic", "hair_clumps": 0, "hair_strands": 2500}
+    hair_args = "".join(
+        f" --{key.replace('_', '-')} {own[key]}"
+        for key, default in hair_options.items()
+        if own.get(key, default) != default
+    )
     return (
         f"--seed {own.get('seed', 0)} --width {s.get('width', 138)} --height {s.get('height', 200)} "
         f"--frames {s.get('frames_per_sequence', 3)} --hair {own.get('hairstyle', 'short')} "
         f"--cameras {own.get('cameras', 16)} "
-        f"--supersample {s.get('supersample', 2)} {head_model_args()}{hair_render_arg}"
+        f"--supersample {s.get('supersample', 2)} {head_model_args()}{hair_args}"
     )
 
 
