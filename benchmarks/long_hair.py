@@ -2,8 +2,8 @@
 the canonical hair's fit of its own training views and, with --joint, the whole avatar on val
 (novel view) and test (novel expression).
 
-    snakemake --cores 2 --configfile config/examples/long_hair.yaml \\
-        results/train/{synthetic,synthetic_long}/mega/face.pt results/preprocess/{synthetic,synthetic_long}/hair_rigid.npz
+    snakemake --cores 2 results/train/{synthetic,synthetic_long}/mega/face.pt \\
+        results/preprocess/{synthetic,synthetic_long}/hair_rigid.npz --configfile config/examples/long_hair.yaml
     python benchmarks/long_hair.py --subjects synthetic synthetic_long \\
         --run 'authors={}' --run 'views={"init_colour": "views", "init_in_hull": 4000}' [--joint]
     python benchmarks/long_hair.py --subjects synthetic_long --run 'e80={}' --run 'e160={"hair_epochs": 160}'
