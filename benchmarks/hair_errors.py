@@ -96,13 +96,14 @@ def main() -> None:
                 out = avatar(flame, batch["camera"], rotation, translation, evaluation=True)
                 hair, _, face = batch_regions(batch)
                 used = object_mask(batch["parsing"])[:, None] * full_mask(out)
-                difference = as_8bit(out["rgb"]) * used - batch["image"] * used
+                target = batch["image"] * used
+                difference = as_8bit(out["rgb"]) * used - target
                 squared = (difference ** 2).sum(1, keepdim=True)
                 for sigma in args.blur_hair:
                     size = 2 * math.ceil(3 * sigma) + 1
                     smoothed = gaussian_blur2d(out["rgb"], (size, size), (sigma, sigma))
                     rgb = out["rgb"] + out["hair_weight"] * (smoothed - out["rgb"])
-                    blurred_error[sigma] += float(((as_8bit(rgb) * used - batch["image"] * used) ** 2).sum())
+                    blurred_error[sigma] += float(((as_8bit(rgb) * used - target) ** 2).sum())
                 rendered = out["hair_weight"] > 0.5
                 masks = {"missed hair": hair & ~rendered, "covered hair": hair & rendered,
                          "spilled hair": ~hair & rendered, "rest": ~hair & ~rendered}
