@@ -260,3 +260,35 @@ def test_geometric_detail_stays_on_the_face(toy_enhanced):
     smiling = detail.apply(vertices, faces, expr)
     moved = (smiling - neutral).norm(dim=1)
     assert torch.allclose(moved, detail.smile_bulge, atol=1e-6)
+
+
+def test_the_config_schema_the_cli_and_the_options_agree_on_the_defaults():
+    """A subject made by the workflow with nothing set, by `mega synth` with no option and by
+    SynthOptions() is the same subject: the defaults are written in three places (the workflow
+    reads the schema's without importing the package's renderers), so they are pinned here.
+    The workflow's `synth_args` names only non-default hair options; its dry-run test
+    (tests/test_workflow.py) pins it to the schema."""
+    import dataclasses
+
+    import yaml
+
+    from mega.cli import build_parser
+    from mega.data.synth import SynthOptions
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema_defaults = {k: v["default"] for k, v in schema["properties"]["synthetic"]["properties"].items()
+                       if "default" in v and not isinstance(v["default"], (dict, bool))}
+    synth_parser = build_parser()._subparsers._group_actions[0].choices["synth"]
+    cli_defaults = {a.dest: a.default for a in synth_parser._actions}
+    options = {f.name: f.default for f in dataclasses.fields(SynthOptions)}
+    # the schema's and the CLI's names of SynthOptions' fields
+    schema_names = {"hairstyle": "hair"}
+    cli_names = {"frames": "frames_per_sequence", "cameras": "n_cameras", "sequences": "n_sequences"}
+    assert set(schema_defaults) == {"seed", "width", "height", "frames_per_sequence", "hairstyle", "supersample",
+                                    "hair_render", "hair_clumps", "hair_strands"}
+    for key, value in schema_defaults.items():
+        assert options[schema_names.get(key, key)] == value, key
+    for key, value in cli_defaults.items():
+        if cli_names.get(key, key) in options:
+            assert options[cli_names.get(key, key)] == value, key
+    assert set(options) <= {cli_names.get(k, k) for k in cli_defaults}  # every option has its command-line flag

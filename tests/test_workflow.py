@@ -128,6 +128,23 @@ def test_jobs_ask_for_the_resources_of_the_config(tmp_path):
     assert bad.returncode != 0 and "resources.real: unknown rule(s) train_fase" in bad.stdout + bad.stderr
 
 
+def test_the_workflow_is_parsed_without_loading_torch(tmp_path):
+    """Snakemake parses the workflow on every invocation (each dry run, each SLURM job's own
+    snakemake): what it reads of the package at start-up (the ablations' settings, the subjects'
+    folder checks) is torch-free, which keeps a parse at about 3 s of CPU instead of 8."""
+    union = tmp_path / "UNION_306"
+    union.mkdir()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"subjects": {"306": {"union": str(union)}}}))
+    arguments = ["-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "2",
+                 "results/tables/table1.csv", "results/tables/table2.csv", "results/train/306/mega/face.pt",
+                 "--configfile", str(tmp_path / "c.yaml")]
+    code = ("import sys\nfrom snakemake.cli import main\n"
+            f"try:\n    main({arguments!r})\nexcept SystemExit as done:\n    status = done.code\n"
+            "print('exit', status, 'torch', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "exit 0 torch False" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
 def test_other_synthetic_subjects_pass_their_own_hair_options_to_synth(tmp_path):
     """A subject under synthetic.others is made with its own hair options; the default subject's
     command names none (so that subjects made before the options were added are not remade)."""

@@ -1,6 +1,10 @@
-"""Data: the camera type, the GaussianAvatars-layout reader and writer, MeGA's extras."""
+"""Data: the camera type, the GaussianAvatars-layout reader and writer, MeGA's extras.
 
-from mega.data.camera import Camera
-from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+The exported names are imported on first use (``mega.lazy``): the workflow's start-up reads
+``mega.data.overlay`` without loading torch."""
+
+from mega.lazy import lazy_attributes
 
 __all__ = ["Camera", "SubjectDataset", "collate_samples"]
+__getattr__ = lazy_attributes(__name__, {"Camera": "mega.data.camera", "SubjectDataset": "mega.data.gaussian_avatars",
+                                         "collate_samples": "mega.data.gaussian_avatars"})

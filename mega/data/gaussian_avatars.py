@@ -19,7 +19,6 @@ workers do not copy them on access); images are decoded on demand.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 from mega.data.camera import Camera
 from mega.data.depth import read_depth
 from mega.data.flame_params import read_flame_params
+from mega.data.json_file import read_json
 from mega.data.parsing import N_LABELS
 from mega.errors import DataError
 
@@ -41,16 +41,6 @@ _REQUIRED_FRAME_FIELDS = ("file_path", "fg_mask_path", "flame_param_path", "tran
 _INTRINSIC_FIELDS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 Extra = Literal["auto", "require", "off"]
 EXTRA_FOLDERS = {"parsing": "face parsing", "depths": "depth maps"}
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
 
 def read_sequence_list(path: Path) -> list[str]:

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from mega.atomic import write_json
-from mega.data.gaussian_avatars import read_json
+from mega.data.json_file import read_json
 from mega.errors import DataError
 
 EXTRA_FOLDERS = ("parsing", "depths")

@@ -1,7 +1,10 @@
 """The neural mesh face (paper §3.1): enhanced FLAME with a UV displacement map, disentangled
-neural textures and the 307-parameter per-pixel decoder."""
+neural textures and the 307-parameter per-pixel decoder.
 
-from mega.face.config import FaceConfig
-from mega.face.model import NeuralFace
+The exported names are imported on first use (``mega.lazy``): the workflow's start-up reads
+``mega.face.config`` without loading torch."""
+
+from mega.lazy import lazy_attributes
 
 __all__ = ["FaceConfig", "NeuralFace"]
+__getattr__ = lazy_attributes(__name__, {"FaceConfig": "mega.face.config", "NeuralFace": "mega.face.model"})

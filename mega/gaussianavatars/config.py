@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mega.errors import ConfigError
-from mega.render.gaussians import GAUSSIAN_BACKENDS
+from mega.render.backends import GAUSSIAN_BACKENDS
 from mega.settings import Settings, check_at_least
 
 

@@ -11,11 +11,16 @@ import math
 from dataclasses import dataclass
 
 from mega.errors import ConfigError
-from mega.hair.deform import DEFORM_PRECISIONS
-from mega.render.gaussians import GAUSSIAN_BACKENDS
+from mega.render.backends import GAUSSIAN_BACKENDS
 from mega.settings import Settings, check_at_least
 
 INIT_COLOURS = ("random", "views")
+
+DEFORM_PRECISIONS = ("float32", "bfloat16", "auto")
+"""float32: the authors'; bfloat16: the matrix products and activations under bfloat16 autocast
+(weights, inputs and outputs stay float32); auto: bfloat16 on CPUs with bfloat16 arithmetic
+units (AVX-512 BF16, AMX), float32 elsewhere (on CUDA the float32 step was the faster one,
+docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mega.geometry import matrix_to_quaternion, quaternion_multiply
+from mega.hair.config import DEFORM_PRECISIONS
 from mega.hair.model import GaussianHair
 from mega.hair.softplus import softplus
 
 OFFSET_SIZES = {"means": 3, "quats": 4, "scales": 3, "opacities": 1, "sh0": 3}
 """What the MLP moves, and how many numbers each takes (14 in all)."""
-
-DEFORM_PRECISIONS = ("float32", "bfloat16", "auto")
-"""float32: the authors'; bfloat16: the matrix products and activations under bfloat16 autocast
-(weights, inputs and outputs stay float32); auto: bfloat16 on CPUs with bfloat16 arithmetic
-units (AVX-512 BF16, AMX), float32 elsewhere (on CUDA the float32 step was the faster one,
-docs/benchmarks.md)."""
-
 
 @lru_cache(maxsize=None)
 def cpu_has_native_bfloat16() -> bool:

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from mega.data.camera import Camera
+from mega.render.backends import GAUSSIAN_BACKENDS
 from mega.render.ranges import expand_ranges
 from mega.render.sh import eval_sh
 
@@ -307,7 +308,6 @@ def rasterize_gaussians_batch(means: Tensor, quats: Tensor, scales: Tensor, opac
     return [_outputs(p, image[i], near_z[i], count[i]) for i, p in enumerate(prepared)]
 
 
-GAUSSIAN_BACKENDS = ("auto", "torch", "triton", "numba")
 # ``auto`` picks the triton kernels for CUDA tensors: their CUDA tests passed on an H200
 # (2026-12-04, docs/benchmarks.md "On a GPU"), where they ran 6× (render) to 12× (joint step)
 # faster than the torch backend. False sends CUDA tensors to the torch backend again.
