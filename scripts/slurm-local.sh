@@ -6,7 +6,8 @@
 #                                  now, one fake GPU), start munged, slurmctld and slurmd, and
 #                                  wait until the node is idle
 #   scripts/slurm-local.sh stop    cancel the jobs, end exactly the daemons `start` started (by
-#                                  their pid files), then any process a job left behind
+#                                  their pid files), then any process a job left behind; remove
+#                                  the configuration `start` wrote
 #   scripts/slurm-local.sh status  sinfo of the node
 #   scripts/slurm-local.sh leftovers  pids of processes of this cluster's jobs still running
 #   scripts/slurm-local.sh check   exit 4 (and say why) when this machine has a SLURM of its own,
@@ -21,6 +22,7 @@ set -euo pipefail
 
 DIR=${SLURM_LOCAL_DIR:-/tmp/mega-slurm}
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 
 say() { echo "slurm-local: $*"; }
 
@@ -89,7 +91,8 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 S
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=500
 EOF
   # A fake GPU, so that rules asking for one can be scheduled (File= is needed, or the node goes INVAL).
-  cat > /etc/slurm/gres.conf <<EOF
+  cat > "$GRES_CONF" <<EOF
+$MARK
 AutoDetect=off
 NodeName=localhost Name=gpu File=/dev/null
 EOF
@@ -138,7 +141,7 @@ start() {
 job_processes() {  # pids of processes that belong to a job of this cluster (by their environment)
   local env
   for env in /proc/[0-9]*/environ; do
-    tr '\0' '\n' < "$env" 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=megalocal" && basename "$(dirname "$env")"
+    { tr '\0' '\n' < "$env"; } 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=megalocal" && basename "$(dirname "$env")"
   done
   return 0
 }
@@ -168,6 +171,13 @@ stop() {
     say "ending job processes left behind: $(echo $left)"
     kill -9 $left 2>/dev/null || true
   fi
+  # The configuration goes with the daemons: left in place, it names a controller that is gone,
+  # and every SLURM client waits ~9 s for it (snakemake's SLURM plugin asks `scontrol show
+  # config` whenever it is imported, i.e. in every snakemake run on this machine).
+  local conf
+  for conf in "$CONF" "$GRES_CONF"; do
+    if [ -f "$conf" ] && grep -qF "$MARK" "$conf"; then rm -f "$conf"; fi
+  done
   say "stopped"
 }
 

@@ -59,6 +59,10 @@ def cluster(tmp_path_factory):
         assert left.stdout.strip() == "", f"daemons left behind: {left.stdout}"
         jobs = subprocess.run(["bash", str(SCRIPT), "leftovers"], env=env, capture_output=True, text=True)
         assert jobs.stdout.strip() == "", f"job processes left behind: {jobs.stdout}"
+        # Its configuration goes too: left behind, it names a controller that is gone, and every
+        # later snakemake run on this machine would wait ~9 s for it (the SLURM plugin's import).
+        for conf in (Path("/etc/slurm/slurm.conf"), Path("/etc/slurm/gres.conf")):
+            assert not (conf.is_file() and "Written by scripts/slurm-local.sh" in conf.read_text()), conf
 
 
 def workdir_with(tmp_path: Path, face_iterations: int) -> Path:
