@@ -10,6 +10,8 @@ from mega.errors import DataError
 
 
 def read_json(path: Path) -> dict:
+    """The JSON document in ``path``; a DataError naming the file (and the line and column where
+    it is malformed) otherwise."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
