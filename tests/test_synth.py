@@ -265,7 +265,7 @@ def test_geometric_detail_stays_on_the_face(toy_enhanced):
 def test_the_config_schema_the_cli_and_the_options_agree_on_the_defaults():
     """A subject made by the workflow with nothing set, by `mega synth` with no option and by
     SynthOptions() is the same subject: the defaults are written in three places (the workflow
-    reads the schema's without importing the package's renderers), so they are pinned here.
+    reads the schema's, so that its parse stays torch-free), so they are pinned here.
     The workflow's `synth_args` names only non-default hair options; its dry-run test
     (tests/test_workflow.py) pins it to the schema."""
     import dataclasses
