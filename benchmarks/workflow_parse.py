@@ -6,7 +6,7 @@ per invocation, and once more inside every SLURM job).
 
 ``--repo`` names checkouts to compare (the default: this one), e.g. a worktree of an older
 commit: ``git worktree add /tmp/before <rev>``. Prints per checkout the median wall and CPU
-seconds of a dry run (its process; a dry run starts none), and whether the parse loaded torch.
+seconds of a dry run (its own process, os.times), and whether the parse loaded torch.
 """
 
 from __future__ import annotations
