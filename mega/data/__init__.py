@@ -5,6 +5,7 @@ The exported names are imported on first use (``mega.lazy``): the workflow's sta
 
 from mega.lazy import lazy_attributes
 
-__all__ = ["Camera", "SubjectDataset", "collate_samples"]
-__getattr__ = lazy_attributes(__name__, {"Camera": "mega.data.camera", "SubjectDataset": "mega.data.gaussian_avatars",
-                                         "collate_samples": "mega.data.gaussian_avatars"})
+__all__, __getattr__ = lazy_attributes(__name__, {
+    "mega.data.camera": ("Camera",),
+    "mega.data.gaussian_avatars": ("SubjectDataset", "collate_samples"),
+})

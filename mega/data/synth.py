@@ -283,7 +283,7 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
 
 
 def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray, clumps: int = 0,
-               strands: int = 2500) -> Hair | None:
+               n_strands: int = 2500) -> Hair | None:
     """The subject's strands as Gaussians (``Hair``), or None for ``style == "none"``.
 
     ``clumps == 0``: every strand independent, its own tint (0.75–1.3 × ``colour``) and its own
@@ -292,14 +292,13 @@ def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray,
     (within ±5 %) and most of its bends, and gather towards its guide strand along their length
     (60 % of the way at the tip), so the hair's texture is coherent over a clump instead of
     changing from strand to strand. The independent strands' random draws are the same either way.
-    ``strands``: how many grow from the scalp (real heads have some 100,000; more strands cover
+    ``n_strands``: how many grow from the scalp (real heads have some 100,000; more strands cover
     more of the hair's volume, with less background between them).
     """
     if style == "none":
         return None
     rng = np.random.default_rng(seed + 2)
     length_m, n_segments = {"short": (0.03, 6), "long": (0.14, 16)}[style]
-    n_strands = strands
     v, faces = head.v_template, head.faces
     normals = vertex_normals(v, faces)
     scalp = head.region_mask("scalp")

@@ -6,5 +6,5 @@ The exported names are imported on first use (``mega.lazy``): the workflow's sta
 
 from mega.lazy import lazy_attributes
 
-__all__ = ["FaceConfig", "NeuralFace"]
-__getattr__ = lazy_attributes(__name__, {"FaceConfig": "mega.face.config", "NeuralFace": "mega.face.model"})
+__all__, __getattr__ = lazy_attributes(__name__, {"mega.face.config": ("FaceConfig",),
+                                                  "mega.face.model": ("NeuralFace",)})

@@ -6,13 +6,9 @@ The exported names are imported on first use (``mega.lazy``): the workflow's sta
 
 from mega.lazy import lazy_attributes
 
-__all__ = [
-    "clip_from_camera_matrix", "eval_sh", "interpolate", "ndc_depth_to_metres", "project_gaussians",
-    "rasterize", "rasterize_gaussians", "rgb_to_sh_dc", "texture", "world_to_clip",
-]
-__getattr__ = lazy_attributes(__name__, {
-    "project_gaussians": "mega.render.gaussians", "rasterize_gaussians": "mega.render.gaussians",
-    "interpolate": "mega.render.mesh", "rasterize": "mega.render.mesh", "texture": "mega.render.mesh",
-    "clip_from_camera_matrix": "mega.render.projection", "ndc_depth_to_metres": "mega.render.projection",
-    "world_to_clip": "mega.render.projection", "eval_sh": "mega.render.sh", "rgb_to_sh_dc": "mega.render.sh",
+__all__, __getattr__ = lazy_attributes(__name__, {
+    "mega.render.gaussians": ("project_gaussians", "rasterize_gaussians"),
+    "mega.render.mesh": ("interpolate", "rasterize", "texture"),
+    "mega.render.projection": ("clip_from_camera_matrix", "ndc_depth_to_metres", "world_to_clip"),
+    "mega.render.sh": ("eval_sh", "rgb_to_sh_dc"),
 })
