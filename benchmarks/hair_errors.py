@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -77,7 +78,9 @@ def main() -> None:
           "(RGB, 8-bit levels) / share coarser than σ 1.5 px |")
     print("|---|---|" + "---|" * (len(CLASSES) + 1))
     for subject in args.subjects:
-        avatar, frames, _ = load_avatar(results / "train" / subject / args.run, head)
+        # Lexically, so that a path through a subject's not-yet-made results/train folder still resolves.
+        run_dir = Path(os.path.normpath(results / "train" / subject / args.run))
+        avatar, frames, _ = load_avatar(run_dir, head)
         rigid = RigidTable.from_file(results / "preprocess" / subject / "hair_rigid.npz")
         union = synthesized_union(results / "data" / subject)
         dataset = SubjectDataset(union, args.split, parsing="require", depth="off")

@@ -265,3 +265,19 @@ def test_a_real_subject_without_parsing_goes_from_ingest_to_its_metrics(tmp_path
     # A real subject is blended at the authors' pixel sizes (the synthetic settings' quarter sizes stay theirs).
     assert metrics["blending"] == ("2nd near-z, occlusion mask opened 3 x 3 and closed 5 x 5, blurred 5 x 5 at "
                                    "sigma 1.5 px (the authors' evaluation)")
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
+def test_every_example_config_is_valid_over_the_default_config(example):
+    """What `--configfile config/examples/<example>` gives the workflow (the file laid over
+    config/config.yaml, as Snakemake merges them) passes the schema the workflow checks at start-up,
+    and each synthetic subject it adds names a seed and a hairstyle of its own."""
+    from snakemake.utils import update_config, validate
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    overlay = yaml.safe_load((REPO / "config" / "examples" / example).read_text())
+    assert isinstance(overlay, dict), example
+    update_config(config, overlay)
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    for name, subject in ((overlay.get("synthetic") or {}).get("others") or {}).items():
+        assert {"seed", "hairstyle"} <= set(subject), f"{example}: synthetic.others.{name}"
