@@ -35,6 +35,16 @@ def target_without_hair(image: Tensor, hair: Tensor) -> Tensor:
     return torch.where(hair, torch.ones_like(image), image)
 
 
+def hair_over_other_triangles(hair: Tensor, triangle_id: Tensor, scalp_faces: Tensor) -> Tensor:
+    """[B, 1, H, W] bool: hair pixels whose mesh triangle is not on the scalp.
+
+    hair [B, 1, H, W] bool; triangle_id [B, H, W] (the rasterizer's ``triangle_id + 1``, 0 = no
+    triangle); scalp_faces [F] bool. Off the mesh and over the scalp the face stage's white target
+    is what the blend wants; over the forehead, cheeks or neck it teaches the skin white."""
+    on_scalp = torch.cat([scalp_faces.new_ones(1), scalp_faces])[triangle_id.long()]  # "no triangle" counts as scalp
+    return hair & ~on_scalp[:, None]
+
+
 def _flat_ids(triangle_id: Tensor, n_faces: int) -> Tensor:
     """[B, H, W] indices into one table of B · (F + 1) entries (row b holds image b's ids)."""
     B = triangle_id.shape[0]

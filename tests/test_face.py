@@ -293,6 +293,40 @@ def test_without_depth_maps_the_depth_terms_switch_off(subject, tmp_path):
     assert "depth_mae_face_mm" not in metrics["val"] and metrics["val"]["psnr_head"] > 5
 
 
+def test_white_on_scalp_leaves_the_skin_under_the_hair_untaught(subject):
+    """The authors' target teaches every triangle under the hair white; ``white_on_scalp`` keeps
+    white over the scalp and off the mesh, and puts no error and no gradient where the hair hides
+    the other triangles (forehead, cheeks, neck under long hair)."""
+    from mega.data.parsing import LABEL
+    from mega.train.face import face_losses
+
+    _, head_dir = subject
+    model = NeuralFace(head_of(head_dir), TINY_FACE)
+    as_if_trained(model)
+    out = model(frame_batch(model), cameras())
+    triangle_id = out["rast"][..., 3].long()
+    on_scalp = torch.cat([torch.ones(1, dtype=torch.bool), model.mesh.scalp_faces])[triangle_id][:, None]
+    on_other = (triangle_id > 0)[:, None] & ~on_scalp
+    assert on_other.any() and (on_scalp & (triangle_id > 0)[:, None]).any()
+    # Everything is hair: the target is white everywhere under the authors' rule.
+    labels = torch.full(triangle_id.shape, LABEL["hair"], dtype=torch.int64)
+    image = torch.full_like(out["rgb"], 0.3)
+    grads = {}
+    for rule in ("white", "white_on_scalp"):
+        rgb = out["rgb"].detach().requires_grad_()
+        terms = face_losses(model, {**out, "rgb": rgb}, {"image": image, "parsing": labels},
+                            FaceConfig(**{**TINY_FACE.to_dict(), "hair_target": rule}))
+        (grad,) = torch.autograd.grad(terms["rgb"], rgb)
+        grads[rule] = grad.abs().sum(1, keepdim=True)
+    assert bool((grads["white"][on_other] > 0).any())
+    assert bool((grads["white_on_scalp"][on_other] == 0).all())
+    over_scalp = on_scalp & (triangle_id > 0)[:, None] & (out["rgb"].detach() < 0.999).any(1, keepdim=True)
+    assert torch.equal(grads["white_on_scalp"][over_scalp], grads["white"][over_scalp])
+    assert bool((grads["white_on_scalp"][over_scalp] > 0).all())
+    with pytest.raises(ConfigError, match="hair_target"):
+        FaceConfig(hair_target="black").check()
+
+
 # ----------------------------------------------------------------------------- the shared loop, data policy
 def test_changed_settings_restart_when_the_workflow_asks(subject, tmp_path):
     union, head_dir = subject

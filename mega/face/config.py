@@ -9,6 +9,7 @@ from mega.settings import Settings
 
 
 DECODER_PRECISIONS = ("float32", "bfloat16", "float16")
+HAIR_TARGETS = ("white", "white_on_scalp")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class FaceConfig(Settings):
     require_parsing: bool = True
     """Without face parsing the hair cannot be told from the head, and the mesh is fitted to the
     hair's silhouette. False trains such a subject anyway, with a warning."""
+    hair_target: str = "white"
+    """What the photometric terms ask of the mesh where the parsing says hair: ``white`` (the
+    authors': the hair's pixels white in the target, so everything under the hair learns white)
+    or ``white_on_scalp`` (white over scalp triangles and off the mesh; no target over the other
+    triangles, where long hair hides the forehead, cheeks and neck: the face there learns only
+    from the views that see it, instead of white from the views that do not)."""
     # Loss weights (eq. 11) and the depth gate
     w_rgb: float = 1.0
     w_ssim: float = 0.2
@@ -105,6 +112,9 @@ class FaceConfig(Settings):
                 raise ConfigError(f"{where}: '{name}' must be 0 or more, got {getattr(self, name)}")
         if self.backend not in ("auto", "torch", "cuda"):
             raise ConfigError(f"{where}: 'backend' must be auto, torch or cuda, got {self.backend!r}")
+        if self.hair_target not in HAIR_TARGETS:
+            raise ConfigError(f"{where}: 'hair_target' must be one of {', '.join(HAIR_TARGETS)}, "
+                              f"got {self.hair_target!r}")
         if self.decoder_precision not in DECODER_PRECISIONS:
             raise ConfigError(f"{where}: 'decoder_precision' must be one of {', '.join(DECODER_PRECISIONS)}, "
                               f"got {self.decoder_precision!r}")

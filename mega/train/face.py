@@ -93,10 +93,17 @@ def face_losses(model: NeuralFace, out: dict, batch: dict, config: FaceConfig) -
     target = losses.target_without_hair(batch["image"], hair)
     triangle_id = out["rast"][..., 3]
     mesh = model.mesh
+    target_diffuse = target
+    if config.hair_target == "white_on_scalp":
+        # The render's own value where hair hides other triangles: no error and no gradient there,
+        # and D-SSIM's windows see the frame as it is rendered.
+        free = losses.hair_over_other_triangles(hair, triangle_id, mesh.scalp_faces)
+        target_diffuse = torch.where(free, out["rgb_diffuse"].detach(), target)
+        target = torch.where(free, out["rgb"].detach(), target)
     terms = {
         "rgb": losses.photometric_l2(out["rgb"], target),
         "ssim": losses.dssim(out["rgb"], target),
-        "diffuse_rgb": losses.photometric_l2(out["rgb_diffuse"], target),
+        "diffuse_rgb": losses.photometric_l2(out["rgb_diffuse"], target_diffuse),
     }
     if "depth" in batch:
         supervised = losses.seam_free_mask(head, triangle_id, mesh.faces.shape[0])
