@@ -37,8 +37,8 @@ class FaceMesh(nn.Module):
     ``state_dict()``: they are rebuilt from the head model.
 
     faces [F, 3], faces_uv [F, 3], uvs [T, 2] (image convention: v down), vertex_uv [V, 2],
-    no_displacement [V] (eyeballs), scalp [V] bool, scalp_index [S], scalp_faces [F] bool, edges [E, 2] (every unique
-    edge), edge_keep [E] bool (False on mouth edges), face_pairs [P, 2].
+    no_displacement [V] (eyeballs), scalp [V] bool, scalp_index [S], scalp_faces [F] bool,
+    edges [E, 2] (every unique edge), edge_keep [E] bool (False on mouth edges), face_pairs [P, 2].
     """
 
     def __init__(self, head: HeadModel, subdivision: bool = True, teeth: bool = True):
