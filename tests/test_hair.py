@@ -484,6 +484,44 @@ def test_the_joint_stage_trains_the_canonical_hair_when_asked_and_the_avatar_kee
                 HairConfig.from_dict({name: bad}, where="config.yaml hair")
 
 
+def test_the_joint_stage_keeps_the_face_stages_target_under_the_hair(trained, canonical_hair):
+    """The joint stage's diffuse term follows the face's ``hair_target``: the authors' rule teaches
+    white every triangle under the hair; ``white_on_scalp`` puts no gradient where the hair hides
+    triangles off the scalp, so the joint stage does not undo what the face stage left untaught."""
+    from mega.avatar import Avatar, RigidTable
+    from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+    from mega.data.parsing import LABEL
+    from mega.train.face import load_face
+    from mega.train.joint import JointStage, deformation_field_of, joint_losses
+
+    union, head, run, rigid = trained
+    face, frames = load_face(run / "face.pt", head, "cpu")
+    hair = GaussianHair(0, TINY_HAIR.sh_degree)
+    hair.load_state_dict(torch.load(canonical_hair, weights_only=False)["hair"])
+    stage = JointStage(Avatar(face, hair, deformation_field_of(TINY_HAIR), TINY_HAIR), frames,
+                       RigidTable.from_file(rigid), TINY_HAIR)
+    batch = collate_samples([SubjectDataset(union, "train", parsing="require")[i] for i in range(3)])
+    rotation, translation = stage.rigid(batch["timestep_index"])
+    out = stage.avatar(stage.frames(batch["timestep_index"]), batch["camera"], rotation, translation)
+    triangle_id = out["face"]["rast"][..., 3].long()
+    on_scalp = torch.cat([torch.ones(1, dtype=torch.bool), face.mesh.scalp_faces])[triangle_id][:, None]
+    on_other = (triangle_id > 0)[:, None] & ~on_scalp
+    over_scalp = (triangle_id > 0)[:, None] & on_scalp
+    assert on_other.any() and over_scalp.any()
+    batch["parsing"] = torch.full_like(batch["parsing"], LABEL["hair"])  # every pixel hair
+    grads = {}
+    for rule in ("white", "white_on_scalp"):
+        face.config = face.config.replace(hair_target=rule)
+        diffuse = out["face"]["rgb_diffuse"].detach().requires_grad_()
+        terms = joint_losses({**out, "face": {**out["face"], "rgb_diffuse": diffuse}}, batch, TINY_HAIR,
+                             stage.neighbours, stage.canonical, rotation, face)
+        (grad,) = torch.autograd.grad(terms["diffuse_rgb"], diffuse)
+        grads[rule] = grad.abs().sum(1, keepdim=True)
+    assert bool((grads["white"][on_other] > 0).any())
+    assert bool((grads["white_on_scalp"][on_other] == 0).all())
+    assert torch.equal(grads["white_on_scalp"][over_scalp], grads["white"][over_scalp])
+
+
 @pytest.mark.parametrize("stage", ["hair", "joint", "joint_with_hair_colours"])
 def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_hair, tmp_path, stage):
     union, head, run, rigid = trained

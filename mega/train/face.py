@@ -84,22 +84,31 @@ def open_split(union_dir: Path, split: str, config: FaceConfig) -> SubjectDatase
 
 
 # ----------------------------------------------------------------------------- losses
+def face_targets(model: NeuralFace, out: dict, image: Tensor, hair: Tensor, hair_target: str
+                 ) -> tuple[Tensor, Tensor]:
+    """The targets [B, 3, H, W] of the face's full and diffuse renders (``out["rgb"]``,
+    ``out["rgb_diffuse"]``) under the rule ``hair_target`` (FaceConfig): the ground truth ``image``
+    with its hair pixels (``hair`` [B, 1, H, W] bool) white; under ``white_on_scalp`` the render's
+    own value, detached, where hair hides a triangle off the scalp. The face and joint stages
+    share it, so the joint stage does not teach white the skin the face stage left untaught."""
+    target = losses.target_without_hair(image, hair)
+    if hair_target == "white":
+        return target, target
+    # No error and no gradient where hair hides other triangles, and D-SSIM's windows see the
+    # frame as it is rendered.
+    free = losses.hair_over_other_triangles(hair, out["rast"][..., 3], model.mesh.scalp_faces)
+    return torch.where(free, out["rgb"].detach(), target), torch.where(free, out["rgb_diffuse"].detach(), target)
+
+
 def face_losses(model: NeuralFace, out: dict, batch: dict, config: FaceConfig) -> dict[str, Tensor]:
     """Every term of eq. 11, unweighted, as the authors compute them (see docs/face.md).
 
     Photometric terms compare whole frames against the ground truth with hair pixels white;
     depth and normal terms exist only when the subject has depth maps."""
     hair, head, _ = batch_regions(batch)
-    target = losses.target_without_hair(batch["image"], hair)
     triangle_id = out["rast"][..., 3]
     mesh = model.mesh
-    target_diffuse = target
-    if config.hair_target == "white_on_scalp":
-        # The render's own value where hair hides other triangles: no error and no gradient there,
-        # and D-SSIM's windows see the frame as it is rendered.
-        free = losses.hair_over_other_triangles(hair, triangle_id, mesh.scalp_faces)
-        target_diffuse = torch.where(free, out["rgb_diffuse"].detach(), target)
-        target = torch.where(free, out["rgb"].detach(), target)
+    target, target_diffuse = face_targets(model, out, batch["image"], hair, config.hair_target)
     terms = {
         "rgb": losses.photometric_l2(out["rgb"], target),
         "ssim": losses.dssim(out["rgb"], target),

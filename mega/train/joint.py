@@ -40,7 +40,7 @@ from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.checkpoint import load_checkpoint, save_checkpoint
-from mega.train.face import FaceStage, model_weights
+from mega.train.face import FaceStage, face_targets, model_weights
 from mega.train.hair import open_hair_split
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
@@ -67,12 +67,14 @@ def blended_for_loss(out: dict, hair_mask: Tensor, face_on_hair: bool) -> Tensor
 
 
 def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor, canonical: dict,
-                 rotation: Tensor) -> dict[str, Tensor]:
+                 rotation: Tensor, face: NeuralFace) -> dict[str, Tensor]:
     """Eq. 15's terms, unweighted (see docs/hair.md for the reductions). ``canonical``: the
     canonical means [N, 3] and covariances [N, 3, 3]; ``rotation`` [B, 3, 3] the frames' rigid
-    head rotations."""
+    head rotations; ``face`` the avatar's face, whose ``hair_target`` sets the diffuse term's
+    target under the hair as in the face stage."""
     hair_mask, _, _ = batch_regions(batch)
     image = batch["image"]
+    _, diffuse_target = face_targets(face, out["face"], image, hair_mask, face.config.hair_target)
     blended = blended_for_loss(out, hair_mask, config.joint_face_on_hair)
     offsets = losses.offset_regulariser(out["offsets"])
     posed = out["gaussians"]
@@ -82,7 +84,7 @@ def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor,
     return {
         "rgb": losses.photometric_l2(blended, image),
         "ssim": losses.dssim(blended, image),
-        "diffuse_rgb": losses.photometric_l2(out["face"]["rgb_diffuse"], losses.target_without_hair(image, hair_mask)),
+        "diffuse_rgb": losses.photometric_l2(out["face"]["rgb_diffuse"], diffuse_target),
         "solid": losses.solid_hair_loss(out["hair"]["alpha"], hair_mask, config.erode_px),
         **{f"offset_{name}": offsets[name] for name in ("quats", "scales", "opacities", "sh0")},
         "aiap_xyz": aiap_xyz, "aiap_cov": aiap_cov,
@@ -163,7 +165,7 @@ class JointStage:
         flame = self.frames(batch["timestep_index"])
         rotation, translation = self.rigid(batch["timestep_index"])
         out = self.avatar(flame, batch["camera"], rotation, translation)
-        terms = joint_losses(out, batch, self.config, self.neighbours, self.canonical, rotation)
+        terms = joint_losses(out, batch, self.config, self.neighbours, self.canonical, rotation, self.avatar.face)
         weights = joint_loss_weights(self.config)
         total = sum(weights[k] * v for k, v in terms.items())
         with torch.no_grad():
