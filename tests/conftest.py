@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from mega.flame import build_toy_head, enhance
 from mega.flame.head_model import HeadModel
@@ -8,6 +9,17 @@ from mega.flame.head_model import HeadModel
 @pytest.fixture(scope="session")
 def toy_head() -> HeadModel:
     return build_toy_head()
+
+
+@pytest.fixture
+def one_thread():
+    """Torch (and its BLAS) on one thread for one test. MKL picks how many threads a product
+    uses from the machine's load (MKL_DYNAMIC), and another split of a sum changes the last bits
+    that a test comparing two training runs would see (an interrupted and an uninterrupted one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -221,6 +221,7 @@ def test_two_iterations_change_the_parameters_and_lower_the_loss(subject, tmp_pa
         assert metrics[split]["psnr_head"] > 5 and metrics[split]["depth_mae_face_mm"] >= 0
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_resume_after_interruption_matches_the_uninterrupted_run(subject, tmp_path):
     union, head_dir = subject
     head = head_of(head_dir)

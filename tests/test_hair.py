@@ -522,6 +522,7 @@ def test_the_joint_stage_keeps_the_face_stages_target_under_the_hair(trained, ca
     assert torch.equal(grads["white_on_scalp"][over_scalp], grads["white"][over_scalp])
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("stage", ["hair", "joint", "joint_with_hair_colours"])
 def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_hair, tmp_path, stage):
     union, head, run, rigid = trained
