@@ -103,8 +103,9 @@ def face_targets(model: NeuralFace, out: dict, image: Tensor, hair: Tensor, hair
 def face_losses(model: NeuralFace, out: dict, batch: dict, config: FaceConfig) -> dict[str, Tensor]:
     """Every term of eq. 11, unweighted, as the authors compute them (see docs/face.md).
 
-    Photometric terms compare whole frames against the ground truth with hair pixels white;
-    depth and normal terms exist only when the subject has depth maps."""
+    Photometric terms compare whole frames against the ground truth with hair pixels white (or
+    as ``config.hair_target`` says: :func:`face_targets`); depth and normal terms exist only when
+    the subject has depth maps."""
     hair, head, _ = batch_regions(batch)
     triangle_id = out["rast"][..., 3]
     mesh = model.mesh
