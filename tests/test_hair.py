@@ -71,8 +71,8 @@ def a_camera(width=32, height=32) -> Camera:
 def test_scalp_samples_lie_on_and_just_off_the_scalp():
     vertices = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5]])
     faces = torch.tensor([[0, 1, 2], [1, 2, 3]])
-    scalp = torch.tensor([True, True, True, False])
-    points = sample_scalp_points(vertices, faces, scalp, 200, 300, 0.02, torch.Generator().manual_seed(0))
+    scalp_faces = torch.tensor([True, False])  # the second triangle reaches off the scalp
+    points = sample_scalp_points(vertices, faces, scalp_faces, 200, 300, 0.02, torch.Generator().manual_seed(0))
     on, off = points[:200], points[200:]
     assert torch.allclose(on[:, 2], torch.zeros(200)) and bool((on[:, :2].sum(1) <= 1 + 1e-6).all())
     # Off-surface points move along the triangle's normal (±z), by at most 2 cm.

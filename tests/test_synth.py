@@ -13,7 +13,7 @@ from mega.data.depth import read_depth
 from mega.data.fixtures import write_fixture_subject
 from mega.data.gaussian_avatars import SubjectDataset
 from mega.data.parsing import LABEL
-from mega.data.synth import build_geometric_detail, synthesized_union
+from mega.data.synth import build_geometric_detail, build_hair, synthesized_union
 from mega.data.validate import validate_union
 from mega.flame.toy import EXPRESSIONS
 
@@ -292,3 +292,17 @@ def test_the_config_schema_the_cli_and_the_options_agree_on_the_defaults():
         if cli_names.get(key, key) in options:
             assert options[cli_names.get(key, key)] == value, key
     assert set(options) <= {cli_names.get(k, k) for k in cli_defaults}  # every option has its command-line flag
+
+
+def test_hair_is_rooted_on_the_scalps_triangles_and_needs_them(toy_head):
+    hair = build_hair(toy_head, "short", seed=0, colour=np.array([0.3, 0.2, 0.1]), n_strands=200)
+    roots = hair.means[hair.sway <= hair.sway.min() + 1e-6].numpy()  # each strand's first Gaussian
+    assert roots.shape == (200, 3)
+    # Every root is nearer a corner of the scalp's triangles than any vertex off the scalp.
+    on_scalp = toy_head.v_template[np.unique(toy_head.faces[toy_head.scalp_triangles()])]
+    off_scalp = toy_head.v_template[~toy_head.region_mask("scalp")]
+    nearest = lambda vertices: np.linalg.norm(roots[:, None] - vertices[None], axis=-1).min(1)  # noqa: E731
+    assert (nearest(on_scalp) < nearest(off_scalp)).all()
+    bald = toy_head.replace(regions={k: v for k, v in toy_head.regions.items() if k != "scalp"})
+    with pytest.raises(ValueError, match="'scalp' region"):
+        build_hair(bald, "short", seed=0, colour=np.array([0.3, 0.2, 0.1]), n_strands=200)

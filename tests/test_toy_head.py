@@ -98,3 +98,17 @@ def test_deterministic():
     a, b = build_toy_head(seed=0), build_toy_head(seed=0)
     np.testing.assert_array_equal(a.shapedirs, b.shapedirs)
     assert not np.array_equal(a.shapedirs, build_toy_head(seed=1).shapedirs)
+
+
+def test_scalp_triangles_are_those_with_every_corner_on_the_scalp(toy_head):
+    scalp = toy_head.region_mask("scalp")
+    corners_on_scalp = scalp[toy_head.faces].sum(1)
+    triangles = toy_head.scalp_triangles()
+    assert triangles.shape == (toy_head.n_faces,) and triangles.any()
+    assert (corners_on_scalp[triangles] == 3).all()
+    # The hairline: triangles with one or two corners on the scalp are not the scalp's.
+    hairline = (corners_on_scalp > 0) & (corners_on_scalp < 3)
+    assert hairline.any() and not triangles[hairline].any()
+    # Without a scalp region there are none.
+    bald = toy_head.replace(regions={k: v for k, v in toy_head.regions.items() if k != "scalp"})
+    assert not bald.scalp_triangles().any()

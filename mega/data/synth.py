@@ -301,8 +301,10 @@ def build_hair(head: HeadModel, style: HairStyle, seed: int, colour: np.ndarray,
     length_m, n_segments = {"short": (0.03, 6), "long": (0.14, 16)}[style]
     v, faces = head.v_template, head.faces
     normals = vertex_normals(v, faces)
-    scalp = head.region_mask("scalp")
-    scalp_faces = faces[scalp[faces].all(1)]
+    scalp_faces = faces[head.scalp_triangles()]
+    if len(scalp_faces) == 0:
+        raise ValueError("the head model has no triangle with every corner in its 'scalp' region: "
+                         "nowhere to root the hair (hairstyle 'none' makes a subject without)")
     area = np.linalg.norm(np.cross(v[scalp_faces[:, 1]] - v[scalp_faces[:, 0]], v[scalp_faces[:, 2]] - v[scalp_faces[:, 0]]), axis=1)
     pick = rng.choice(len(scalp_faces), n_strands, p=area / area.sum())
     bary = rng.dirichlet(np.ones(3), n_strands)

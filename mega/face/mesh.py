@@ -37,7 +37,7 @@ class FaceMesh(nn.Module):
     ``state_dict()``: they are rebuilt from the head model.
 
     faces [F, 3], faces_uv [F, 3], uvs [T, 2] (image convention: v down), vertex_uv [V, 2],
-    no_displacement [V] (eyeballs), scalp [V] bool, scalp_index [S], scalp_faces [F] bool,
+    no_displacement [V] (eyeballs), scalp_index [S], scalp_faces [F] bool,
     edges [E, 2] (every unique edge), edge_keep [E] bool (False on mouth edges), face_pairs [P, 2].
     """
 
@@ -56,11 +56,8 @@ class FaceMesh(nn.Module):
         self.register_buffer("vertex_uv", as_float(vertex_uvs(h.n_vertices, h.faces, h.faces_uv, uvs)),
                              persistent=False)
         self.register_buffer("no_displacement", torch.as_tensor(h.regions_mask(EYEBALL_REGIONS)), persistent=False)
-        scalp = h.regions_mask(["scalp"])
-        self.register_buffer("scalp", torch.as_tensor(scalp), persistent=False)
-        self.register_buffer("scalp_index", as_long(np.flatnonzero(scalp)), persistent=False)
-        # A triangle with every corner on the scalp (the hairline's triangles are not).
-        self.register_buffer("scalp_faces", torch.as_tensor(scalp[h.faces].all(1)), persistent=False)
+        self.register_buffer("scalp_index", as_long(np.flatnonzero(h.regions_mask(["scalp"]))), persistent=False)
+        self.register_buffer("scalp_faces", torch.as_tensor(h.scalp_triangles()), persistent=False)
         mouth = h.regions_mask(MOUTH_REGIONS)
         edges, _ = mesh_edges(h.faces)
         self.register_buffer("edges", as_long(edges), persistent=False)

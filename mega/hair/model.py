@@ -105,15 +105,16 @@ def nearest_neighbour_spacing(points: Tensor, k: int = 3, pair_budget: int = 1 <
     return torch.sqrt(torch.cat(out).clamp_min(1e-14))
 
 
-def sample_scalp_points(vertices: Tensor, faces: Tensor, scalp: Tensor, n_on: int, n_off: int, offset_m: float,
-                        generator: torch.Generator | None = None) -> Tensor:
+def sample_scalp_points(vertices: Tensor, faces: Tensor, scalp_faces: Tensor, n_on: int, n_off: int,
+                        offset_m: float, generator: torch.Generator | None = None) -> Tensor:
     """Initial hair points [n_on + n_off, 3] around the scalp of one mesh (paper §3.2).
 
-    vertices [V, 3] metres, faces [F, 3], scalp [V] bool. Triangles with all three corners on
-    the scalp are sampled uniformly by area; the off-surface points add ``normal · u · offset_m``
-    with u uniform in [0, 1) drawn per axis, as the authors do (so not exactly along the normal).
+    vertices [V, 3] metres, faces [F, 3], scalp_faces [F] bool (the scalp's triangles,
+    ``HeadModel.scalp_triangles``). Those triangles are sampled uniformly by area; the
+    off-surface points add ``normal · u · offset_m`` with u uniform in [0, 1) drawn per axis, as
+    the authors do (so not exactly along the normal).
     """
-    scalp_faces = faces[scalp[faces].all(1)]
+    scalp_faces = faces[scalp_faces]
     if scalp_faces.shape[0] == 0:
         raise ValueError("the mesh has no triangle with all three corners on the scalp")
     a, b, c = (vertices[scalp_faces[:, i]] for i in range(3))

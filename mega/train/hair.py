@@ -185,7 +185,7 @@ def initial_hair(face: NeuralFace, frames: FrameParameters, timestep: int, confi
         device = frames.shape.device
         vertices, _ = face.geometry(frames(torch.tensor([timestep], device=device)))
         vertices = vertices[0].cpu()
-        points = sample_scalp_points(vertices, face.mesh.faces.cpu(), face.mesh.scalp.cpu(),
+        points = sample_scalp_points(vertices, face.mesh.faces.cpu(), face.mesh.scalp_faces.cpu(),
                                      config.init_on_scalp, config.init_off_scalp, config.init_offset_m, generator)
         colors = torch.rand(points.shape[0], 3, generator=generator)
         if config.init_in_hull:
