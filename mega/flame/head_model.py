@@ -76,9 +76,9 @@ class HeadModel:
         return mask
 
     def scalp_triangles(self) -> np.ndarray:
-        """[F] bool: the triangles with every corner on the scalp (the hairline's, with a corner on
-        the forehead, are not): where hair is rooted, and where the face's ``white_on_scalp``
-        target stays white."""
+        """[F] bool: the triangles with every corner on the scalp (the hairline's, with a corner off
+        it, are not): where hair is rooted, and where the face's ``white_on_scalp`` target stays
+        white."""
         return self.regions_mask(["scalp"])[self.faces].all(axis=1)
 
     def region_labels(self) -> np.ndarray:
