@@ -114,10 +114,10 @@ def sample_scalp_points(vertices: Tensor, faces: Tensor, scalp_faces: Tensor, n_
     off-surface points add ``normal · u · offset_m`` with u uniform in [0, 1) drawn per axis, as
     the authors do (so not exactly along the normal).
     """
-    scalp_faces = faces[scalp_faces]
-    if scalp_faces.shape[0] == 0:
+    triangles = faces[scalp_faces]
+    if triangles.shape[0] == 0:
         raise ValueError("the mesh has no triangle with all three corners on the scalp")
-    a, b, c = (vertices[scalp_faces[:, i]] for i in range(3))
+    a, b, c = (vertices[triangles[:, i]] for i in range(3))
     cross = torch.linalg.cross(b - a, c - a)
     area = cross.norm(dim=-1)
     face_normals = cross / area[:, None].clamp_min(1e-20)
