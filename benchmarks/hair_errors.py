@@ -65,6 +65,8 @@ def main() -> None:
                         "relative to it)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--near-z", choices=("1st", "2nd"), default="2nd",
+                        help="which near-z the evaluation's occlusion test reads (2nd: the authors' evaluation)")
     parser.add_argument("--by-frame", action="store_true", help="also a table by timestep")
     parser.add_argument("--blur-hair", type=float, nargs="*", default=[], metavar="SIGMA",
                         help="also the frame PSNR with the render's hair blurred by each σ (px)")
@@ -81,6 +83,7 @@ def main() -> None:
         # Lexically, so that a path through a subject's not-yet-made results/train folder still resolves.
         run_dir = Path(os.path.normpath(results / "train" / subject / args.run))
         avatar, frames, _ = load_avatar(run_dir, head)
+        avatar.evaluation_near_z = ("1st", "2nd").index(args.near_z)
         rigid = RigidTable.from_file(results / "preprocess" / subject / "hair_rigid.npz")
         union = synthesized_union(results / "data" / subject)
         dataset = SubjectDataset(union, args.split, parsing="require", depth="off")
@@ -89,6 +92,7 @@ def main() -> None:
         total_pixels = 0
         covered_sum, covered_coarse = torch.zeros(3, dtype=torch.float64), 0.0
         face_pixels, face_error = [0.0, 0.0], [0.0, 0.0]  # within 3 px of the hair, farther
+        band_error = {c: 0.0 for c in CLASSES}  # the face region within 3 px of the hair, by pixel class
         by_frame: dict[int, list[float]] = {}  # timestep -> [pixels, squared error, covered pixels, its error]
         blurred_error = {sigma: 0.0 for sigma in args.blur_hair}
         with torch.no_grad():
@@ -118,6 +122,8 @@ def main() -> None:
                 for k, m in enumerate((face & near_hair, face & ~near_hair)):
                     face_pixels[k] += float(m.sum())
                     face_error[k] += float(squared[m].sum())
+                for c, m in masks.items():
+                    band_error[c] += float(squared[m & face & near_hair].sum())
                 for i, timestep in enumerate(batch["timestep_index"].tolist()):
                     row = by_frame.setdefault(int(timestep), [0.0, 0.0, 0.0, 0.0])
                     row[0] += float(hair[i, 0].numel())
@@ -146,6 +152,8 @@ def main() -> None:
               f"{psnr_db(sum(face_pixels), sum(face_error)):.2f} dB per pixel; "
               f"within 3 px of the hair {100 * face_pixels[0] / max(sum(face_pixels), 1.0):.0f} % of it at "
               f"{face[0]:.2f} dB, farther {face[1]:.2f} dB", flush=True)
+        print(f"  {subject}: the face within 3 px of the hair, its squared error by class: " + ", ".join(
+            f"{c} {100 * e / max(face_error[0], 1e-12):.0f} %" for c, e in band_error.items()), flush=True)
         if args.blur_hair:
             print(f"  {subject}: the render's hair blurred: " + ", ".join(
                 f"σ {sigma:g} px {psnr_db(total_pixels, e):.2f} dB" for sigma, e in blurred_error.items())

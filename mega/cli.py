@@ -150,10 +150,11 @@ def _synth(args) -> None:
                            n_sequences=args.sequences, frames_per_sequence=args.frames, hair=args.hair,
                            supersample=args.supersample, hair_render=args.hair_render,
                            hair_clumps=args.hair_clumps, hair_strands=args.hair_strands,
-                           subject=args.subject)
-    if options.hair_strands < 1 or options.hair_clumps < 0:
-        raise MegaError(f"mega synth: --hair-strands must be at least 1 (got {options.hair_strands}) and "
-                        f"--hair-clumps at least 0 (got {options.hair_clumps})")
+                           hair_sway_mm=args.hair_sway_mm, subject=args.subject)
+    if options.hair_strands < 1 or options.hair_clumps < 0 or not options.hair_sway_mm >= 0:
+        raise MegaError(f"mega synth: --hair-strands must be at least 1 (got {options.hair_strands}), "
+                        f"--hair-clumps at least 0 (got {options.hair_clumps}) and --hair-sway-mm at least 0 "
+                        f"(got {options.hair_sway_mm})")
     if options.n_sequences < 2 or options.frames_per_sequence < 1 or options.n_cameras <= 8:
         raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 cameras "
                         "(camera 8 is the val camera)")
@@ -610,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "them, as real hair does (a texture coherent over a clump)")
     p.add_argument("--hair-strands", type=int, default=2500,
                    help="strands on the scalp (more cover more of the hair's volume)")
+    p.add_argument("--hair-sway-mm", type=float, default=4.0,
+                   help="how far the hair's tips sway side to side with time (half as far front to back); 0: the "
+                        "hair moves rigidly with the head")
     p.add_argument("--subject", default="synthetic", help="subject id in the folder names")
     p.add_argument("--source", choices=("toy", "flame"), default="toy", help="head model, as for head-model")
     p.add_argument("--model")

@@ -13,7 +13,7 @@ from mega.data.depth import read_depth
 from mega.data.fixtures import write_fixture_subject
 from mega.data.gaussian_avatars import SubjectDataset
 from mega.data.parsing import LABEL
-from mega.data.synth import build_geometric_detail, build_hair, synthesized_union
+from mega.data.synth import build_geometric_detail, build_hair, hair_sway_m, synthesized_union
 from mega.data.validate import validate_union
 from mega.flame.toy import EXPRESSIONS
 
@@ -205,6 +205,20 @@ def test_bad_options_are_refused(tmp_path, capsys):
     assert "9 cameras" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "none"), *TINY, "--hair-strands", "0"]) == 2
     assert "--hair-strands must be at least 1 (got 0)" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "back"), *TINY, "--hair-sway-mm", "-1"]) == 2
+    assert "--hair-sway-mm at least 0 (got -1.0)" in capsys.readouterr().err
+
+
+def test_the_hairs_sway_follows_its_amplitude_and_stops_at_zero():
+    """The tips swing side to side by up to the amplitude and front to back by half of it, never up
+    or down; twice the amplitude, twice the sway; at 0 the hair moves with the head alone."""
+    sways = torch.stack([hair_sway_m(t, 3, 4.0) for t in range(60)])
+    assert 0.0039 < float(sways[:, 0].abs().max()) <= 0.004 + 1e-9
+    assert 0.00195 < float(sways[:, 2].abs().max()) <= 0.002 + 1e-9
+    assert bool(sways[:, 1].eq(0).all())
+    assert torch.allclose(hair_sway_m(5, 3, 8.0), 2 * hair_sway_m(5, 3, 4.0))
+    assert not torch.allclose(hair_sway_m(5, 3, 4.0), hair_sway_m(5, 7, 4.0))  # the seed shifts its phase
+    assert torch.equal(torch.stack([hair_sway_m(t, 3, 0.0) for t in range(60)]), torch.zeros(60, 3))
 
 
 def test_long_hair_leaves_the_face_open(tmp_path):
@@ -285,7 +299,7 @@ def test_the_config_schema_the_cli_and_the_options_agree_on_the_defaults():
     schema_names = {"hairstyle": "hair"}
     cli_names = {"frames": "frames_per_sequence", "cameras": "n_cameras", "sequences": "n_sequences"}
     assert set(schema_defaults) == {"seed", "width", "height", "frames_per_sequence", "hairstyle", "supersample",
-                                    "hair_render", "hair_clumps", "hair_strands"}
+                                    "hair_render", "hair_clumps", "hair_strands", "hair_sway_mm"}
     for key, value in schema_defaults.items():
         assert options[schema_names.get(key, key)] == value, key
     for key, value in cli_defaults.items():

@@ -150,7 +150,7 @@ def test_other_synthetic_subjects_pass_their_own_hair_options_to_synth(tmp_path)
     command names none (so that subjects made before the options were added are not remade)."""
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"synthetic": {"others": {
         "locks": {"seed": 3, "hairstyle": "long", "cameras": 12, "hair_clumps": 200, "hair_strands": 10000,
-                  "hair_render": "antialiased"}}}}))
+                  "hair_render": "antialiased", "hair_sway_mm": 0}}}}))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                "--configfile", str(tmp_path / "c.yaml"), "-n", "-p", "--cores", "2",
                "results/data/locks/summary.json", "results/data/synthetic/summary.json"]
@@ -161,11 +161,12 @@ def test_other_synthetic_subjects_pass_their_own_hair_options_to_synth(tmp_path)
     assert set(synth) == {"results/data/locks", "results/data/synthetic"}
     locks = synth["results/data/locks"]
     for option in ("--seed 3 ", "--hair long ", "--cameras 12 ", "--hair-render antialiased", "--hair-clumps 200",
-                   "--hair-strands 10000"):
+                   "--hair-strands 10000", "--hair-sway-mm 0"):
         assert option in locks, (option, locks)
     assert "--hair-clumps" not in synth["results/data/synthetic"]
     assert "--hair-strands" not in synth["results/data/synthetic"]
     assert "--hair-render" not in synth["results/data/synthetic"]
+    assert "--hair-sway-mm" not in synth["results/data/synthetic"]
 
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"synthetic": {"others": {"x": {"hair_clumps": -1}}}}))
     bad = subprocess.run([*command[:command.index("-n")], str(tmp_path / "bad.yaml"), "-n", "results/data/x/summary.json"],

@@ -80,6 +80,9 @@ class SynthOptions:
     """0: independent strands; more: the strands grow in that many clumps (``build_hair``)."""
     hair_strands: int = 2500
     """Strands on the scalp (``build_hair``)."""
+    hair_sway_mm: float = 4.0
+    """How far the hair's tips sway side to side with time (half as far front to back), in mm
+    (:func:`hair_sway_m`); 0: the hair moves rigidly with the head."""
     subject: str = "synthetic"
 
 
@@ -386,6 +389,16 @@ def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
 
 
+def hair_sway_m(timestep: int, seed: int, amplitude_mm: float) -> torch.Tensor:
+    """[3] metres, in the head's frame: the sway of the hair's tips at a global ``timestep``
+    (``Hair.sway`` scales it along each strand, 0 at the root). Side to side by up to
+    ``amplitude_mm``, front to back by half of it, at frequencies of its own: a motion with time
+    that the frame's expression does not predict."""
+    amplitude_m = amplitude_mm / 1000
+    return torch.tensor([amplitude_m * math.sin(0.9 * timestep + seed), 0.0,
+                         0.5 * amplitude_m * math.cos(0.7 * timestep)])
+
+
 def posed_hair(hair: Hair, R: torch.Tensor, t: torch.Tensor, sway_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Means and quaternions of the hair after the sway (in the head frame) and the head's motion."""
     means = hair.means + hair.sway[:, None] * sway_m
@@ -497,9 +510,8 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
                 hair_state = None
                 if hair is not None:
                     R, trans = rigid_fit(rest[scalp], vertices[scalp])
-                    sway = torch.tensor([0.004 * math.sin(0.9 * global_t + options.seed), 0.0,
-                                         0.002 * math.cos(0.7 * global_t)])
-                    means, quats = posed_hair(hair, R, trans, sway)
+                    means, quats = posed_hair(hair, R, trans, hair_sway_m(global_t, options.seed,
+                                                                          options.hair_sway_mm))
                     hair_state = (means, quats, hair)
                 for index, camera in enumerate(cameras):
                     image, fg, parsing, depth = render_view(camera, vertices, attrs, faces, faces_uv, uvs, appearance,

@@ -72,7 +72,12 @@ def synth_args(wildcards):
     s = config.get("synthetic", {})
     own = {**s, **OTHER_SYNTHETIC.get(wildcards.subject, {})}
     # Named only when not the default, so that subjects made before the options are not remade.
-    hair_options = {"hair_render": "classic", "hair_clumps": 0, "hair_strands": 2500}
+    hair_options = {
+        "hair_render": "classic",
+        "hair_clumps": 0,
+        "hair_strands": 2500,
+        "hair_sway_mm": 4.0,
+    }
     hair_args = "".join(
         f" --{key.replace('_', '-')} {own[key]}"
         for key, default in hair_options.items()
