@@ -83,7 +83,8 @@ def main() -> None:
             truth = batch_regions(batch)[0]
             scores = [(iou(shifted(out["hair_weight"], dx, dy) > 0.5, truth), dx, dy) for dx, dy in SHIFTS_PX]
             at_zero = scores[SHIFTS_PX.index((0.0, 0.0))][0]
-            best, dx, dy = max(scores)
+            # The smallest of equally good shifts: a tie with no shift at all keeps no shift.
+            best, dx, dy = max(scores, key=lambda score: (score[0], -abs(score[1]) - abs(score[2])))
             timestep = int(batch["timestep_index"])
             sway_mm = 1000 * (hair_sway_m(timestep, seed, amplitude_mm) - hair_sway_m(canonical, seed, amplitude_mm))
             camera = int(batch["camera_index"]) if "camera_index" in batch else -1
