@@ -23,12 +23,13 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from kornia.geometry.transform import translate
 
 from mega.avatar import RigidTable
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples
 from mega.data.parsing import batch_regions
 from mega.data.synth import SynthOptions, hair_sway_m, synthesized_union
+from mega.eval.avatar import hair_iou
 from mega.eval.face import driving_parameters
 from mega.flame.head_model import load_head_model_folder
 from mega.train.joint import load_avatar
@@ -38,14 +39,8 @@ SHIFTS_PX = [(dx / 2, dy / 2) for dx in range(-4, 5) for dy in range(-4, 5)]
 
 def shifted(image: torch.Tensor, dx_px: float, dy_px: float) -> torch.Tensor:
     """image [B, C, H, W] moved by (dx, dy) pixels (right, down), bilinear, the border repeated."""
-    B, _, H, W = image.shape
-    theta = torch.tensor([[1.0, 0.0, -2 * dx_px / W], [0.0, 1.0, -2 * dy_px / H]], dtype=image.dtype)
-    grid = F.affine_grid(theta.expand(B, 2, 3), list(image.shape), align_corners=False)
-    return F.grid_sample(image, grid, align_corners=False, padding_mode="border")
-
-
-def iou(rendered: torch.Tensor, truth: torch.Tensor) -> float:
-    return float((rendered & truth).sum() / (rendered | truth).sum().clamp_min(1))
+    offset = torch.tensor([[dx_px, dy_px]], dtype=image.dtype).expand(image.shape[0], 2)
+    return translate(image, offset, padding_mode="border", align_corners=False)
 
 
 def main() -> None:
@@ -81,7 +76,7 @@ def main() -> None:
                 out = avatar(driving_parameters(frames, batch, refined=False), batch["camera"], rotation,
                              translation, evaluation=True)
             truth = batch_regions(batch)[0]
-            scores = [(iou(shifted(out["hair_weight"], dx, dy) > 0.5, truth), dx, dy) for dx, dy in SHIFTS_PX]
+            scores = [(float(hair_iou(shifted(out["hair_weight"], dx, dy), truth)[0]), dx, dy) for dx, dy in SHIFTS_PX]
             at_zero = scores[SHIFTS_PX.index((0.0, 0.0))][0]
             # The smallest of equally good shifts: a tie with no shift at all keeps no shift.
             best, dx, dy = max(scores, key=lambda score: (score[0], -abs(score[1]) - abs(score[2])))
