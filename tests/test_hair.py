@@ -437,6 +437,43 @@ def test_the_canonical_hair_trains_supersampled_and_densifies(trained, tmp_path)
         HairConfig.from_dict({"hair_supersample": 0}, where="config.yaml hair")
 
 
+def test_the_canonical_hair_trains_on_every_frame_when_asked(trained, tmp_path, monkeypatch, one_thread):
+    from mega.train import hair as hair_stage
+
+    union, head, run, rigid = trained
+    # A training split of two timesteps: the tiny subject's (the canonical one) and its test frames'.
+    union = shutil.copytree(union.parent, tmp_path / "subject") / union.name
+    train_split = json.loads((union / "transforms_train.json").read_text())
+    test_frames = json.loads((union / "transforms_test.json").read_text())["frames"]
+    train_split["frames"] += test_frames
+    (union / "transforms_train.json").write_text(json.dumps(train_split))
+    seen: dict[str, set[int]] = {}
+    step = hair_stage.HairStage.step
+
+    def recording_step(self, batch):
+        seen.setdefault(self.config.hair_frames + str(self.config.cache_mb), set()).update(
+            batch["timestep_index"].tolist())
+        return step(self, batch)
+
+    monkeypatch.setattr(hair_stage.HairStage, "step", recording_step)
+    states = {}
+    for frames, cache_mb in (("canonical", 2048), ("all", 2048), ("all", 0)):
+        out = tmp_path / f"{frames}{cache_mb}"
+        config = TINY_HAIR.replace(hair_frames=frames, cache_mb=cache_mb)
+        metrics = train_hair(union, run / "face.pt", rigid, out, head, config, progress=False)
+        # The same number of steps either way, and the figure of the canonical frame's views.
+        assert metrics["iterations"] == 2 and metrics["training_views"]["n_images"] == 15
+        states[frames, cache_mb] = torch.load(out / "hair.pt", weights_only=False)["hair"]
+    # The images of both timesteps trained the hair with "all"; the canonical frame's alone otherwise.
+    assert len(seen["canonical2048"]) == 1 and len(seen["all2048"]) == 2
+    assert any(not torch.equal(v, states["canonical", 2048][k]) for k, v in states["all", 2048].items())
+    # Made again for each batch (no room to keep the face's renders) or kept: the same training.
+    for name, value in states["all", 2048].items():
+        assert torch.equal(value, states["all", 0][name]), name
+    with pytest.raises(ConfigError, match="hair_frames"):
+        HairConfig.from_dict({"hair_frames": "every"}, where="config.yaml hair")
+
+
 def test_the_joint_stage_decays_the_faces_rates_alone_when_asked(trained, canonical_hair, tmp_path):
     from mega.train.checkpoint import load_checkpoint
     union, head, run, rigid = trained

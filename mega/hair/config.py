@@ -15,6 +15,9 @@ from mega.render.backends import GAUSSIAN_BACKENDS
 from mega.settings import Settings, check_at_least
 
 INIT_COLOURS = ("random", "views")
+HAIR_FRAMES = ("canonical", "all")
+"""canonical: the canonical-hair stage trains on the one-frame split (the paper's); all: on every
+training frame, each frame's hair placed by its rigid transform alone (a departure, docs/hair.md)."""
 
 DEFORM_PRECISIONS = ("float32", "bfloat16", "auto")
 """float32: the authors'; bfloat16: the matrix products and activations under bfloat16 autocast
@@ -51,6 +54,11 @@ class HairConfig(Settings):
     """Passes over the one-frame split's images: the authors' epochs 5000–8000 of their hair run."""
     hair_iterations: int = 0
     """A fixed number of steps instead (0: from ``hair_epochs``)."""
+    hair_frames: str = "canonical"
+    """The frames the stage's images come from: canonical (the one-frame split, the paper's) or
+    all (the training split: every training camera at every training timestep, the hair moved
+    rigidly with the head; for hair that does not move on the head; a departure, docs/hair.md).
+    The number of steps is counted on the one-frame split either way."""
     hair_batch_size: int = 8
     lr_position: float = 1.6e-4
     """× the scene extent (3DGS's ``spatial_lr_scale``), decaying to ``lr_position_final``."""
@@ -158,6 +166,9 @@ class HairConfig(Settings):
         if self.init_colour not in INIT_COLOURS:
             raise ConfigError(f"{where}: 'init_colour' must be one of {', '.join(INIT_COLOURS)}, "
                               f"got {self.init_colour!r}")
+        if self.hair_frames not in HAIR_FRAMES:
+            raise ConfigError(f"{where}: 'hair_frames' must be one of {', '.join(HAIR_FRAMES)}, "
+                              f"got {self.hair_frames!r}")
         if self.init_hull_margin_m < 0:
             raise ConfigError(f"{where}: 'init_hull_margin_m' must be at least 0, got {self.init_hull_margin_m}")
         if not 0 <= self.sh_degree <= 3:

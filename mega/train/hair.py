@@ -1,7 +1,8 @@
 """Stage 2: the canonical Gaussian hair (paper §4, "Optimizing Canonical Gaussian Hair", eq. 14).
 
 On the one-frame split (``transforms_onef.json``: every training camera at one timestep, the
-canonical frame) the hair is initialised around the scalp of the stage-1 mesh and optimised with
+canonical frame; with ``hair_frames: all``, on the training split, each frame's hair moved
+rigidly with the head) the hair is initialised around the scalp of the stage-1 mesh and optimised with
 densification, while the face from stage 1 stays fixed: it is rendered (without gradients) only
 for the occlusion test the silhouette loss needs.
 
@@ -104,11 +105,12 @@ class HairStage:
     extra_columns = ("hair_iou", "n_gaussians")
 
     def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, config: HairConfig,
-                 densifier: Densifier, extent_m: float, total_steps: int):
+                 densifier: Densifier, extent_m: float, total_steps: int, cache_mb: float = 2048):
         self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
         self.densifier, self.extent_m, self.total_steps = densifier, extent_m, total_steps
         self._hair_out: dict | None = None
         self._fixed: dict[int, dict[str, Tensor]] = {}
+        self._fixed_bytes_left = int(cache_mb * 2**20)
 
     @property
     def hair(self) -> GaussianHair:
@@ -136,10 +138,12 @@ class HairStage:
     @torch.no_grad()
     def fixed_inputs(self, flame: dict[str, Tensor], batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         """The stage-1 face of a batch (rgb, mask, depth: what the blend reads) and the silhouette
-        weights of its hair masks. The face is fixed, the masks too, and the one-frame split small,
-        so each image's are made once and kept."""
+        weights of its hair masks. The face is fixed, the masks too, so each image's are made once
+        and kept while they fit in ``cache_mb`` (the one-frame split's always do; beyond it, with
+        ``hair_frames: all`` on large images, they are made again for each batch)."""
         frame_index = batch["frame_index"].tolist()
         missing = [i for i, f in enumerate(frame_index) if f not in self._fixed]
+        made: dict[int, dict[str, Tensor]] = {}
         if missing:
             pick = torch.tensor(missing, device=batch["timestep_index"].device)
             cameras = batch["camera"]
@@ -148,9 +152,14 @@ class HairStage:
             hair_mask, _, _ = batch_regions(batch)
             weights = silhouette_weights(hair_mask[pick])
             for j, i in enumerate(missing):
-                self._fixed[frame_index[i]] = {**{k: out[k][j] for k in FIXED_FACE_OUTPUTS}, "silhouette": weights[j]}
-        face = {k: torch.stack([self._fixed[f][k] for f in frame_index]) for k in FIXED_FACE_OUTPUTS}
-        return face, torch.stack([self._fixed[f]["silhouette"] for f in frame_index])
+                made[frame_index[i]] = entry = {**{k: out[k][j] for k in FIXED_FACE_OUTPUTS}, "silhouette": weights[j]}
+                size = sum(t.numel() * t.element_size() for t in entry.values())
+                if size <= self._fixed_bytes_left:
+                    self._fixed[frame_index[i]] = entry
+                    self._fixed_bytes_left -= size
+        fixed = [self._fixed.get(f) or made[f] for f in frame_index]
+        face = {k: torch.stack([entry[k] for entry in fixed]) for k in FIXED_FACE_OUTPUTS}
+        return face, torch.stack([entry["silhouette"] for entry in fixed])
 
     def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         flame = self.frames(batch["timestep_index"])
@@ -250,25 +259,30 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     device = pick_device(device)
     torch.manual_seed(config.seed)
 
-    dataset = open_hair_split(union_dir, "onef")
+    canonical = open_hair_split(union_dir, "onef")
     rigid_file = read_hair_rigid(rigid_path)
-    timestep = canonical_timestep(dataset, int(rigid_file["canonical_timestep"]), Path(rigid_path))
+    timestep = canonical_timestep(canonical, int(rigid_file["canonical_timestep"]), Path(rigid_path))
     face, frames = load_face(face_path, head, device)
     rigid = RigidTable(rigid_file["timestep"], rigid_file["rotation"], rigid_file["translation"]).to(device)
-    views = (canonical_views(face, frames, dataset, device)
+    views = (canonical_views(face, frames, canonical, device)
              if config.init_in_hull or config.init_colour == "views" else None)
     hair = initial_hair(face, frames, timestep, config, views)
     del views
     avatar = Avatar(face, hair, None, config)
-    extent = scene_extent_m(dataset)
-    steps = config.hair_steps_for(len(dataset))
+    # hair_frames "all": the same cameras at every training timestep, each frame's hair placed by
+    # its rigid transform; the step count, the scene's extent and the figure stay the canonical
+    # frame's, so that the two settings cost the same.
+    dataset = canonical if config.hair_frames == "canonical" else open_hair_split(union_dir, "train")
+    extent = scene_extent_m(canonical)
+    steps = config.hair_steps_for(len(canonical))
     densifier = Densifier(config, config.hair_batch_size, extent, DensifyState(hair.n).to(device), steps)
-    stage = HairStage(avatar, frames, rigid, config, densifier, extent, steps)
+    stage = HairStage(avatar, frames, rigid, config, densifier, extent, steps, cache_mb=config.cache_mb)
     settings = LoopSettings(steps=steps, batch_size=config.hair_batch_size, seed=config.seed,
                             checkpoint_every=config.checkpoint_every, data_workers=config.data_workers,
                             cache_mb=config.cache_mb)
-    log.info("hair stage: %d images of timestep %d, %d initial Gaussians, batch %d, %d steps, scene extent %.3f m",
-             len(dataset), timestep, hair.n, config.hair_batch_size, steps, extent)
+    log.info("hair stage: %d images (%s frames; canonical timestep %d), %d initial Gaussians, batch %d, %d steps, "
+             "scene extent %.3f m", len(dataset), config.hair_frames, timestep, hair.n, config.hair_batch_size,
+             steps, extent)
     fingerprint = {**{k: v for k, v in config.to_dict().items() if k not in RESUMABLE}, "variant": variant,
                    "face": str(Path(face_path).resolve())}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
@@ -282,7 +296,7 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     metrics = {"variant": variant, "iterations": steps, "device": str(device), "train_seconds": round(result.seconds, 1),
                "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4),
                "n_gaussians": hair.n, "canonical_timestep": timestep,
-               "training_views": evaluate_canonical_hair(avatar, frames, rigid, dataset, device,
+               "training_views": evaluate_canonical_hair(avatar, frames, rigid, canonical, device,
                                                          work_dir / "views.png")}
     write_json(work_dir / "metrics.json", metrics)
     return metrics
