@@ -2,8 +2,8 @@
 
 On the one-frame split (``transforms_onef.json``: every training camera at one timestep, the
 canonical frame; with ``hair_frames: all``, on the training split, each frame's hair moved
-rigidly with the head) the hair is initialised around the scalp of the stage-1 mesh and optimised with
-densification, while the face from stage 1 stays fixed: it is rendered (without gradients) only
+rigidly with the head) the hair is initialised around the scalp of the stage-1 mesh and optimised
+with densification, while the face from stage 1 stays fixed: it is rendered (without gradients) only
 for the occlusion test the silhouette loss needs.
 
 Outputs in the run folder:
@@ -139,8 +139,9 @@ class HairStage:
     def fixed_inputs(self, flame: dict[str, Tensor], batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         """The stage-1 face of a batch (rgb, mask, depth: what the blend reads) and the silhouette
         weights of its hair masks. The face is fixed, the masks too, so each image's are made once
-        and kept while they fit in ``cache_mb`` (the one-frame split's always do; beyond it, with
-        ``hair_frames: all`` on large images, they are made again for each batch)."""
+        and kept while they fit in ``cache_mb`` (a budget of their own, beside the image loader's;
+        the one-frame split's always fit; beyond it, with ``hair_frames: all`` on large images,
+        they are made again for each batch)."""
         frame_index = batch["frame_index"].tolist()
         missing = [i for i, f in enumerate(frame_index) if f not in self._fixed]
         made: dict[int, dict[str, Tensor]] = {}
