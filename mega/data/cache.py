@@ -6,11 +6,12 @@ import torch
 from torch.utils.data import Dataset
 
 
-def _nbytes(obj) -> int:
+def nbytes(obj) -> int:
+    """Bytes a tensor, or a dict of them, holds (64 for anything else)."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
+        return sum(nbytes(v) for v in obj.values())
     return 64
 
 
@@ -34,7 +35,7 @@ class MemoryCachedDataset(Dataset):
         if i in self._cache:
             return self._cache[i]
         sample = self.dataset[i]
-        size = _nbytes(sample)
+        size = nbytes(sample)
         if self.used_bytes + size <= self.budget_bytes:
             self._cache[i] = sample
             self.used_bytes += size

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from mega import losses
 from mega.atomic import write_json
 from mega.avatar import Avatar, RigidTable
+from mega.data.cache import nbytes
 from mega.data.camera import Camera
 from mega.data.gaussian_avatars import SubjectDataset, subject_extras
 from mega.data.parsing import batch_regions
@@ -154,7 +155,7 @@ class HairStage:
             weights = silhouette_weights(hair_mask[pick])
             for j, i in enumerate(missing):
                 made[frame_index[i]] = entry = {**{k: out[k][j] for k in FIXED_FACE_OUTPUTS}, "silhouette": weights[j]}
-                size = sum(t.numel() * t.element_size() for t in entry.values())
+                size = nbytes(entry)
                 if size <= self._fixed_bytes_left:
                     self._fixed[frame_index[i]] = entry
                     self._fixed_bytes_left -= size
