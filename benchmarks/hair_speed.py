@@ -14,7 +14,9 @@ hair of every frame with all its SH coefficients) and as it runs now (the numba 
 kept per image, the deformation field's CPU softplus at the settings' ``deform_precision``, the
 active degree's coefficients only, glibc keeping freed memory for reuse as the ``mega`` command
 makes it), and prints seconds per step, the speed-up, and the two runs'
-losses at the last step. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
+losses at the last step. A step's seconds are the steps' alone: the split's images are decoded
+once before them and that time printed apart, as a training run decodes them once for all its
+steps (until 2026-12-07 the figures included it, spread over the few steps timed). Needs the subject's data, face (results/train/<subject>/mega/face.pt)
 and hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
 
@@ -80,9 +82,8 @@ class Timer:
         return _Part()
 
 
-def run_steps(stage, dataset, steps: int, batch_size: int, lr: float, timer: Timer, densify=None) -> float:
-    """Train ``steps`` steps; the last step's loss."""
-    samples = [dataset[i] for i in range(len(dataset))]  # decoded once, as the loop's memory cache does
+def run_steps(stage, samples: list, steps: int, batch_size: int, lr: float, timer: Timer, densify=None) -> float:
+    """Train ``steps`` steps on the decoded ``samples``; the last step's loss."""
     params = [p for g in stage.parameter_groups() if g.trainable for p in g.params]
     for group in stage.parameter_groups():  # as the training loop does: frozen groups take no gradient
         for p in group.params:
@@ -187,18 +188,25 @@ def main() -> None:
                 stage = JointStage(avatar_class(face, hair, field, stage_config), frames, rigid, stage_config)
                 dataset, batch_size, densify = train, stage_config.joint_batch_size, None
             n0 = hair.n
+            # Decoded once, as the training loop's memory cache does for a whole run, and timed
+            # apart: over a run's hundreds of steps it is nothing a step costs, over a few here
+            # it would weigh on every step's figure (and more on the faster one's).
+            started = time.perf_counter()
+            samples = [dataset[i] for i in range(len(dataset))]
+            decoding = time.perf_counter() - started
             started = time.perf_counter()
             if args.profile:
                 with torch.profiler.profile() as prof:
-                    loss = run_steps(stage, dataset, args.steps, batch_size, 1e-3, timer, densify)
+                    loss = run_steps(stage, samples, args.steps, batch_size, 1e-3, timer, densify)
             else:
-                loss = run_steps(stage, dataset, args.steps, batch_size, 1e-3, timer, densify)
+                loss = run_steps(stage, samples, args.steps, batch_size, 1e-3, timer, densify)
             wall = time.perf_counter() - started
             table[name, label] = (wall / args.steps, loss)
             backend = resolve_gaussian_backend(stage_config.gaussian_backend, device)
             print(f"\n{name} stage, {label} ({backend} compositing, deformation {stage_config.deform_precision}): "
                   f"{n0} → {hair.n} Gaussians, "
-                  f"batch {batch_size}: {wall / args.steps:.3f} s / step, last loss {loss:.6f}")
+                  f"batch {batch_size}: {wall / args.steps:.3f} s / step, last loss {loss:.6f} "
+                  f"(decoding the {len(samples)} images once before: {decoding:.1f} s)")
             for part, seconds in timer.seconds.items():
                 print(f"  {part:<20} {seconds / args.steps:7.3f} s  ({100 * seconds / wall:4.1f} %)")
             if args.profile:
