@@ -9,14 +9,18 @@ optimizer update), and the speed-up of the CPU path side by side in one run:
 
 ``--compare`` runs each stage twice from the same start with the same batches: as it ran before
 (the torch compositing; the canonical-hair stage rendering the fixed face and the silhouette
-weights again every step; the deformation field in float32 with torch's softplus; the frozen
-hair of every frame with all its SH coefficients) and as it runs now (the numba compositing, both
-kept per image, the deformation field's CPU softplus at the settings' ``deform_precision``, the
+weights again every step; the joint stage making the face's frozen geometry again every step; the
+deformation field in float32 with torch's softplus; the frozen hair of every frame with all its
+SH coefficients) and as it runs now (the numba compositing, the fixed face, its weights and the
+face's geometry kept per image, the deformation field's CPU softplus at the settings' ``deform_precision``, the
 active degree's coefficients only, glibc keeping freed memory for reuse as the ``mega`` command
 makes it), and prints seconds per step, the speed-up, and the two runs'
 losses at the last step. A step's seconds are the steps' alone: the split's images are decoded
 once before them and that time printed apart, as a training run decodes them once for all its
-steps (until 2026-12-07 the figures included it, spread over the few steps timed). Needs the subject's data, face (results/train/<subject>/mega/face.pt)
+steps (until 2026-12-07 the figures included it, spread over the few steps timed). So is the
+joint stage's making of the face's geometry once per image, which a run's first epoch does: the
+"now" joint steps are those of its later epochs, and the one-off cost is printed with its share
+of a step over the settings' whole run. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
 and hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
 
@@ -55,6 +59,13 @@ class RecomputingHairStage(HairStage):
         return super().fixed_inputs(flame, batch)
 
 
+class RecomputingJointStage(JointStage):
+    """The joint stage as it was: the face's frozen geometry made again in every step's forward."""
+
+    def face_geometry(self, flame, batch):
+        return None
+
+
 class AllCoefficientsAvatar(Avatar):
     """The avatar as it was: the posed hair of every frame carries all its SH coefficients, even
     where the hair is frozen and the render reads only the active degree's."""
@@ -82,12 +93,27 @@ class Timer:
         return _Part()
 
 
-def run_steps(stage, samples: list, steps: int, batch_size: int, lr: float, timer: Timer, densify=None) -> float:
-    """Train ``steps`` steps on the decoded ``samples``; the last step's loss."""
-    params = [p for g in stage.parameter_groups() if g.trainable for p in g.params]
-    for group in stage.parameter_groups():  # as the training loop does: frozen groups take no gradient
+def freeze_as_the_loop_does(stage) -> None:
+    """Frozen groups take no gradient, as in the training loop."""
+    for group in stage.parameter_groups():
         for p in group.params:
             p.requires_grad_(group.trainable)
+
+
+def keep_face_geometry(stage: JointStage, samples: list, batch_size: int) -> int:
+    """Makes the face's geometry of every image once, as a run's first epoch leaves it kept for
+    the later ones; the number of images kept."""
+    stage.begin_step(0)  # the displacement decoder's batch norm in eval mode, as at every step
+    for start in range(0, len(samples), batch_size):
+        batch = collate_samples(samples[start:start + batch_size])
+        stage.face_geometry(stage.frames(batch["timestep_index"]), batch)
+    return len(stage._rast)
+
+
+def run_steps(stage, samples: list, steps: int, batch_size: int, lr: float, timer: Timer, densify=None) -> float:
+    """Train ``steps`` steps on the decoded ``samples``; the last step's loss."""
+    freeze_as_the_loop_does(stage)
+    params = [p for g in stage.parameter_groups() if g.trainable for p in g.params]
     groups = [{"name": g.name, "params": g.params, "lr": lr} for g in stage.parameter_groups() if g.trainable]
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     for step in range(steps):
@@ -185,7 +211,9 @@ def main() -> None:
                 if label == "before":
                     field.activation = torch.nn.functional.softplus  # torch's CPU softplus, as before
                 avatar_class = AllCoefficientsAvatar if label == "before" else Avatar
-                stage = JointStage(avatar_class(face, hair, field, stage_config), frames, rigid, stage_config)
+                joint_stage = RecomputingJointStage if label == "before" else JointStage
+                stage = joint_stage(avatar_class(face, hair, field, stage_config), frames, rigid, stage_config,
+                                    n_images=len(train))
                 dataset, batch_size, densify = train, stage_config.joint_batch_size, None
             n0 = hair.n
             # Decoded once, as the training loop's memory cache does for a whole run, and timed
@@ -194,6 +222,17 @@ def main() -> None:
             started = time.perf_counter()
             samples = [dataset[i] for i in range(len(dataset))]
             decoding = time.perf_counter() - started
+            geometry_note = ""
+            if name == "joint" and label == "now":
+                # Timed apart too: at the synthetic settings a run's first epoch makes it (its
+                # later epochs find it kept), so the steps timed here are those of the later epochs.
+                freeze_as_the_loop_does(stage)
+                started = time.perf_counter()
+                kept = keep_face_geometry(stage, samples, batch_size)
+                seconds = time.perf_counter() - started
+                run = stage_config.joint_steps_for(len(samples))
+                geometry_note = (f"; the face's geometry of {kept} images made once before: {seconds:.1f} s, "
+                                 f"{1000 * seconds / run:.0f} ms a step over the settings' {run} steps")
             started = time.perf_counter()
             if args.profile:
                 with torch.profiler.profile() as prof:
@@ -206,7 +245,7 @@ def main() -> None:
             print(f"\n{name} stage, {label} ({backend} compositing, deformation {stage_config.deform_precision}): "
                   f"{n0} → {hair.n} Gaussians, "
                   f"batch {batch_size}: {wall / args.steps:.3f} s / step, last loss {loss:.6f} "
-                  f"(decoding the {len(samples)} images once before: {decoding:.1f} s)")
+                  f"(decoding the {len(samples)} images once before: {decoding:.1f} s{geometry_note})")
             for part, seconds in timer.seconds.items():
                 print(f"  {part:<20} {seconds / args.steps:7.3f} s  ({100 * seconds / wall:4.1f} %)")
             if args.profile:

@@ -95,11 +95,12 @@ class Avatar(nn.Module):
         return posed_hair(self.hair, rotation, translation, offsets, sh_coefficients), offsets
 
     def forward(self, flame: dict[str, Tensor], cameras: Camera, rotation: Tensor, translation: Tensor,
-                evaluation: bool = False, face: dict | None = None) -> dict:
+                evaluation: bool = False, face: dict | None = None, face_geometry: dict | None = None) -> dict:
         """``face`` reuses a face render of the same batch (the canonical-hair stage renders the
-        fixed face once)."""
+        fixed face once); ``face_geometry`` the geometry's part of one
+        (:meth:`NeuralFace.render_geometry`: the joint stage, whose face geometry is frozen)."""
         c = self.config
-        face = self.face(flame, cameras) if face is None else face
+        face = self.face(flame, cameras, face_geometry) if face is None else face
         # Hair that is not trained here (joint stage, evaluation) carries only the coefficients the
         # render reads: B copies of the higher ones, and the zero-filled gradients of each image's
         # slice of them, were among a joint step's largest costs (docs/benchmarks.md). While they

@@ -474,6 +474,91 @@ def test_the_canonical_hair_trains_on_every_frame_when_asked(trained, tmp_path, 
         HairConfig.from_dict({"hair_frames": "every"}, where="config.yaml hair")
 
 
+def test_the_joint_stage_makes_the_faces_frozen_geometry_once_per_image(trained, canonical_hair, tmp_path,
+                                                                         monkeypatch, one_thread):
+    """The joint stage trains the face's appearance alone, so each image's G-buffer and each
+    timestep's vertices are made once and kept where the whole split's fit in cache_mb. Kept, the
+    geometry is the face's own to float rounding (the vertices of a timestep made in a batch of
+    another size round differently, as they did between batches before) and the training the
+    same; made again for each batch (no room: cache 0), the same bits as inside the face's forward."""
+    from mega.avatar import Avatar, RigidTable
+    from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+    from mega.face.model import GEOMETRY_OUTPUTS, NeuralFace
+    from mega.train.face import load_face
+    from mega.train.joint import JointStage, deformation_field_of
+
+    union, head, run, rigid = trained
+    made: list[int] = []
+    in_step: list[bool] = []
+    rasterize, step = NeuralFace.rasterize, JointStage.step
+
+    def counting_rasterize(self, vertices, cameras):
+        if in_step:
+            made.append(int(cameras.intrinsics.shape[0]))
+        return rasterize(self, vertices, cameras)
+
+    def marked_step(self, batch):
+        in_step.append(True)
+        try:
+            return step(self, batch)
+        finally:
+            in_step.pop()
+
+    monkeypatch.setattr(NeuralFace, "rasterize", counting_rasterize)
+    monkeypatch.setattr(JointStage, "step", marked_step)
+    config = TINY_HAIR.replace(joint_iterations=4, joint_batch_size=5)  # 20 draws of the 15 training images
+    images, states, losses_by_step = {}, {}, {}
+    for label, cache_mb in (("kept", 2048), ("made again", 0), ("in the forward", 2048)):
+        if label == "in the forward":
+            monkeypatch.setattr(JointStage, "face_geometry", lambda self, flame, batch: None)
+        made.clear()
+        out = tmp_path / label.replace(" ", "_")
+        train_joint(union, run / "face.pt", canonical_hair, rigid, out, head, config.replace(cache_mb=cache_mb),
+                    progress=False)
+        images[label] = sum(made)
+        states[label] = torch.load(out / "joint.pt", weights_only=False)
+        losses_by_step[label] = pd.read_csv(out / "joint" / "loss.csv")["total"].tolist()
+    assert images == {"kept": 15, "made again": 20, "in the forward": 20}
+    reference = states["in the forward"]
+    parts = [k for k, v in reference.items() if isinstance(v, dict) and v and all(
+        isinstance(t, torch.Tensor) for t in v.values())]
+    assert "deformation" in parts and "model" in parts  # the field and the face
+    for part in parts:
+        for name, value in reference[part].items():
+            assert torch.equal(states["made again"][part][name], value), (part, name)
+    assert losses_by_step["kept"] == pytest.approx(losses_by_step["in the forward"], rel=1e-5)
+
+    # What the stage hands the face, from its store, against the face's own of the same batch.
+    monkeypatch.undo()
+    face, frames = load_face(run / "face.pt", head, "cpu")
+    for p in frames.parameters():
+        p.requires_grad_(False)
+    for p in face.displacement_decoder.parameters():
+        p.requires_grad_(False)
+    hair = GaussianHair(0, TINY_HAIR.sh_degree)
+    hair.load_state_dict(torch.load(canonical_hair, weights_only=False)["hair"])
+    dataset = SubjectDataset(union, "train", parsing="require")
+    stage = JointStage(Avatar(face, hair, deformation_field_of(TINY_HAIR), TINY_HAIR), frames,
+                       RigidTable.from_file(rigid), TINY_HAIR, n_images=len(dataset))
+    stage.begin_step(0)
+    for indices in ([0, 3, 7], [7, 1, 3, 9]):  # the second batch partly from the store
+        batch = collate_samples([dataset[i] for i in indices])
+        flame = stage.frames(batch["timestep_index"])
+        kept = stage.face_geometry(flame, batch)
+        with torch.no_grad():
+            own = face.render_geometry(flame, batch["camera"])
+        assert torch.equal(kept["rast"][..., 3], own["rast"][..., 3])  # the same triangle at every pixel
+        for key in GEOMETRY_OUTPUTS:
+            # The G-buffer's barycentrics move most (up to 3e-5) when a small triangle's corners move by 1 ulp.
+            atol = 1e-4 if key == "rast" else 1e-6
+            assert torch.allclose(kept[key].float(), own[key].float(), rtol=0, atol=atol), key
+    assert len(stage._rast) == 5 and len(stage._vertices) == 1
+    # No room for the whole split: nothing kept.
+    small = JointStage(stage.avatar, frames, stage.rigid, TINY_HAIR.replace(cache_mb=1), n_images=len(dataset))
+    small.face_geometry(flame, batch)
+    assert not small._rast and not small._vertices
+
+
 def test_the_joint_stage_decays_the_faces_rates_alone_when_asked(trained, canonical_hair, tmp_path):
     from mega.train.checkpoint import load_checkpoint
     union, head, run, rigid = trained

@@ -19,6 +19,10 @@ from mega.render.projection import world_to_clip
 
 BACKGROUND = 1.0  # the data's white background
 
+GEOMETRY_OUTPUTS = ("vertices", "vertices_flame", "rast", "mask", "depth", "uv", "view_dir")
+"""What :meth:`NeuralFace.render_geometry` returns: a render's part that the appearance does not
+touch."""
+
 
 def driving_signal(flame: dict[str, Tensor]) -> Tensor:
     """[B, 115]: expression (first 100, zero-padded) and the 15 pose numbers."""
@@ -101,17 +105,38 @@ class NeuralFace(nn.Module):
         tex = self.diffuse_texture.expand(view_dir.shape[0], -1, -1, -1)
         return tex if offsets is None else tex + offsets
 
-    def forward(self, flame: dict[str, Tensor], cameras: Camera) -> dict[str, Tensor]:
+    def render_geometry(self, flame: dict[str, Tensor], cameras: Camera) -> dict[str, Tensor]:
+        """The geometry's part of a render (:data:`GEOMETRY_OUTPUTS`): vertices and vertices_flame
+        [B, V, 3] metres, rast [B, H, W, 4], mask [B, H, W] bool, depth [B, H, W] metres, uv
+        [B, H, W, 2], view_dir [B, 3]. A stage that trains the appearance alone (the joint stage)
+        can keep it and hand it to :meth:`forward`."""
         vertices, vertices_flame = self.geometry(flame)
-        B, H, W = vertices.shape[0], cameras.height, cameras.width
+        return self.geometry_from(vertices, vertices_flame, self.rasterize(vertices, cameras), cameras)
+
+    def rasterize(self, vertices: Tensor, cameras: Camera) -> Tensor:
+        """The G-buffer [B, H, W, 4] of vertices [B, V, 3] (metres) in ``cameras``."""
         cameras = cameras.to(device=vertices.device, dtype=vertices.dtype)
-        rast = rasterize(world_to_clip(vertices, cameras), self.mesh.faces, (H, W), backend=self.config.backend)
-        mask = rast[..., 3] > 0
+        return rasterize(world_to_clip(vertices, cameras), self.mesh.faces, (cameras.height, cameras.width),
+                         backend=self.config.backend)
+
+    def geometry_from(self, vertices: Tensor, vertices_flame: Tensor, rast: Tensor, cameras: Camera
+                      ) -> dict[str, Tensor]:
+        """:meth:`render_geometry` from its costly parts (the vertices and the G-buffer): the rest
+        is a few gathers."""
+        cameras = cameras.to(device=vertices.device, dtype=vertices.dtype)
         depth = interpolate(cameras.world_to_camera_points(vertices)[..., 2:], rast, self.mesh.faces,
                             backend=self.config.backend)[..., 0]
         uv = interpolate(self.mesh.uvs[None], rast, self.mesh.faces_uv, backend=self.config.backend)
+        return {"vertices": vertices, "vertices_flame": vertices_flame, "rast": rast, "mask": rast[..., 3] > 0,
+                "depth": depth, "uv": uv, "view_dir": self.view_direction(cameras, vertices_flame)}
 
-        view_dir = self.view_direction(cameras, vertices_flame)
+    def forward(self, flame: dict[str, Tensor], cameras: Camera,
+                geometry: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``geometry``: :meth:`render_geometry` of the same frames and cameras, made before (None:
+        made here)."""
+        g = self.render_geometry(flame, cameras) if geometry is None else geometry
+        vertices, vertices_flame, rast, mask, depth, uv, view_dir = (g[k] for k in GEOMETRY_OUTPUTS)
+        B, H, W = vertices.shape[0], cameras.height, cameras.width
         # Sample and decode only the covered pixels; the background stays white. Bilinear
         # lookup is linear, so T_di is read once from its single copy and T_v + T_dy per image:
         # the diffuse texture is never copied to the batch.

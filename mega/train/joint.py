@@ -30,7 +30,8 @@ from mega.avatar import Avatar, RigidTable
 from mega.blend import blend
 from mega.errors import DataError
 from mega.face.config import FaceConfig
-from mega.face.model import NeuralFace
+from mega.data.camera import Camera
+from mega.face.model import GEOMETRY_OUTPUTS, NeuralFace
 from mega.flame.head_model import HeadModel
 from mega.data.parsing import batch_regions
 from mega.eval.avatar import evaluate_avatar, hair_iou
@@ -103,14 +104,26 @@ class JointStage:
     extra_columns = ("psnr_train", "hair_iou")
 
     def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, config: HairConfig,
-                 scene_extent_m: float = 1.0):
-        """``scene_extent_m``: the canonical-hair stage's scene extent (its position rate's unit)."""
+                 scene_extent_m: float = 1.0, n_images: int | None = None):
+        """``scene_extent_m``: the canonical-hair stage's scene extent (its position rate's unit);
+        ``n_images``: the training split's size (None: unknown, and the face's geometry is made
+        at every step, see :meth:`face_geometry`)."""
         self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
         self.scene_extent_m = scene_extent_m
         self.face_stage = FaceStage(avatar.face, frames, avatar.face.config, frozen=FROZEN_FACE_GROUPS)
         self.canonical = self.canonical_geometry()
         # The authors' K = 8 neighbours count each Gaussian as its own first one.
         self.neighbours = losses.knn_indices(self.canonical["means"], config.aiap_neighbours - 1)
+        # What moves the face's geometry: frozen here (FROZEN_FACE_GROUPS), so each image's is made
+        # once where they fit (:meth:`face_geometry`): about a tenth of a synthetic-size step.
+        face = avatar.face
+        self._geometry_parameters = list(frames.parameters()) + (
+            list(face.displacement_decoder.parameters()) if face.displacement_decoder is not None else [])
+        self.n_images = n_images
+        self._vertices: dict[int, tuple[Tensor, Tensor]] = {}
+        self._rast: dict[int, Tensor] = {}
+        self._geometry_budget = config.cache_mb * 2**20
+        self._geometry_fits: bool | None = None
 
     @torch.no_grad()
     def canonical_geometry(self) -> dict[str, Tensor]:
@@ -161,10 +174,52 @@ class JointStage:
             # AIAP keeps the deformation near-isometric to the canonical hair as it is now.
             self.canonical = self.canonical_geometry()
 
+    @torch.no_grad()
+    def face_geometry(self, flame: dict[str, Tensor], batch: dict) -> dict[str, Tensor] | None:
+        """The face's geometry for a batch's images (:meth:`NeuralFace.render_geometry`), or None
+        while anything that moves it trains (then the face makes it, with its gradient).
+
+        It is the same at every step, so its costly parts are made once and kept: the vertices
+        per timestep, the G-buffer per image (0.44 MB at the synthetic 138 × 200, 7 MB at the
+        authors' 550 × 802). They are kept only where every training image's fit in ``cache_mb`` (a
+        budget of their own, beside the image loader's): with random batches, a part of the
+        split kept would save that part of the steps' time for all of the budget's memory."""
+        if any(p.requires_grad for p in self._geometry_parameters):
+            return None
+        face, cameras = self.avatar.face, batch["camera"]
+        timesteps, images = batch["timestep_index"].tolist(), batch["frame_index"].tolist()
+        if not self._keeps_geometry(cameras):
+            return face.render_geometry(flame, cameras)
+        new_times = sorted({t for t in timesteps if t not in self._vertices})
+        if new_times:
+            pick = torch.tensor([timesteps.index(t) for t in new_times], device=batch["timestep_index"].device)
+            vertices, vertices_flame = face.geometry({k: v[pick] for k, v in flame.items()})
+            # Cloned: a view would keep the whole batch's tensor alive.
+            self._vertices.update({t: (vertices[j].clone(), vertices_flame[j].clone())
+                                   for j, t in enumerate(new_times)})
+        vertices = torch.stack([self._vertices[t][0] for t in timesteps])
+        vertices_flame = torch.stack([self._vertices[t][1] for t in timesteps])
+        missing = [i for i, f in enumerate(images) if f not in self._rast]
+        if missing:
+            pick = torch.tensor(missing, device=batch["timestep_index"].device)
+            subset = Camera(cameras.intrinsics[pick], cameras.world_to_camera[pick], cameras.width, cameras.height)
+            rast = face.rasterize(vertices[pick], subset)
+            self._rast.update({images[i]: rast[j].clone() for j, i in enumerate(missing)})
+        return face.geometry_from(vertices, vertices_flame, torch.stack([self._rast[f] for f in images]), cameras)
+
+    def _keeps_geometry(self, cameras: Camera) -> bool:
+        """Whether every training image's geometry fits the budget (decided at the first batch)."""
+        if self._geometry_fits is None:
+            vertices = 2 * self.avatar.face.mesh.n_vertices * 3 * 4  # per image at worst (one timestep each)
+            per_image = cameras.height * cameras.width * 4 * 4 + vertices
+            self._geometry_fits = self.n_images is not None and per_image * self.n_images <= self._geometry_budget
+        return self._geometry_fits
+
     def step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         flame = self.frames(batch["timestep_index"])
         rotation, translation = self.rigid(batch["timestep_index"])
-        out = self.avatar(flame, batch["camera"], rotation, translation)
+        out = self.avatar(flame, batch["camera"], rotation, translation,
+                          face_geometry=self.face_geometry(flame, batch))
         terms = joint_losses(out, batch, self.config, self.neighbours, self.canonical, rotation, self.avatar.face)
         weights = joint_loss_weights(self.config)
         total = sum(weights[k] * v for k, v in terms.items())
@@ -196,7 +251,8 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     rigid = RigidTable.from_file(rigid_path).to(device)
     deformation = deformation_field_of(config).to(device)
     avatar = Avatar(face, hair, deformation, config)
-    stage = JointStage(avatar, frames, rigid, config, float(hair_state.get("scene_extent_m", 1.0)))
+    stage = JointStage(avatar, frames, rigid, config, float(hair_state.get("scene_extent_m", 1.0)),
+                       n_images=len(dataset))
     steps = config.joint_steps_for(len(dataset))
     settings = LoopSettings(steps=steps, batch_size=config.joint_batch_size, seed=config.seed,
                             checkpoint_every=config.checkpoint_every, data_workers=config.data_workers,
