@@ -12,16 +12,18 @@ optimizer update), and the speed-up of the CPU path side by side in one run:
 weights again every step; the joint stage making the face's frozen geometry again every step; the
 deformation field in float32 with torch's softplus; the frozen hair of every frame with all its
 SH coefficients) and as it runs now (the numba compositing, the fixed face, its weights and the
-face's geometry kept per image, the deformation field's CPU softplus at the settings' ``deform_precision``, the
-active degree's coefficients only, glibc keeping freed memory for reuse as the ``mega`` command
-makes it), and prints seconds per step, the speed-up, and the two runs'
-losses at the last step. A step's seconds are the steps' alone: the split's images are decoded
-once before them and that time printed apart, as a training run decodes them once for all its
-steps (until 2026-12-07 the figures included it, spread over the few steps timed). So is the
-joint stage's making of the face's geometry once per image, which a run's first epoch does: the
-"now" joint steps are those of its later epochs, and the one-off cost is printed with its share
-of a step over the settings' whole run. Needs the subject's data, face (results/train/<subject>/mega/face.pt)
-and hair_rigid.npz; the joint rows start from the initial hair made opaque.
+face's geometry kept per image, the deformation field's CPU softplus at the settings'
+``deform_precision``, the active degree's coefficients only, glibc keeping freed memory for reuse
+as the ``mega`` command makes it), and prints seconds per step, the speed-up, and the two runs'
+losses at the last step.
+
+A step's seconds are the steps' alone: the split's images are decoded once before them and that
+time printed apart, as a training run decodes them once for all its steps (until 2026-12-07 the
+figures included it, spread over the few steps timed). So is the joint stage's making of the
+face's geometry once per image, which a run's first epoch does: the "now" joint steps are those of
+its later epochs, and the last column counts the one-off cost as its share of a step over the
+settings' whole run. Needs the subject's data, face (results/train/<subject>/mega/face.pt) and
+hair_rigid.npz; the joint rows start from the initial hair made opaque.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ def main() -> None:
             started = time.perf_counter()
             samples = [dataset[i] for i in range(len(dataset))]
             decoding = time.perf_counter() - started
-            geometry_note = ""
+            geometry_note, one_off_per_step = "", 0.0
             if name == "joint" and label == "now":
                 # Timed apart too: at the synthetic settings a run's first epoch makes it (its
                 # later epochs find it kept), so the steps timed here are those of the later epochs.
@@ -231,6 +233,7 @@ def main() -> None:
                 kept = keep_face_geometry(stage, samples, batch_size)
                 seconds = time.perf_counter() - started
                 run = stage_config.joint_steps_for(len(samples))
+                one_off_per_step = seconds / run
                 geometry_note = (f"; the face's geometry of {kept} images made once before: {seconds:.1f} s, "
                                  f"{1000 * seconds / run:.0f} ms a step over the settings' {run} steps")
             started = time.perf_counter()
@@ -240,7 +243,7 @@ def main() -> None:
             else:
                 loss = run_steps(stage, samples, args.steps, batch_size, 1e-3, timer, densify)
             wall = time.perf_counter() - started
-            table[name, label] = (wall / args.steps, loss)
+            table[name, label] = (wall / args.steps, loss, one_off_per_step)
             backend = resolve_gaussian_backend(stage_config.gaussian_backend, device)
             print(f"\n{name} stage, {label} ({backend} compositing, deformation {stage_config.deform_precision}): "
                   f"{n0} → {hair.n} Gaussians, "
@@ -251,11 +254,13 @@ def main() -> None:
             if args.profile:
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     if args.compare:
-        print("\n| stage | before (s / step) | now (s / step) | speed-up | last loss before | now |")
-        print("|---|---|---|---|---|---|")
+        print("\n| stage | before (s / step) | now (s / step) | speed-up | last loss before | now "
+              "| speed-up, one-off costs counted |")
+        print("|---|---|---|---|---|---|---|")
         for name in ("hair", "joint"):
-            (before, loss_before), (now, loss_now) = table[name, "before"], table[name, "now"]
-            print(f"| {name} | {before:.3f} | {now:.3f} | {before / now:.2f}× | {loss_before:.6f} | {loss_now:.6f} |")
+            (before, loss_before, _), (now, loss_now, one_off) = table[name, "before"], table[name, "now"]
+            print(f"| {name} | {before:.3f} | {now:.3f} | {before / now:.2f}× | {loss_before:.6f} | {loss_now:.6f} "
+                  f"| {before / (now + one_off):.2f}× |")
 
 
 if __name__ == "__main__":
