@@ -14,7 +14,8 @@ from mega.render.gaussians import rasterize_gaussians_batch
 BACKGROUND = 1.0  # the data's white background
 
 
-def camera_at(cameras: Camera, i: int) -> Camera:
+def camera_at(cameras: Camera, i: int | Tensor) -> Camera:
+    """Image ``i`` of batched cameras, or the sub-batch an index tensor picks."""
     return Camera(cameras.intrinsics[i], cameras.world_to_camera[i], cameras.width, cameras.height)
 
 

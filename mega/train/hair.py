@@ -34,6 +34,7 @@ from mega.face.model import NeuralFace
 from mega.hair.config import HairConfig
 from mega.hair.densify import Densifier, DensifyState
 from mega.hair.model import GaussianHair, sample_scalp_points
+from mega.hair.render import camera_at
 from mega.hair.views_init import CanonicalViews
 from mega.train.checkpoint import save_checkpoint
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
@@ -149,7 +150,7 @@ class HairStage:
         if missing:
             pick = torch.tensor(missing, device=batch["timestep_index"].device)
             cameras = batch["camera"]
-            subset = Camera(cameras.intrinsics[pick], cameras.world_to_camera[pick], cameras.width, cameras.height)
+            subset = camera_at(cameras, pick)
             out = self.avatar.face({k: v[pick] for k, v in flame.items()}, subset)
             hair_mask, _, _ = batch_regions(batch)
             weights = silhouette_weights(hair_mask[pick])

@@ -39,6 +39,7 @@ from mega.face.frames import FrameParameters
 from mega.hair.config import HairConfig
 from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
+from mega.hair.render import camera_at
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.checkpoint import load_checkpoint, save_checkpoint
 from mega.train.face import FaceStage, face_targets, model_weights
@@ -202,7 +203,7 @@ class JointStage:
         missing = [i for i, f in enumerate(images) if f not in self._rast]
         if missing:
             pick = torch.tensor(missing, device=batch["timestep_index"].device)
-            subset = Camera(cameras.intrinsics[pick], cameras.world_to_camera[pick], cameras.width, cameras.height)
+            subset = camera_at(cameras, pick)
             rast = face.rasterize(vertices[pick], subset)
             self._rast.update({images[i]: rast[j].clone() for j, i in enumerate(missing)})
         return face.geometry_from(vertices, vertices_flame, torch.stack([self._rast[f] for f in images]), cameras)
