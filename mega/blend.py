@@ -59,10 +59,20 @@ def soften(mask: Tensor, kernel: int = 5, sigma: float = 1.5) -> Tensor:
     return gaussian_blur2d(mask, (kernel, kernel), (sigma, sigma))
 
 
-def blend(face_rgb: Tensor, hair_rgb: Tensor, hair_alpha: Tensor, soft_occlusion: Tensor) -> tuple[Tensor, Tensor]:
+def blend(face_rgb: Tensor, hair_rgb: Tensor, hair_alpha: Tensor, soft_occlusion: Tensor,
+          compositing: str = "authors") -> tuple[Tensor, Tensor]:
     """Eq. 7. face_rgb and hair_rgb [B, 3, H, W] (each over the white background), hair_alpha
-    and soft_occlusion [B, 1, H, W] → (blended image [B, 3, H, W], Â_hair [B, 1, H, W])."""
+    and soft_occlusion [B, 1, H, W] → (blended image [B, 3, H, W], Â_hair [B, 1, H, W]).
+
+    ``authors``: Â_hair · Î_hair + (1 − Â_hair) · Î_head, as eq. 7 and the authors' code. Î_hair
+    is over white, so a hair pixel of alpha A and colour c shows A² c + A (1 − A) white +
+    (1 − A) face: translucent hair counts its alpha twice and lets white through onto the face.
+    ``over`` (a departure): the hair's own premultiplied colour Î_hair − (1 − A_g), then
+    G(M_o) · that + (1 − Â_hair) · Î_head, which is A c + (1 − A) face where the hair is in
+    front (G = 1), the hair render itself over the white background, and the face where G = 0."""
     hair_weight = hair_alpha * soft_occlusion
+    if compositing == "over":
+        return soft_occlusion * (hair_rgb - (1 - hair_alpha)) + (1 - hair_weight) * face_rgb, hair_weight
     return hair_weight * hair_rgb + (1 - hair_weight) * face_rgb, hair_weight
 
 
@@ -88,12 +98,15 @@ def evaluation_blend_text(near_z: int, open_px: int, close_px: int, kernel: int,
 
 def blend_renders(face: dict[str, Tensor], hair: dict[str, Tensor], which: OcclusionDepth = "near_z",
                   evaluation: bool = False, kernel: int = 5, sigma: float = 1.5,
-                  evaluation_near_z: int = 1, open_px: int = 3, close_px: int = 5) -> dict[str, Tensor]:
+                  evaluation_near_z: int = 1, open_px: int = 3, close_px: int = 5,
+                  compositing: str = "authors") -> dict[str, Tensor]:
     """Everything of the blending for a batch: ``face`` from the neural face (rgb, mask, depth),
     ``hair`` from :func:`mega.hair.render.render_hair` (rgb over white, alpha, depth, near_z
-    [B, 3, H, W]); ``open_px`` and ``close_px`` the evaluation's cleaning (:func:`occlusion_mask`).
-    Returns rgb (blended), hair_weight (Â_hair), occlusion (M_o, before the blur)."""
+    [B, 3, H, W]); ``open_px`` and ``close_px`` the evaluation's cleaning (:func:`occlusion_mask`);
+    ``compositing`` as :func:`blend`. Returns rgb (blended), hair_weight (Â_hair), occlusion (M_o,
+    before the blur) and soft_occlusion (G(M_o))."""
     depth = occlusion_depth(hair, which, evaluation, evaluation_near_z)
     occlusion = occlusion_mask(depth, face["depth"], face["mask"], evaluation, open_px, close_px)
-    rgb, weight = blend(face["rgb"], hair["rgb"], hair["alpha"], soften(occlusion, kernel, sigma))
-    return {"rgb": rgb, "hair_weight": weight, "occlusion": occlusion}
+    soft = soften(occlusion, kernel, sigma)
+    rgb, weight = blend(face["rgb"], hair["rgb"], hair["alpha"], soft, compositing)
+    return {"rgb": rgb, "hair_weight": weight, "occlusion": occlusion, "soft_occlusion": soft}

@@ -282,6 +282,31 @@ def test_blending_takes_whichever_is_in_front_with_a_soft_seam():
     assert occlusion_mask(torch.full((1, 1, H, W), math.inf), face_depth, face_mask).eq(0).all()
 
 
+def test_over_compositing_lays_translucent_hair_once_where_the_authors_blend_lets_white_through():
+    g = torch.Generator().manual_seed(0)
+    colour = torch.rand(2, 3, 4, 5, generator=g) * 0.3  # dark hair
+    alpha = torch.rand(2, 1, 4, 5, generator=g) * 0.8 + 0.1
+    hair_rgb = alpha * colour + (1 - alpha)  # the hair rendered over white, as render_hair returns it
+    face = torch.rand(2, 3, 4, 5, generator=g) * 0.5 + 0.2
+    in_front = torch.ones(2, 1, 4, 5)
+    over, weight = blend(face, hair_rgb, alpha, in_front, "over")
+    torch.testing.assert_close(over, alpha * colour + (1 - alpha) * face)  # the hair once over the face
+    torch.testing.assert_close(weight, alpha)
+    # Over the white background the blend is the hair's render itself, as the hair stage fits it.
+    torch.testing.assert_close(blend(torch.ones_like(face), hair_rgb, alpha, in_front, "over")[0], hair_rgb)
+    # The authors' eq. 7 shows translucent hair with α² of its colour and part of the white.
+    authors, _ = blend(face, hair_rgb, alpha, in_front, "authors")
+    torch.testing.assert_close(authors, alpha ** 2 * colour + alpha * (1 - alpha) + (1 - alpha) * face)
+    assert bool((authors > over).all())
+    # Opaque hair, or hair behind the face, is the same image either way.
+    ones, zeros = torch.ones_like(alpha), torch.zeros_like(alpha)
+    for a, occ in ((ones, in_front), (alpha, zeros)):
+        rgb = a * colour + (1 - a)
+        torch.testing.assert_close(blend(face, rgb, a, occ, "over")[0], blend(face, rgb, a, occ, "authors")[0])
+    with pytest.raises(ConfigError, match="hair_compositing"):
+        HairConfig(hair_compositing="under").check("hair")
+
+
 def test_gsdepth_tests_the_alpha_depth_and_evaluation_cleans_the_mask():
     H, W = 9, 9
     face = {"rgb": torch.zeros(1, 3, H, W), "mask": torch.ones(1, 1, H, W, dtype=torch.bool),

@@ -182,14 +182,15 @@ def test_without_face_on_hair_the_face_learns_nothing_from_hair_pixels():
     hair_rgb = torch.rand(2, 3, 6, 5, generator=g)
     alpha = torch.rand(2, 1, 6, 5, generator=g)
     soft = torch.rand(2, 1, 6, 5, generator=g)
-    rgb, weight = blend(face, hair_rgb, alpha, soft)
-    out = {"rgb": rgb, "hair_weight": weight, "face": {"rgb": face}, "hair": {"rgb": hair_rgb}}
     hair_mask = torch.zeros(2, 1, 6, 5, dtype=torch.bool)
     hair_mask[:, :, :3] = True
     target = torch.rand(2, 3, 6, 5, generator=g)
-    for face_on_hair in (True, False):
+    for face_on_hair, compositing in ((True, "authors"), (False, "authors"), (True, "over"), (False, "over")):
+        rgb, weight = blend(face, hair_rgb, alpha, soft, compositing)
+        out = {"rgb": rgb, "hair_weight": weight, "soft_occlusion": soft, "face": {"rgb": face},
+               "hair": {"rgb": hair_rgb, "alpha": alpha}}
         face.grad = None
-        image = blended_for_loss(out, hair_mask, face_on_hair)
+        image = blended_for_loss(out, hair_mask, face_on_hair, compositing)
         torch.testing.assert_close(image, rgb)  # the same image either way
         ((image - target) ** 2).sum().backward(retain_graph=True)
         on_hair = face.grad[hair_mask.expand(-1, 3, -1, -1)]

@@ -24,6 +24,8 @@ DEFORM_PRECISIONS = ("float32", "bfloat16", "auto")
 (weights, inputs and outputs stay float32); auto: bfloat16 on CPUs with bfloat16 arithmetic
 units (AVX-512 BF16, AMX), float32 elsewhere (on CUDA the float32 step was the faster one,
 docs/benchmarks.md)."""
+COMPOSITINGS = ("authors", "over")
+"""How eq. 7 lays the hair over the face (:func:`mega.blend.blend`)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,10 @@ class HairConfig(Settings):
     occlusion_close_px: int = 5
     """At evaluation M_o is opened then closed by squares of these sides, in pixels (the authors',
     at 550 × 802; 1 leaves the step out)."""
+    hair_compositing: str = "authors"
+    """How eq. 7 lays the hair over the face: authors (Â_hair · Î_hair + (1 − Â_hair) · Î_head, the
+    hair over white, as eq. 7) or over (the hair's premultiplied colour over the face, a departure:
+    the authors' lets white through translucent hair; :func:`mega.blend.blend`, docs/hair.md)."""
     hair_supersample: int = 1
     """The hair is drawn at this factor of the image size and box-filtered down, in training and
     evaluation (1: at the image size, as the authors; a departure, docs/hair.md)."""
@@ -177,6 +183,9 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.occlusion_depth not in ("near_z", "alpha_depth"):
             raise ConfigError(f"{where}: 'occlusion_depth' must be near_z or alpha_depth, got {self.occlusion_depth!r}")
+        if self.hair_compositing not in COMPOSITINGS:
+            raise ConfigError(f"{where}: 'hair_compositing' must be one of {', '.join(COMPOSITINGS)}, "
+                              f"got {self.hair_compositing!r}")
         if self.gaussian_backend not in GAUSSIAN_BACKENDS:
             raise ConfigError(f"{where}: 'gaussian_backend' must be one of {', '.join(GAUSSIAN_BACKENDS)}, "
                               f"got {self.gaussian_backend!r}")

@@ -56,16 +56,16 @@ FROZEN_FACE_GROUPS = ("displacement", "flame_shape", "flame_expr", "flame_rotati
                       "flame_jaw_pose", "flame_eyes_pose", "flame_translation")
 
 
-def blended_for_loss(out: dict, hair_mask: Tensor, face_on_hair: bool) -> Tensor:
+def blended_for_loss(out: dict, hair_mask: Tensor, face_on_hair: bool, compositing: str = "authors") -> Tensor:
     """The blended image [B, 3, H, W] the photometric terms compare; without ``face_on_hair`` the
     same values, but the face gets no gradient from the ground truth's hair pixels (``hair_mask``
-    [B, 1, H, W])."""
+    [B, 1, H, W]); ``compositing`` the avatar's (:func:`mega.blend.blend`)."""
     if face_on_hair:
         return out["rgb"]
-    weight, face_rgb = out["hair_weight"], out["face"]["rgb"]
-    # Eq. 7 again with Â_hair as it was (the occlusion already in it), the face detached on hair.
-    return blend(torch.where(hair_mask, face_rgb.detach(), face_rgb), out["hair"]["rgb"], weight,
-                 torch.ones_like(weight))[0]
+    face_rgb = out["face"]["rgb"]
+    # Eq. 7 again with the same occlusion, the face detached on hair.
+    return blend(torch.where(hair_mask, face_rgb.detach(), face_rgb), out["hair"]["rgb"], out["hair"]["alpha"],
+                 out["soft_occlusion"], compositing)[0]
 
 
 def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor, canonical: dict,
@@ -77,7 +77,7 @@ def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor,
     hair_mask, _, _ = batch_regions(batch)
     image = batch["image"]
     _, diffuse_target = face_targets(face, out["face"], image, hair_mask, face.config.hair_target)
-    blended = blended_for_loss(out, hair_mask, config.joint_face_on_hair)
+    blended = blended_for_loss(out, hair_mask, config.joint_face_on_hair, config.hair_compositing)
     offsets = losses.offset_regulariser(out["offsets"])
     posed = out["gaussians"]
     aiap_xyz, aiap_cov = losses.aiap_losses(
@@ -246,7 +246,7 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
 
     dataset = open_hair_split(union_dir, "train")
     face, frames = load_face(face_path, head, device)
-    hair_state = load_checkpoint(hair_path, device)
+    hair_state = load_checkpoint(hair_path, device, "hair")
     hair = GaussianHair(0, config.sh_degree).to(device)
     hair.load_state_dict(hair_state["hair"])
     rigid = RigidTable.from_file(rigid_path).to(device)
@@ -318,13 +318,13 @@ def read_avatar_checkpoints(run_dir: str | Path, head: HeadModel, device: str | 
     for path in (joint_path, hair_path):
         if not path.is_file():
             raise DataError(f"{path}: not found; train the avatar first (rules train_hair, train_joint)")
-    joint = load_checkpoint(joint_path, device)
+    joint = load_checkpoint(joint_path, device, "joint")
     recorded = joint.get("head_model")
     if recorded is not None and recorded != head.fingerprint():
         raise DataError(f"{joint_path}: trained with head model {recorded}, but the head model given is "
                         f"{head.fingerprint()}; an avatar renders, and exchanges parts, only under its own head "
                         f"model")
-    return joint, load_checkpoint(hair_path, device), joint_path
+    return joint, load_checkpoint(hair_path, device, "hair"), joint_path
 
 
 def deformation_field_of(config: HairConfig) -> DeformationField:

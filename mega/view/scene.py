@@ -164,7 +164,8 @@ class AvatarScene:
                            config.gaussian_backend, config.hair_supersample)
         kernel = config.blur_kernel if settings.soft_blending else 1
         blended = blend_renders(face, hair, config.occlusion_depth, True, kernel, config.blur_sigma,
-                                settings.evaluation_near_z, config.occlusion_open_px, config.occlusion_close_px)
+                                settings.evaluation_near_z, config.occlusion_open_px, config.occlusion_close_px,
+                                config.hair_compositing)
         image = _layer(settings.layer, face, hair, blended, camera)
         return image, (time.perf_counter() - started) * 1000
 
