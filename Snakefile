@@ -44,6 +44,8 @@ localrules:
 
 
 check_resource_rules()
+check_config_names()
+check_stage_settings()
 
 
 rule all:

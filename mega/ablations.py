@@ -12,8 +12,12 @@ import yaml
 
 from mega.errors import ConfigError
 
-DEFAULT_PATH = Path("config/ablations.yaml")
-"""Relative to the working directory (the repository root), as Snakemake's config is."""
+_IN_WORKING_DIRECTORY = Path("config/ablations.yaml")
+_IN_REPOSITORY = Path(__file__).resolve().parents[1] / "config" / "ablations.yaml"
+DEFAULT_PATH = _IN_WORKING_DIRECTORY if _IN_WORKING_DIRECTORY.is_file() or not _IN_REPOSITORY.is_file() \
+    else _IN_REPOSITORY
+"""The working directory's config/ablations.yaml (the repository root's, as Snakemake's config
+is), else the repository's own (a command run from another folder)."""
 FULL = "mega"
 GROUPS = ("full", "texture", "geometry", "blending", "other")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -155,9 +155,14 @@ def _synth(args) -> None:
         raise MegaError(f"mega synth: --hair-strands must be at least 1 (got {options.hair_strands}), "
                         f"--hair-clumps at least 0 (got {options.hair_clumps}) and --hair-sway-mm at least 0 "
                         f"(got {options.hair_sway_mm})")
-    if options.n_sequences < 2 or options.frames_per_sequence < 1 or options.n_cameras <= 8:
-        raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 cameras "
-                        "(camera 8 is the val camera)")
+    if options.n_sequences < 2 or options.frames_per_sequence < 1 or not 9 <= options.n_cameras <= 16:
+        raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 to 16 cameras "
+                        "(camera 8 is the val camera; the rig has NeRSemble's 16 serials), got "
+                        f"--sequences {options.n_sequences} --frames {options.frames_per_sequence} "
+                        f"--cameras {options.n_cameras}")
+    if min(options.width, options.height) < 16 or options.supersample < 1:
+        raise MegaError(f"mega synth: --width and --height must be at least 16 pixels and --supersample at least 1, "
+                        f"got {options.width} x {options.height}, supersample {options.supersample}")
     out = Path(args.out)
     head = head_model_from_source(args.source, args.model, args.masks, args.template)
     started = time.perf_counter()
@@ -288,11 +293,15 @@ def _export(args) -> None:
 
     from mega.train.gaussianavatars import is_gaussianavatars_run
 
+    device = pick_device(args.device)  # before any file is read: a device this machine lacks is said first
     run, head = Path(args.run_dir), load_head_model_folder(args.head_model)
+    if args.timestep_index is not None and args.rigid is None and not is_gaussianavatars_run(run):
+        raise MegaError("mega export --timestep-index: the hair of a frame needs the subject's rigid hair table; "
+                        "pass --rigid results/preprocess/<subject>/hair_rigid.npz")
     if is_gaussianavatars_run(run):
-        export_gaussianavatars(run, head, args.out, args.timestep_index, pick_device(args.device))
+        export_gaussianavatars(run, head, args.out, args.timestep_index, device)
     else:
-        export_avatar(run, head, args.out, args.rigid, args.timestep_index, pick_device(args.device))
+        export_avatar(run, head, args.out, args.rigid, args.timestep_index, device)
 
 
 def _device_of(args):
@@ -463,6 +472,10 @@ def _figure(args) -> None:
     from mega.ablations import load_ablations
     from mega.report.result_figures import write_comparison_grid, write_stage_curves
 
+    needed = ("run_dir",) if args.kind == "curves" else ("union", "eval_dir")
+    missing = [f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None]
+    if missing:
+        raise MegaError(f"mega figure {args.kind} needs {' and '.join(missing)}")
     if args.kind == "curves":
         out = write_stage_curves(args.run_dir, args.out, args.title)
     else:
@@ -534,6 +547,14 @@ def _hair_rigid(args) -> None:
     log.info("wrote %s", args.out)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a batch size, a count of images)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mega", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -560,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder of <sequence>/<timestep>_<camera>_labels.png")
     p.add_argument("--model", default="parsenet", choices=("parsenet", "bisenet"))
     p.add_argument("--weights", required=True, help="the parser's state dict (facexlib's parsing_<model>.pth)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     _runtime_arguments(p)
     p.set_defaults(func=_parse_faces)
 
@@ -717,9 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("union", help="the subject's UNION folder whose split gives cameras and FLAME parameters")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
     p.add_argument("--rigid", required=True, help="hair_rigid.npz of that subject")
-    p.add_argument("--split", default="val", help="train, val, test or onef")
+    p.add_argument("--split", default="val", choices=("train", "val", "test", "onef"))
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--limit", type=int, help="render only the first N images")
+    p.add_argument("--limit", type=positive_int, help="render only the first N images")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_render)
 
@@ -731,8 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: metrics.csv, metrics.json, renders/")
     p.add_argument("--lpips-weights", required=True, help="LPIPS AlexNet weights written by `mega lpips-weights`")
     p.add_argument("--subject", default="", help="the subject's name, recorded in metrics.json")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--limit", type=positive_int, help="only the first N images")
     p.add_argument("--no-renders", action="store_true", help="write the metrics only")
     _runtime_arguments(p)
     p.set_defaults(func=_evaluate)
@@ -786,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: val/, test/, comparison.png, turntable.mp4, "
                                                 "summary.json")
     _turntable_arguments(p)
-    p.add_argument("--limit", type=int, help="render only the first N images of each split")
+    p.add_argument("--limit", type=positive_int, help="render only the first N images of each split")
     _runtime_arguments(p)
     p.set_defaults(func=_swap_hair)
 
@@ -813,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: paint.pt, paint/, comparison.png, turntable.mp4, "
                                                 "summary.json")
     _turntable_arguments(p)
-    p.add_argument("--limit", type=int, help="held-out images per split in the summary's measures")
+    p.add_argument("--limit", type=positive_int, help="held-out images per split in the summary's measures")
     _runtime_arguments(p)
     p.set_defaults(func=_paint)
 
@@ -893,6 +914,12 @@ def main(argv: list[str] | None = None) -> int:
     except MegaError as e:
         # Bad input is the user's to fix: one clear line, no traceback.
         print(f"mega {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A path the command cannot read or write (a file where a folder is wanted, no permission,
+        # a full disk): the file and the reason, no traceback.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mega {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 

@@ -30,8 +30,9 @@ class Settings:
                 raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
             ok, value = _coerce(known[key].default, value)
             if not ok:
-                expected = type(known[key].default).__name__
-                raise ConfigError(f"{where}: setting '{key}' = {value!r} should be a {expected}")
+                expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                            "tuple": "a list"}.get(type(known[key].default).__name__, "of another type")
+                raise ConfigError(f"{where}: setting '{key}' = {value!r} should be {expected}")
             out[key] = value
         settings = cls(**out)
         settings.check(where)

@@ -84,3 +84,67 @@ def test_the_mega_command_keeps_freed_memory_for_the_next_step():
     for opt_out in ({"MEGA_REUSE_FREED_MEMORY": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}):
         _, fresh_faults = _page_faults_after_the_mega_command(opt_out)
         assert fresh_faults > 10 * pages, opt_out
+
+
+def test_bad_arguments_are_one_clear_line_naming_what_to_change(tmp_path, capsys):
+    """Mistakes a user makes on the command line end with exit code 2 and one line that names the
+    option or the file, before any work is done, never a traceback."""
+    import torch
+
+    from mega.train.loop import pick_device
+
+    def error_of(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        return capsys.readouterr().err
+
+    assert "--device 'gpu': not a device torch knows" in error_of(
+        "export", str(tmp_path), "--head-model", str(tmp_path), "--out", str(tmp_path / "x"), "--device", "gpu")
+    if not torch.cuda.is_available():
+        assert "torch sees no CUDA GPU on this machine" in error_of(
+            "export", str(tmp_path), "--head-model", str(tmp_path), "--out", str(tmp_path / "x"), "--device", "cuda")
+    assert pick_device("cpu") == torch.device("cpu")
+    assert "9 to 16 cameras" in error_of("synth", str(tmp_path / "s"), "--cameras", "17")
+    assert "at least 16 pixels" in error_of("synth", str(tmp_path / "s"), "--width", "0")
+    assert not (tmp_path / "s").exists()
+    assert "mega figure curves needs --run-dir" in error_of("figure", "curves", "--out", str(tmp_path / "f.png"))
+    assert "needs --union and --eval-dir" in error_of("figure", "grid", "--out", str(tmp_path / "f.png"))
+    # A folder where a file is wanted (or the reverse): the path and the reason.
+    (tmp_path / "a_file").write_text("")
+    assert f"{tmp_path / 'a_file'}" in error_of("head-model", "--out", str(tmp_path / "a_file" / "head"))
+
+
+def test_a_checkpoint_of_another_stage_is_named_for_what_it_is(tmp_path):
+    import pytest
+    import torch
+
+    from mega.errors import DataError
+    from mega.train.checkpoint import load_checkpoint
+
+    torch.save({"config": {}, "model": {}, "frames": {}, "iterations": 2}, tmp_path / "face.pt")
+    assert load_checkpoint(tmp_path / "face.pt", kind="face")["iterations"] == 2
+    with pytest.raises(DataError, match=r"face.pt: expected the joint stage's checkpoint \(joint.pt\), found the "
+                                        r"face stage's checkpoint \(face.pt\), without 'face_config'"):
+        load_checkpoint(tmp_path / "face.pt", kind="joint")
+    with pytest.raises(DataError, match=r"expected the canonical-hair stage's checkpoint \(hair.pt\)"):
+        load_checkpoint(tmp_path / "face.pt", kind="hair")
+
+
+def test_videos_and_the_export_viewer_refuse_what_they_cannot_write_or_show(tmp_path):
+    import numpy as np
+    import pytest
+
+    from mega.errors import ConfigError, DataError
+    from mega.report.videos import write_mp4
+    from mega.view.exports import ExportViewer
+
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 2
+    with pytest.raises(ConfigError, match="name the file .mp4"):
+        write_mp4(frames, tmp_path / "v.gif", 4, (8, 8))
+    assert write_mp4(frames, tmp_path / "v.mp4", 4, (8, 8)).stat().st_size > 0
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "face.obj").write_text("v 1 2\n")
+    with pytest.raises(DataError, match="face.obj: not a readable OBJ mesh"):
+        ExportViewer(tmp_path / "export", port=1)  # refused before any server or port is touched
+    (tmp_path / "export" / "face.obj").write_text("")
+    with pytest.raises(DataError, match="face.obj: expected a triangle mesh"):
+        ExportViewer(tmp_path / "export", port=1)

@@ -244,7 +244,7 @@ def test_the_ablations_file_defines_table2(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("nosh: {face: {sh_degre: 2}}", "variant 'nosh', face: unknown setting 'sh_degre'"),
-    ("nosh: {hair: {sh_degree: high}}", "'sh_degree' = 'high' should be a int"),
+    ("nosh: {hair: {sh_degree: high}}", "'sh_degree' = 'high' should be an integer"),
     ("nosh: {colour: red}", "expected a mapping with keys among"),
     ("No-SH: {}", "names are lower-case"),
     ("mega: {face: {tex_size: 64}}", "the full model has no overrides"),

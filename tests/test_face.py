@@ -173,7 +173,7 @@ def test_each_ablation_removes_its_component(subject, variant):
 def test_unknown_or_mistyped_settings_are_named():
     with pytest.raises(ConfigError, match="unknown setting 'tex_sise'"):
         FaceConfig.from_dict({"tex_sise": 128})
-    with pytest.raises(ConfigError, match="'batch_size' = 'four' should be a int"):
+    with pytest.raises(ConfigError, match="'batch_size' = 'four' should be an integer"):
         FaceConfig.from_dict({"batch_size": "four"})
     with pytest.raises(ConfigError, match="'tex_size' = 100"):
         FaceConfig.from_dict({"tex_size": 100})

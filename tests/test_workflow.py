@@ -145,6 +145,26 @@ def test_the_workflow_is_parsed_without_loading_torch(tmp_path):
     assert "exit 0 torch False" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("overlay, message", [
+    ({"tables": {"table1_subjects": ["synthetc"]}}, "config tables.table1_subjects: unknown subject 'synthetc'"),
+    ({"edits": {"hairswap": [["synthetic", "synthetic_lng"]]}},
+     "config edits.hairswap[0]: unknown subject 'synthetic_lng'"),
+    ({"tables": {"table2_variants": ["mega", "nodisplacement"]}},
+     "config tables.table2_variants: unknown variant(s) nodisplacement"),
+    ({"synthetic": {"face": {"tex_sise": 128}}},
+     "config face (with synthetic.face) of subject 'synthetic': unknown setting 'tex_sise'"),
+    ({"synthetic": {"hair": {"joint_epochs": "four"}}}, "setting 'joint_epochs' = 'four' should be an integer"),
+])
+def test_a_misspelt_name_or_setting_in_the_config_stops_the_workflow_before_any_job(tmp_path, overlay, message):
+    """Names (subjects, variants) and the stages' settings are checked when the workflow is
+    parsed, with the config key in the message: not a traceback, not a job failing after hours."""
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(overlay))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "bad.yaml"), "-n", "--cores", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and message in result.stdout + result.stderr, result.stderr[-2000:]
+
+
 def test_other_synthetic_subjects_pass_their_own_hair_options_to_synth(tmp_path):
     """A subject under synthetic.others is made with its own hair options; the default subject's
     command names none (so that subjects made before the options were added are not remade)."""

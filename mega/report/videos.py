@@ -18,7 +18,7 @@ from mega.atomic import atomic_path
 from mega.avatar import RigidTable
 from mega.data.camera import Camera
 from mega.data.gaussian_avatars import SubjectDataset, collate_samples, to_device
-from mega.errors import DataError
+from mega.errors import ConfigError, DataError
 from mega.eval.face import driving_parameters
 
 
@@ -52,6 +52,8 @@ def write_mp4(frames, path: str | Path, fps: int, size: tuple[int, int]) -> Path
     width, height = size
     padded = (width + width % 2, height + height % 2)
     path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ConfigError(f"{path}: videos are written as H.264 MP4; name the file .mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(str(tmp), padded, fps=fps, codec="libx264", pix_fmt_out="yuv420p",
@@ -62,6 +64,8 @@ def write_mp4(frames, path: str | Path, fps: int, size: tuple[int, int]) -> Path
             canvas[:height, :width] = frame
             writer.send(np.ascontiguousarray(canvas))
         writer.close()
+        if tmp.stat().st_size == 0:  # ffmpeg wrote nothing (it says why on stderr)
+            raise DataError(f"{path}: ffmpeg wrote no video")
     return path
 
 

@@ -19,10 +19,29 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+CHECKPOINT_KINDS = {  # each stage's file: the keys its readers need, its name, whose it is
+    "face": (("config", "model", "frames"), "face.pt", "the face stage's"),
+    "hair": (("hair", "hair_config"), "hair.pt", "the canonical-hair stage's"),
+    "joint": (("face_config", "model", "frames", "hair_config", "deformation"), "joint.pt", "the joint stage's"),
+}
+
+
+def checkpoint_kind(state: dict) -> str:
+    """What a checkpoint's contents look like, in words (for an error about a file passed in the
+    wrong place)."""
+    if state.get("method") == "gaussianavatars":
+        return "the GaussianAvatars baseline's checkpoint (gaussianavatars.pt)"
+    for keys, name, whose in CHECKPOINT_KINDS.values():
+        if all(key in state for key in keys):
+            return f"{whose} checkpoint ({name})"
+    return f"a checkpoint with keys {', '.join(sorted(map(str, state)))}"
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", kind: str | None = None) -> dict:
     """The contents of a checkpoint that :func:`save_checkpoint` wrote. A missing, truncated or
     corrupt file (a copy cut short, a disk filled up) is a :class:`DataError` that names it,
-    for every command that reads one, rather than the unpickler's traceback."""
+    for every command that reads one, rather than the unpickler's traceback; so is a file of
+    another stage where ``kind`` (face, hair, joint: :data:`CHECKPOINT_KINDS`) asks for one."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
@@ -34,6 +53,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
                         "it") from None
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a checkpoint dictionary, found {type(state).__name__}")
+    if kind is not None:
+        keys, name, whose = CHECKPOINT_KINDS[kind]
+        missing = [key for key in keys if key not in state]
+        if missing:
+            raise DataError(f"{path}: expected {whose} checkpoint ({name}), found {checkpoint_kind(state)}, "
+                            f"without {', '.join(repr(k) for k in missing)}; pass that stage's file")
     return state
 
 

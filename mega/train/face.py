@@ -248,7 +248,7 @@ def model_weights(state: dict) -> dict[str, Tensor]:
 
 def load_face(path: str | Path, head: HeadModel, device: str = "cpu") -> tuple[NeuralFace, FrameParameters]:
     """A trained face from ``face.pt`` (settings, weights, per-frame FLAME parameters)."""
-    state = load_checkpoint(path, device)
+    state = load_checkpoint(path, device, "face")
     config = FaceConfig.from_dict(state["config"], where=str(path))
     model = NeuralFace(head, config).to(device)
     model.load_state_dict(model_weights(state))

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from mega.data.cache import MemoryCachedDataset
 from mega.data.gaussian_avatars import collate_samples, to_device
-from mega.errors import TrainingError
+from mega.errors import ConfigError, TrainingError
 from mega.report.training_figure import write_loss_figure
 from mega.train.checkpoint import CsvLog, load_checkpoint, save_checkpoint
 
@@ -136,9 +136,23 @@ def steps_per_epoch(n_samples: int, batch_size: int) -> int:
 
 
 def pick_device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA where torch sees a GPU, else the CPU), or the device named, checked: a
+    name torch does not know, or a GPU this machine does not have, is a :class:`ConfigError`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r}: not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+    if picked.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: torch sees no CUDA GPU on this machine "
+                              f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu "
+                              f"or auto")
+        if picked.index is not None and picked.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return picked
 
 
 def settings_changes(saved: dict, now: dict, resumable: set[str]) -> list[str]:

@@ -43,6 +43,21 @@ def export_files(export_dir: str | Path) -> tuple[list[Path], list[Path]]:
     return meshes, plys
 
 
+def load_mesh(path: Path) -> trimesh.Trimesh:
+    """A face OBJ as trimesh reads it, checked: an error naming the file when it is no triangle
+    mesh with finite vertices (a file cut short, another format)."""
+    try:
+        mesh = trimesh.load(path, process=False, force="mesh")
+    except Exception as error:  # trimesh raises many kinds (ValueError, IndexError, KeyError, ...)
+        raise DataError(f"{path}: not a readable OBJ mesh ({type(error).__name__}: {error}); write it again "
+                        f"with `mega export`") from None
+    vertices = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))))
+    if len(vertices) == 0 or len(getattr(mesh, "faces", ())) == 0 or not np.isfinite(vertices).all():
+        raise DataError(f"{path}: expected a triangle mesh with finite vertices, found {len(vertices)} vertices "
+                        f"and {len(getattr(mesh, 'faces', ()))} faces; write it again with `mega export`")
+    return mesh
+
+
 class ExportViewer:
     """A viser server showing the files of one export folder; ``stop()`` ends it."""
 
@@ -52,6 +67,9 @@ class ExportViewer:
         from mega.view.server import check_port_free
 
         meshes, plys = export_files(export_dir)
+        # Every file is read and checked before the server starts: a bad one is one clear error.
+        loaded_meshes = {path: load_mesh(path) for path in meshes}
+        loaded_splats = {path: splats_of(path) for path in plys}
         check_port_free(host, port)
         self.server = viser.ViserServer(host=host, port=port, label="mega exports", verbose=False)
         self.port = self.server.get_port()
@@ -59,12 +77,10 @@ class ExportViewer:
         scene.set_up_direction("+y")  # FLAME's canonical frame: y up, the face towards +z
         self.nodes = {}
         centres = []
-        for path in meshes:
-            mesh = trimesh.load(path, process=False, force="mesh")
+        for path, mesh in loaded_meshes.items():
             self.nodes[path.name] = scene.add_mesh_trimesh(f"/{path.stem}", mesh)
             centres.append(np.asarray(mesh.vertices).mean(0))
-        for path in plys:
-            splats = splats_of(path)
+        for path, splats in loaded_splats.items():
             self.nodes[path.name] = scene.add_gaussian_splats(f"/{path.stem}", **splats)
             centres.append(splats["centers"].mean(0))
         centre = np.mean(centres, 0)

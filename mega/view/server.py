@@ -34,7 +34,10 @@ MOVING_S = 0.3  # a camera updated this recently is moving: half-resolution fram
 
 
 def check_port_free(host: str, port: int) -> None:
-    """A clear error for a port in use (viser would otherwise move to the next one quietly)."""
+    """A clear error for a port in use (viser would otherwise move to the next one quietly) or
+    out of range."""
+    if not 1 <= port <= 65535:
+        raise DataError(f"--port {port}: a TCP port is 1 to 65535")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

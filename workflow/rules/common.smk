@@ -337,3 +337,49 @@ def paint_settings(wildcards):
         settings.update(config.get("synthetic", {}).get("paint", {}))
     settings.update(paint_entry(wildcards).get("settings", {}))
     return json.dumps(settings, separators=(",", ":"))
+
+
+def check_config_names():
+    """Every subject, variant and baseline the config names is one the workflow knows: a
+    misspelt name would otherwise surface as a traceback, or as a missing file that does not say
+    which key named it."""
+    known = {*SYNTHETIC_SUBJECTS, *config["subjects"]}
+    named = [("tables.table1_subjects", s) for s in TABLES.get("table1_subjects") or []]
+    named.append(("tables.ablation_subject", ABLATION_SUBJECT))
+    for i, pair in enumerate(EDITS.get("hairswap", [])):
+        named += [(f"edits.hairswap[{i}]", subject) for subject in pair]
+    named += [(f"edits.paint.{n}.subject", e.get("subject")) for n, e in EDITS.get("paint", {}).items()]
+    for key, subject in named:
+        if subject not in known:
+            raise ValueError(
+                f"config {key}: unknown subject '{subject}'; the subjects are "
+                f"{', '.join(sorted(known))} (subjects: in the config, synthetic, synthetic.others)"
+            )
+    unknown = [v for v in TABLE2_VARIANTS if v not in ABLATIONS]
+    if unknown:
+        raise ValueError(
+            f"config tables.table2_variants: unknown variant(s) {', '.join(unknown)}; "
+            f"{ABLATIONS_FILE} defines {', '.join(ABLATIONS)}"
+        )
+
+
+def check_stage_settings():
+    """The face, hair and GaussianAvatars settings every subject trains with, read as the jobs
+    will read them: a misspelt key, a wrong type or a value out of range stops the workflow here,
+    naming the config sections, rather than in a job after the ones before it have run."""
+    from types import SimpleNamespace
+
+    from mega.face.config import FaceConfig
+    from mega.gaussianavatars.config import GaussianAvatarsConfig
+    from mega.hair.config import HairConfig
+
+    for subject in [*SYNTHETIC_SUBJECTS, *config["subjects"]]:
+        own = "synthetic" if is_synthetic(subject) else f"subjects.{subject}"
+        wildcards = SimpleNamespace(subject=subject, variant="mega")
+        for section, settings_of, kind in (
+            ("face", face_settings, FaceConfig),
+            ("hair", hair_settings, HairConfig),
+            ("gaussianavatars", gaussianavatars_settings, GaussianAvatarsConfig),
+        ):
+            where = f"config {section} (with {own}.{section}) of subject '{subject}'"
+            kind.from_dict(json.loads(settings_of(wildcards)), where=where)
