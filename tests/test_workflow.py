@@ -154,6 +154,8 @@ def test_the_workflow_is_parsed_without_loading_torch(tmp_path):
     ({"synthetic": {"face": {"tex_sise": 128}}},
      "config face (with synthetic.face) of subject 'synthetic': unknown setting 'tex_sise'"),
     ({"synthetic": {"hair": {"joint_epochs": "four"}}}, "setting 'joint_epochs' = 'four' should be an integer"),
+    ({"edits": {"paint_settings": {"lr_texture": 0}}}, "config edits.paint_settings (with synthetic.paint, "
+                                                       "edits.paint.cheek_mark.settings): 'lr_texture' must be positive"),
 ])
 def test_a_misspelt_name_or_setting_in_the_config_stops_the_workflow_before_any_job(tmp_path, overlay, message):
     """Names (subjects, variants) and the stages' settings are checked when the workflow is

@@ -45,32 +45,14 @@ from torch import Tensor, nn
 
 from mega.avatar import Avatar, RigidTable
 from mega.data.gaussian_avatars import SubjectDataset, SubjectFrames, collate_samples, to_device
+from mega.edit.paint_config import PaintConfig
 from mega.errors import DataError
 from mega.face.frames import FrameParameters
 from mega.face.export import texel_centre_uvs
 from mega.render.mesh import interpolate, rasterize, texture_at
-from mega.settings import Settings
 from mega.train.loop import LoopSettings, ParameterGroup, train
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PaintConfig(Settings):
-    """Settings of the painting optimisation (the authors' rates; steps from config)."""
-
-    kind = "paint settings"
-
-    iterations: int = 2000
-    batch_size: int = 2  # other views a step, beside the painted one
-    lr_texture: float = 0.01
-    lr_pixel_decoder: float = 1e-4
-    keep_weight: float = 1.0  # λ_keep
-    texel_keep_weight: float = 30.0  # λ_texel
-    texel_keep_samples: int = 65536  # unpainted texels decoded per view a step (all when fewer)
-    painted_texel_weight: float = 1.0  # λ_paint: the painted texels decode to the paint in other views
-    seed: int = 0
-    checkpoint_every: int = 200
 
 
 # ----------------------------------------------------------------------------- inputs

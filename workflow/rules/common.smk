@@ -348,7 +348,9 @@ def check_config_names():
     named.append(("tables.ablation_subject", ABLATION_SUBJECT))
     for i, pair in enumerate(EDITS.get("hairswap", [])):
         named += [(f"edits.hairswap[{i}]", subject) for subject in pair]
-    named += [(f"edits.paint.{n}.subject", e.get("subject")) for n, e in EDITS.get("paint", {}).items()]
+    named += [
+        (f"edits.paint.{n}.subject", e.get("subject")) for n, e in EDITS.get("paint", {}).items()
+    ]
     for key, subject in named:
         if subject not in known:
             raise ValueError(
@@ -364,11 +366,13 @@ def check_config_names():
 
 
 def check_stage_settings():
-    """The face, hair and GaussianAvatars settings every subject trains with, read as the jobs
-    will read them: a misspelt key, a wrong type or a value out of range stops the workflow here,
-    naming the config sections, rather than in a job after the ones before it have run."""
+    """The face, hair and GaussianAvatars settings every subject trains with, and the paintings',
+    read as the jobs will read them: a misspelt key, a wrong type or a value out of range stops
+    the workflow here, naming the config sections, rather than in a job after the ones before it
+    have run."""
     from types import SimpleNamespace
 
+    from mega.edit.paint_config import PaintConfig
     from mega.face.config import FaceConfig
     from mega.gaussianavatars.config import GaussianAvatarsConfig
     from mega.hair.config import HairConfig
@@ -383,3 +387,7 @@ def check_stage_settings():
         ):
             where = f"config {section} (with {own}.{section}) of subject '{subject}'"
             kind.from_dict(json.loads(settings_of(wildcards)), where=where)
+    for name, entry in EDITS.get("paint", {}).items():
+        wildcards = SimpleNamespace(subject=entry["subject"], name=name)
+        where = f"config edits.paint_settings (with synthetic.paint, edits.paint.{name}.settings)"
+        PaintConfig.from_dict(json.loads(paint_settings(wildcards)), where=where)
