@@ -278,22 +278,19 @@ def _train_gaussianavatars(args) -> None:
 def _render(args) -> None:
     from mega.flame.head_model import load_head_model_folder
     from mega.report.avatar_renders import render_split
-    from mega.train.loop import pick_device
 
+    device = _device_of(args)
     head = load_head_model_folder(args.head_model)
-    paths = render_split(args.run_dir, head, args.union, args.split, args.rigid, args.out, pick_device(args.device),
-                         limit=args.limit)
+    paths = render_split(args.run_dir, head, args.union, args.split, args.rigid, args.out, device, limit=args.limit)
     log.info("wrote %d renders to %s", len(paths), args.out)
 
 
 def _export(args) -> None:
     from mega.export import export_avatar, export_gaussianavatars
     from mega.flame.head_model import load_head_model_folder
-    from mega.train.loop import pick_device
-
     from mega.train.gaussianavatars import is_gaussianavatars_run
 
-    device = pick_device(args.device)  # before any file is read: a device this machine lacks is said first
+    device = _device_of(args)  # before any file is read: a device this machine lacks is said first
     run, head = Path(args.run_dir), load_head_model_folder(args.head_model)
     if args.timestep_index is not None and args.rigid is None and not is_gaussianavatars_run(run):
         raise MegaError("mega export --timestep-index: the hair of a frame needs the subject's rigid hair table; "
@@ -527,12 +524,11 @@ def _export_face(args) -> None:
     from mega.face.export import export_face_mesh
     from mega.flame.head_model import load_head_model_folder
     from mega.train.face import load_face
-    from mega.train.loop import pick_device
 
     checkpoint = Path(args.run_dir) / "face.pt"
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no trained face (run `mega train-face --out {args.run_dir}` first)")
-    model, frames = load_face(checkpoint, load_head_model_folder(args.head_model), pick_device(args.device))
+    model, frames = load_face(checkpoint, load_head_model_folder(args.head_model), _device_of(args))
     paths = export_face_mesh(model, frames, args.timestep_index, args.out)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
@@ -670,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-index", type=int, help="the mesh of this frame, world coordinates (default: the "
                                                       "canonical head: zero expression and pose)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=_export_face)
 
     p = sub.add_parser("hair-rigid", help="the hair's per-frame rigid transforms (paper eq. 5): ICP of the "
@@ -729,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestep-index", type=int, help="also the face mesh and the hair of this frame")
     p.add_argument("--rigid", help="hair_rigid.npz of the subject (needed with --timestep-index)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA where torch sees a GPU)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("render", help="render a trained avatar on a split's cameras and FLAME parameters: face, "
@@ -741,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("train", "val", "test", "onef"))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=positive_int, help="render only the first N images")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA where torch sees a GPU)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("evaluate", help="evaluate a trained avatar (MeGA, or the GaussianAvatars baseline) on the val "
