@@ -28,8 +28,10 @@ class RigidTable(nn.Module):
     """Per-timestep rigid transforms of the hair (eq. 5): rotation [T, 3, 3], translation [T, 3],
     looked up by timestep index like :class:`FrameParameters`."""
 
-    def __init__(self, timestep: np.ndarray, rotation: np.ndarray, translation: np.ndarray):
+    def __init__(self, timestep: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
+                 source: str = "the hair_rigid.npz"):
         super().__init__()
+        self.source = source  # the file the table came from, for errors
         n = int(np.max(timestep)) + 1
         R = torch.eye(3).repeat(n, 1, 1)
         t = torch.zeros(n, 3)
@@ -46,13 +48,16 @@ class RigidTable(nn.Module):
         from mega.hair.rigid import read_hair_rigid
 
         rigid = read_hair_rigid(path)
-        return cls(rigid["timestep"], rigid["rotation"], rigid["translation"])
+        return cls(rigid["timestep"], rigid["rotation"], rigid["translation"], source=str(path))
 
     def forward(self, timestep: Tensor) -> tuple[Tensor, Tensor]:
         timestep = timestep.to(self.known.device)
         if timestep.max() >= self.known.shape[0] or not bool(self.known[timestep].all()):
-            raise DataError(f"no rigid hair transform for timesteps {timestep.tolist()}: the hair_rigid.npz "
-                            f"was made for another subject or split; make it again")
+            missing = sorted({int(t) for t in timestep.tolist()
+                              if t >= self.known.shape[0] or not bool(self.known[t])})
+            raise DataError(f"{self.source}: no rigid hair transform for timesteps {missing} (it has "
+                            f"{int(self.known.sum())} timesteps): it was made for another subject or split; "
+                            f"make it again (mega hair-rigid)")
         return self.rotation[timestep], self.translation[timestep]
 
 

@@ -226,5 +226,17 @@ def test_a_missing_or_unreadable_table_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         read_hair_rigid(tmp_path / "absent.npz")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable"):
+    with pytest.raises(DataError, match="broken.npz: not a NumPy .npz of hair transforms"):
         read_hair_rigid(tmp_path / "broken.npz")
+
+
+def test_a_table_without_a_frames_transform_names_its_file_and_the_frames(tmp_path):
+    import torch
+
+    from mega.avatar import RigidTable
+
+    np.savez(tmp_path / "hair_rigid.npz", **valid_table(3))
+    table = RigidTable.from_file(tmp_path / "hair_rigid.npz")
+    assert table(torch.tensor([0, 2]))[0].shape == (2, 3, 3)
+    with pytest.raises(DataError, match=r"hair_rigid.npz: no rigid hair transform for timesteps \[3, 5\] \(it has 3"):
+        table(torch.tensor([1, 3, 5, 3]))

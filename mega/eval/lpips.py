@@ -128,7 +128,10 @@ def load_lpips(weights: str | Path, device: torch.device | str = "cpu") -> nn.Mo
         saved = torch.load(weights, map_location="cpu", weights_only=True)
         state = saved["state"]
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise DataError(f"{weights}: not an LPIPS weights file written by `mega lpips-weights` ({error}); "
+        # torch's own messages are about its loader (weights_only, pickles), not about this file.
+        reason = ("no 'state' entry" if isinstance(error, (KeyError, TypeError))
+                  else f"unreadable as a torch file: {type(error).__name__}")
+        raise DataError(f"{weights}: not an LPIPS weights file written by `mega lpips-weights` ({reason}); "
                         f"{HELP}") from None
     network = _lpips_network()
     missing, unexpected = network.load_state_dict(state, strict=False)

@@ -220,7 +220,8 @@ def read_hair_rigid(path: str | Path) -> dict:
         with np.load(path) as npz:
             found = {key: npz[key] for key in npz.files}
     except Exception as e:
-        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: not a NumPy .npz of hair transforms ({type(e).__name__}); write it with "
+                        f"`mega hair-rigid`") from e
     for key in FIELDS:
         if key not in found:
             raise DataError(f"{path}: field '{key}' is missing (expected fields: {', '.join(FIELDS)})")
