@@ -51,3 +51,17 @@ def test_every_problem_is_listed_with_its_file(tmp_path, capsys):
 def test_a_missing_folder_is_named(tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "nowhere: folder not found" in capsys.readouterr().err
+
+
+def test_a_missing_split_file_is_reported_once_and_a_missing_parsing_folder_by_its_path(tmp_path):
+    import pytest
+
+    from mega.data.overlay import build_overlay
+    from mega.errors import DataError
+
+    union = write_fixture_subject(tmp_path / "data", n_sequences=2, n_timesteps=1)
+    with pytest.raises(DataError, match="nowhere: the parsing folder given does not exist"):
+        build_overlay(union, tmp_path / "overlay", parsing_dir=tmp_path / "nowhere")
+    (union / "transforms_val.json").unlink()
+    _, problems = ingest_subject(union)
+    assert sum("transforms_val.json" in p for p in problems) == 1, problems

@@ -58,7 +58,10 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
             for k in EXTRAS:
                 totals[k] += present[k]
     try:
-        problems += validate_union(union, extras=False)
+        layout = validate_union(union, extras=False)
+        # A split file the reader already reported missing is not listed twice.
+        reported = {problem.split(": ", 1)[0] for problem in problems}
+        problems += [p for p in layout if not (p.endswith(": missing") and p[:-len(": missing")] in reported)]
     except Exception as error:  # noqa: BLE001 - a corrupt file stops the check; say where, keep the rest
         problems.append(f"{union}: the layout check stopped at {type(error).__name__}: {error}")
     inventory["images"] = totals["images"]

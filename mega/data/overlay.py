@@ -61,6 +61,10 @@ def build_overlay(union: str | Path, out_root: str | Path, parsing_dir: str | Pa
     if not union.is_dir():
         raise DataError(f"{union}: the subject's UNION folder is missing")
     replacements = {"parsing": parsing_dir, "depths": depth_dir}
+    for folder, root in replacements.items():
+        if root is not None and not Path(root).is_dir():
+            raise DataError(f"{root}: the {folder} folder given does not exist (expected one folder per sequence "
+                            f"inside it)")
     building = out_root.with_name(out_root.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
