@@ -648,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "noview, nodyn, nosubdiv, nodisp ...): its face overrides apply on top of --settings")
     p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' overrides (default: %(default)s)")
     p.add_argument("--settings", help="face settings as JSON, e.g. '{\"tex_size\": 128}' (see mega/face/config.py)")
-    p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' epochs)")
+    p.add_argument("--iterations", type=positive_int, help="a fixed number of steps (overrides the settings' epochs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "overrides apply on top of --settings (gsdepth, allgs)")
         p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' overrides (default: %(default)s)")
         p.add_argument("--settings", help="hair settings as JSON (see mega/hair/config.py)")
-        p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' epochs)")
+        p.add_argument("--iterations", type=positive_int, help="a fixed number of steps (overrides the settings' epochs)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
         p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
         p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
@@ -711,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "checkpoint, loss log and metrics")
     p.add_argument("--head-model", required=True, help="folder written by `mega head-model`")
     p.add_argument("--settings", help="settings as JSON (see mega/gaussianavatars/config.py)")
-    p.add_argument("--iterations", type=int, help="a fixed number of steps (overrides the settings' schedule length)")
+    p.add_argument("--iterations", type=positive_int, help="a fixed number of steps (overrides the settings' schedule length)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
                    help="a checkpoint written with other settings: stop (fail) or start over (restart)")
