@@ -202,7 +202,7 @@ def test_validator_names_file_and_field(tmp_path):
 
 def test_bad_options_are_refused(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "x"), "--cameras", "4", "--quiet"]) == 2
-    assert "9 cameras" in capsys.readouterr().err
+    assert "9 to 16 cameras" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "none"), *TINY, "--hair-strands", "0"]) == 2
     assert "--hair-strands must be at least 1 (got 0)" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "back"), *TINY, "--hair-sway-mm", "-1"]) == 2
