@@ -340,9 +340,9 @@ def paint_settings(wildcards):
 
 
 def check_config_names():
-    """Every subject, variant and baseline the config names is one the workflow knows: a
-    misspelt name would otherwise surface as a traceback, or as a missing file that does not say
-    which key named it."""
+    """Every subject and variant the config names is one the workflow knows (the schema checks
+    the baselines' names): a misspelt name would otherwise surface as a traceback, or as a
+    missing file that does not say which key named it."""
     known = {*SYNTHETIC_SUBJECTS, *config["subjects"]}
     named = [("tables.table1_subjects", s) for s in TABLES.get("table1_subjects") or []]
     named.append(("tables.ablation_subject", ABLATION_SUBJECT))
