@@ -20,7 +20,7 @@ def test_head_model_writes_loadable_files_summary_and_preview(tmp_path):
 
 def test_flame_source_without_paths_is_a_config_error(tmp_path, capsys):
     assert main(["head-model", "--source", "flame", "--out", str(tmp_path)]) == 2
-    assert "head_model.flame.model is not set" in capsys.readouterr().err
+    assert "head_model.flame.model is not set (--model on the command line)" in capsys.readouterr().err
 
 
 def test_inspect_subject(tmp_path):

@@ -17,7 +17,8 @@ def head_model_from_source(source: str, model: str | Path | None = None, masks: 
     if source == "flame":
         missing = [name for name, value in (("model", model), ("masks", masks), ("template", template)) if not value]
         if missing:
-            raise ConfigError(f"head_model.source is 'flame' but head_model.flame.{missing[0]} is not set; "
-                              "give the paths of flame2023.pkl, FLAME_masks.pkl and head_template_mesh.obj")
+            raise ConfigError(f"head_model.source is 'flame' but head_model.flame.{missing[0]} is not set "
+                              f"(--{missing[0]} on the command line); give the paths of flame2023.pkl, "
+                              "FLAME_masks.pkl and head_template_mesh.obj")
         return load_head_model(model, masks, template)
     raise ConfigError(f"head_model.source is '{source}', expected 'toy' or 'flame'")
