@@ -148,3 +148,11 @@ def test_videos_and_the_export_viewer_refuse_what_they_cannot_write_or_show(tmp_
     (tmp_path / "export" / "face.obj").write_text("")
     with pytest.raises(DataError, match="face.obj: expected a triangle mesh"):
         ExportViewer(tmp_path / "export", port=1)
+    # A texture the material names but the folder lacks is reported (the mesh is shown without it).
+    from mega.view.exports import missing_textures
+
+    (tmp_path / "export" / "face.obj").write_text("mtllib face.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    (tmp_path / "export" / "face.mtl").write_text("newmtl skin\nmap_Kd face_diffuse.png\n")
+    assert missing_textures(tmp_path / "export" / "face.obj") == [tmp_path / "export" / "face_diffuse.png"]
+    (tmp_path / "export" / "face_diffuse.png").write_bytes(b"")
+    assert missing_textures(tmp_path / "export" / "face.obj") == []

@@ -5,6 +5,7 @@ drawn by the page itself (viser's three.js scene), one toggle per file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from mega.errors import DataError
 from mega.hair.ply import read_gaussian_ply
 from mega.render.gaussians import quaternion_to_matrix
 from mega.render.sh import SH_C0
+
+log = logging.getLogger(__name__)
 
 
 def splats_of(path: str | Path) -> dict[str, np.ndarray]:
@@ -43,6 +46,27 @@ def export_files(export_dir: str | Path) -> tuple[list[Path], list[Path]]:
     return meshes, plys
 
 
+def missing_textures(obj_path: Path) -> list[Path]:
+    """The texture images an OBJ's material files name (``mtllib`` → ``map_Kd``) that do not exist."""
+    missing = []
+    try:
+        lines = obj_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return missing
+    for line in lines:
+        if line.startswith("mtllib "):
+            material = obj_path.parent / line.split(maxsplit=1)[1].strip()
+            if not material.is_file():
+                missing.append(material)
+                continue
+            for entry in material.read_text(errors="replace").splitlines():
+                if entry.strip().startswith("map_Kd "):
+                    texture = material.parent / entry.strip().split(maxsplit=1)[1]
+                    if not texture.is_file():
+                        missing.append(texture)
+    return missing
+
+
 def load_mesh(path: Path) -> trimesh.Trimesh:
     """A face OBJ as trimesh reads it, checked: an error naming the file when it is no triangle
     mesh with finite vertices (a file cut short, another format)."""
@@ -51,6 +75,8 @@ def load_mesh(path: Path) -> trimesh.Trimesh:
     except Exception as error:  # trimesh raises many kinds (ValueError, IndexError, KeyError, ...)
         raise DataError(f"{path}: not a readable OBJ mesh ({type(error).__name__}: {error}); write it again "
                         f"with `mega export`") from None
+    for texture in missing_textures(path):
+        log.warning("%s: its texture %s is missing; the mesh is shown without it", path, texture)
     vertices = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))))
     if len(vertices) == 0 or len(getattr(mesh, "faces", ())) == 0 or not np.isfinite(vertices).all():
         raise DataError(f"{path}: expected a triangle mesh with finite vertices, found {len(vertices)} vertices "
