@@ -39,6 +39,9 @@ def test_overlay_puts_made_parsing_in_place_and_adds_the_one_frame_split(tmp_pat
 def test_overlay_names_what_is_missing(tmp_path, capsys):
     bare = write_fixture_subject(tmp_path / "bare", n_sequences=2, n_timesteps=1, n_cameras=9, extras=False)
     assert main(["overlay", str(bare), "--out", str(tmp_path / "o"), "--parsing", str(tmp_path / "none")]) == 2
+    assert "none: the parsing folder given does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["overlay", str(bare), "--out", str(tmp_path / "o"), "--parsing", str(tmp_path / "empty")]) == 2
     assert "the parsing of sequence" in capsys.readouterr().err
     assert main(["overlay", str(bare), "--out", str(tmp_path / "o"), "--onef-timestep", "99"]) == 2
     assert "no frame has timestep_index 99" in capsys.readouterr().err
