@@ -916,7 +916,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:
         # A path the command cannot read or write (a file where a folder is wanted, no permission,
-        # a full disk): the file and the reason, no traceback.
+        # a full disk): the file and the reason, no traceback (with --verbose, the traceback).
+        if args.verbose:
+            raise
         where = f"{e.filename}: " if e.filename else ""
         print(f"mega {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2

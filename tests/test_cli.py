@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mega.cli import main
 from mega.data.fixtures import write_fixture_subject
 from mega.flame import load_head_model
@@ -111,10 +113,11 @@ def test_bad_arguments_are_one_clear_line_naming_what_to_change(tmp_path, capsys
     # A folder where a file is wanted (or the reverse): the path and the reason.
     (tmp_path / "a_file").write_text("")
     assert f"{tmp_path / 'a_file'}" in error_of("head-model", "--out", str(tmp_path / "a_file" / "head"))
+    with pytest.raises(OSError):  # --verbose keeps the traceback, for a report
+        main(["--verbose", "head-model", "--out", str(tmp_path / "a_file" / "head")])
 
 
 def test_a_checkpoint_of_another_stage_is_named_for_what_it_is(tmp_path):
-    import pytest
     import torch
 
     from mega.errors import DataError
@@ -131,7 +134,6 @@ def test_a_checkpoint_of_another_stage_is_named_for_what_it_is(tmp_path):
 
 def test_videos_and_the_export_viewer_refuse_what_they_cannot_write_or_show(tmp_path):
     import numpy as np
-    import pytest
 
     from mega.errors import ConfigError, DataError
     from mega.report.videos import write_mp4
