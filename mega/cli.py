@@ -665,8 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestep-index", type=int, help="the mesh of this frame, world coordinates (default: the "
                                                       "canonical head: zero expression and pose)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    _device_arguments(p, "cpu")
     p.set_defaults(func=_export_face)
 
     p = sub.add_parser("hair-rigid", help="the hair's per-frame rigid transforms (paper eq. 5): ICP of the "
@@ -726,8 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestep-index", type=int, help="also the face mesh and the hair of this frame")
     p.add_argument("--rigid", help="hair_rigid.npz of the subject (needed with --timestep-index)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA where torch sees a GPU)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    _device_arguments(p, "cpu")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("render", help="render a trained avatar on a split's cameras and FLAME parameters: face, "
@@ -739,8 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("train", "val", "test", "onef"))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=positive_int, help="render only the first N images")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA where torch sees a GPU)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    _device_arguments(p)
     p.set_defaults(func=_render)
 
     p = sub.add_parser("evaluate", help="evaluate a trained avatar (MeGA, or the GaussianAvatars baseline) on the val "
@@ -892,9 +889,14 @@ def _check_turntable_arguments(args) -> None:
         raise MegaError(f"--frames must be at least 2 and --fps at least 1, got {args.frames} and {args.fps}")
 
 
+def _device_arguments(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """--device and --threads (read by :func:`_device_of`)."""
+    p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (CUDA where torch sees a GPU)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+
+
 def _runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    _device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
