@@ -649,13 +649,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' overrides (default: %(default)s)")
     p.add_argument("--settings", help="face settings as JSON, e.g. '{\"tex_size\": 128}' (see mega/face/config.py)")
     p.add_argument("--iterations", type=positive_int, help="a fixed number of steps (overrides the settings' epochs)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
                    help="a checkpoint written with other settings: stop and say what differs (fail), or "
                         "discard it and start over (restart; the workflow's choice)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _runtime_arguments(p)
     p.set_defaults(func=_train_face)
 
     p = sub.add_parser("export-face", help="write a trained face as face.obj + face.mtl + face_diffuse.png "
@@ -695,12 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ablations", default=str(ABLATIONS), help="the variants' overrides (default: %(default)s)")
         p.add_argument("--settings", help="hair settings as JSON (see mega/hair/config.py)")
         p.add_argument("--iterations", type=positive_int, help="a fixed number of steps (overrides the settings' epochs)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
         p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
         p.add_argument("--on-settings-change", choices=("fail", "restart"), default="fail",
                        help="a checkpoint written with other settings: stop (fail) or start over (restart)")
-        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _runtime_arguments(p)
         p.set_defaults(func=_train_hair if command == "train-hair" else _train_joint)
 
     p = sub.add_parser("train-gaussianavatars", help="the GaussianAvatars baseline (Gaussians bound to FLAME's "
