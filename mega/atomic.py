@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,7 +42,19 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj, indent: int = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent) + "\n")
+    """``obj`` as strict JSON: a NaN or infinite number (a metric over no pixel, such as a bald
+    subject's hair PSNR) is written null, which every JSON reader takes (jq, browsers, pandas)."""
+    write_text(path, json.dumps(_finite_or_null(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def _finite_or_null(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(value) for value in obj]
+    return obj
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -319,7 +319,13 @@ def offset_regulariser(offsets: dict[str, Tensor]) -> dict[str, Tensor]:
     returns name → scalar. The authors weight rotation, scaling, opacity and the degree-0 colour
     by 10 each and give the position offset no weight. The norm's gradient at a zero offset is
     0, which matters: the field starts at exactly zero."""
-    return {name: torch.linalg.vector_norm(offset, dim=-1).mean() for name, offset in offsets.items()}
+    return {name: _mean(torch.linalg.vector_norm(offset, dim=-1)) for name, offset in offsets.items()}
+
+
+def _mean(values: Tensor) -> Tensor:
+    """The mean, and 0 (with a gradient path) over no element: a hairless avatar's hair has no
+    Gaussian, and its regularisers nothing to regularise."""
+    return values.mean() if values.numel() else values.sum()
 
 
 def knn_indices(points: Tensor, k: int = 7, pair_budget: int = 1 << 24) -> Tensor:
@@ -329,11 +335,15 @@ def knn_indices(points: Tensor, k: int = 7, pair_budget: int = 1 << 24) -> Tenso
     points [N, 3] → [N, k] long. Brute force in chunks of at most ``pair_budget`` point pairs,
     so 150k canonical Gaussians fit in a CPU's memory; meant to run once per stage on the frozen
     canonical hair. k = 7 reproduces the authors' AIAP neighbourhood: their ``K = 8`` neighbour
-    search counts each point as its own first neighbour and drops it.
+    search counts each point as its own first neighbour and drops it. Fewer points than k + 1
+    give each point all the others ([N, N − 1]; none: [0, k]).
     """
     N = points.shape[0]
-    if points.dim() != 2 or N <= k:
-        raise ValueError(f"points: expected [N, 3] with N > k = {k}, got {tuple(points.shape)}")
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points: expected [N, 3], got {tuple(points.shape)}")
+    if N == 0:
+        return torch.zeros(0, k, dtype=torch.long, device=points.device)
+    k = min(k, N - 1)
     rows = max(1, pair_budget // N)
     with torch.no_grad():
         points = points.detach()
@@ -385,10 +395,10 @@ def aiap_losses(canonical_means: Tensor, deformed_means: Tensor, canonical_cov: 
     """
     if rotation is not None:
         deformed_cov = rotation.transpose(-1, -2)[:, None] @ deformed_cov @ rotation[:, None]
-    xyz = (_neighbour_distances(canonical_means, neighbours)
-           - _neighbour_distances(deformed_means, neighbours)).abs().mean()
-    cov = (_neighbour_distances(_upper_triangle(canonical_cov), neighbours)
-           - _neighbour_distances(_upper_triangle(deformed_cov), neighbours)).abs().mean()
+    xyz = _mean((_neighbour_distances(canonical_means, neighbours)
+                 - _neighbour_distances(deformed_means, neighbours)).abs())
+    cov = _mean((_neighbour_distances(_upper_triangle(canonical_cov), neighbours)
+                 - _neighbour_distances(_upper_triangle(deformed_cov), neighbours)).abs())
     return xyz, cov
 
 

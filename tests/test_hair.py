@@ -35,10 +35,11 @@ TINY_HAIR = HairConfig(init_on_scalp=150, init_off_scalp=300, hair_iterations=2,
                        val_views=2, data_workers=0, densify_from_images=1_000_000)
 
 
-def tiny_subject(root: Path):
-    """(UNION folder, head model) of a 28 × 40 synthetic subject made in ``root``."""
+def tiny_subject(root: Path, *synth_options: str):
+    """(UNION folder, head model) of a 28 × 40 synthetic subject made in ``root`` (``synth_options``:
+    more of `mega synth`'s, e.g. its hairstyle)."""
     assert main(["head-model", "--out", str(root / "head_model")]) == 0
-    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT]) == 0
+    assert main(["synth", str(root / "synthetic"), *TINY_SUBJECT, *synth_options]) == 0
     return synthesized_union(root / "synthetic"), load_head_model_folder(root / "head_model")
 
 
@@ -429,6 +430,7 @@ def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     assert list(log["step"]) == [1, 2] and log["total"][1] < log["total"][0]
     assert metrics["n_gaussians"] == 450 and 0 <= metrics["training_views"]["hair_iou"] <= 1
     assert (out / "hair.pt").is_file() and (out / "hair" / "views.png").is_file()
+    assert metrics["hair_share"] > 0.1 and "hairless" not in metrics  # hair on its head: trained
 
     metrics = train_joint(union, run / "face.pt", out / "hair.pt", rigid, out, head, TINY_HAIR, progress=False)
     log = pd.read_csv(out / "joint" / "loss.csv")
@@ -445,6 +447,63 @@ def test_two_iterations_of_each_stage_lower_its_loss(trained, tmp_path):
     after = avatar.face.state_dict()
     assert all(torch.equal(after[k], v) for k, v in face_before.items() if k.startswith("displacement_decoder"))
     assert not torch.equal(after["diffuse_texture"], face_before["diffuse_texture"])
+
+
+def test_a_bald_subject_trains_no_hair_and_its_avatar_is_its_face(tmp_path):
+    """A subject whose parsing shows no hair (a bald head; the authors' subject 218 has no hair
+    stage) keeps no Gaussian and takes no hair step; the joint stage trains the face alone (with
+    the canonical hair's rates on, which have nothing to train), the avatar renders as its face,
+    and the export and its viewer take the empty hair."""
+    from browser import free_port
+    from mega.hair.ply import read_gaussian_ply
+    from mega.view.exports import ExportViewer
+
+    union, head = tiny_subject(tmp_path, "--hair", "none")
+    run, rigid = tmp_path / "run", tmp_path / "hair_rigid.npz"
+    train_face(union, head, run, TINY_FACE, progress=False)
+    assert main(["hair-rigid", str(union), "--head-model", str(tmp_path / "head_model"), "--out", str(rigid)]) == 0
+    config = TINY_HAIR.replace(joint_hair_appearance_lr_ratio=0.5, joint_hair_geometry_lr_ratio=0.5)
+    metrics = train_hair(union, run / "face.pt", rigid, run, head, config, progress=False)
+    assert metrics["hairless"] and metrics["hair_share"] == 0 and metrics["n_gaussians"] == 0
+    assert metrics["iterations"] == 0 and not (run / "hair" / "loss.csv").exists()
+    assert (run / "hair" / "loss.png").is_file()  # the workflow's output: a figure that says why
+    assert json.loads((run / "hair" / "metrics.json").read_text())["hairless"] is True
+    assert torch.load(run / "hair.pt", weights_only=False)["hair"]["params.means"].shape == (0, 3)
+    with pytest.raises(ConfigError, match="'hairless_below' must be a share in \\[0, 1\\], got 5"):
+        HairConfig.from_dict({"hairless_below": 5}, where="config.yaml hair")
+
+    metrics = train_joint(union, run / "face.pt", run / "hair.pt", rigid, run, head, config, progress=False)
+    log = pd.read_csv(run / "joint" / "loss.csv")
+    assert list(log["step"]) == [1, 2] and log["total"].notna().all() and log["total"][1] < log["total"][0]
+    assert (log[["offset_quats", "aiap_xyz", "aiap_cov", "solid"]] == 0).all().all()
+    for split in ("val", "test"):
+        assert metrics[split]["hair_iou"] == 0
+        assert metrics[split]["psnr_head_paper"] == metrics[split]["face_only_psnr_head_paper"] > 5
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    written = json.loads((run / "joint" / "metrics.json").read_text(), parse_constant=strict)
+    assert math.isnan(metrics["val"]["psnr_hair"]) and written["val"]["psnr_hair"] is None  # no hair pixel
+
+    avatar, frames, _ = load_avatar(run, head)
+    camera = Camera(a_camera(28, 40).intrinsics[None], torch.eye(4)[None], 28, 40)
+    camera.world_to_camera[0, 2, 3] = 0.6  # the head half a metre and more in front
+    with torch.no_grad():
+        flame = frames(torch.tensor([0]))
+        out = avatar(flame, camera, torch.eye(3)[None], torch.zeros(1, 3), evaluation=True)
+    assert out["face"]["mask"].any() and float(out["hair"]["alpha"].abs().max()) == 0
+    assert torch.equal(out["rgb"], out["face"]["rgb"])
+
+    assert main(["export", str(run), "--head-model", str(tmp_path / "head_model"), "--out",
+                 str(tmp_path / "export")]) == 0
+    ply = read_gaussian_ply(tmp_path / "export" / "hair_canonical.ply")
+    assert ply["means"].shape == (0, 3) and ply["sh"].shape == (0, 16, 3)
+    viewer = ExportViewer(tmp_path / "export", "127.0.0.1", free_port())
+    try:
+        assert list(viewer.nodes) == ["face.obj"]  # the empty hair is left out, the face shown
+    finally:
+        viewer.stop()
 
 
 def test_the_canonical_hair_trains_supersampled_and_densifies(trained, tmp_path):
@@ -702,6 +761,26 @@ def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_ha
             assert torch.allclose(value.float(), b[part][name].float(), atol=1e-6), name
     if stage == "hair":
         assert log_a["n_gaussians"].iloc[-1] > log_a["n_gaussians"].iloc[0]  # densification happened
+
+
+def test_a_stage_whose_input_was_trained_again_starts_over_instead_of_resuming(trained, canonical_hair, tmp_path):
+    """The workflow reruns the joint stage when hair.pt is newer; its checkpoint of the old hair
+    (same path) must not be resumed, or the avatar keeps the old hair's training."""
+    union, head, run, rigid = trained
+    config = TINY_HAIR.replace(joint_iterations=3, checkpoint_every=1)
+    hair_pt = tmp_path / "hair.pt"
+    shutil.copy(canonical_hair, hair_pt)
+    out = tmp_path / "run"
+    assert train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False,
+                       stop_after=2) == {"stopped_at": 2}
+    state = torch.load(hair_pt, weights_only=False)
+    state["hair"]["params.opacities"] += 1.0  # the canonical hair trained again, to the same path
+    torch.save(state, hair_pt)
+    with pytest.raises(TrainingError, match=r"other settings or inputs \(hair: .*hair.pt sha256:\w+' → '.*hair.pt sha256:"):
+        train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False)
+    train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False,
+                on_settings_change="restart")
+    assert list(pd.read_csv(out / "joint" / "loss.csv")["step"]) == [1, 2, 3]  # steps 1-2 again, not resumed
 
 
 @pytest.mark.parametrize("stage", ["hair", "joint"])

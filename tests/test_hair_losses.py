@@ -187,9 +187,29 @@ def test_knn_matches_brute_force_and_excludes_self():
     assert torch.equal(nn, losses.knn_indices(points, k=7))
 
 
-def test_knn_rejects_too_few_points():
-    with pytest.raises(ValueError, match="N > k"):
-        losses.knn_indices(torch.rand(5, 3), k=7)
+def test_knn_of_few_points_takes_all_the_others_and_of_none_is_empty():
+    points = torch.rand(5, 3, generator=torch.Generator().manual_seed(2))
+    nn = losses.knn_indices(points, k=7)
+    assert nn.shape == (5, 4)
+    assert all(sorted(row) == [j for j in range(5) if j != i] for i, row in enumerate(nn.tolist()))
+    assert losses.knn_indices(torch.zeros(0, 3), k=7).shape == (0, 7)
+    with pytest.raises(ValueError, match=r"expected \[N, 3\]"):
+        losses.knn_indices(torch.rand(5, 2), k=7)
+
+
+def test_the_regularisers_of_a_hair_without_gaussians_are_zero_not_nan():
+    """A hairless avatar's hair has no Gaussian: its offset and AIAP terms add nothing to the
+    joint loss (a mean over no element would be NaN and stop the training)."""
+    means = torch.zeros(0, 3, requires_grad=True)
+    cov = torch.zeros(0, 3, 3)
+    offsets = {"quats": torch.zeros(2, 0, 4, requires_grad=True), "sh0": torch.zeros(2, 0, 3)}
+    terms = losses.offset_regulariser(offsets)
+    assert all(float(v) == 0.0 for v in terms.values())
+    xyz, cov_term = losses.aiap_losses(means, means[None].expand(2, -1, -1), cov, cov[None].expand(2, -1, -1, -1),
+                                       losses.knn_indices(means.detach()), torch.eye(3).expand(2, 3, 3))
+    assert float(xyz) == 0.0 and float(cov_term) == 0.0
+    (xyz + terms["quats"]).backward()
+    assert means.grad.shape == (0, 3)
 
 
 # ---- AIAP

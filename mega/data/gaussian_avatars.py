@@ -210,6 +210,16 @@ class SubjectDataset(Dataset):
         image = self.image_path(i)
         return image.parent.parent / "parsing" / f"{image.stem}_labels.png"
 
+    def parsing_labels(self, i: int) -> torch.Tensor:
+        """The face-parsing labels [H, W] long (CelebAMask-HQ order) of sample ``i``, alone."""
+        path = self.parsing_path(i)
+        w, h = (int(x) for x in self.frames.size_wh[i])
+        labels = read_png(path, None, (w, h))
+        if labels.ndim != 2 or labels.max(initial=0) >= N_LABELS:
+            raise DataError(f"{path}: expected one channel of labels 0..{N_LABELS - 1}, found shape "
+                            f"{labels.shape} with max {labels.max(initial=0)}")
+        return torch.from_numpy(labels.astype(np.int64))
+
     def depth_path(self, i: int) -> Path:
         image = self.image_path(i)
         return image.parent.parent / "depths" / f"{image.stem}.npz"
@@ -242,12 +252,7 @@ class SubjectDataset(Dataset):
             "frame_index": i,
         }
         if self.has_parsing:
-            path = self.parsing_path(i)
-            labels = read_png(path, None, (w, h))
-            if labels.ndim != 2 or labels.max(initial=0) >= N_LABELS:
-                raise DataError(f"{path}: expected one channel of labels 0..{N_LABELS - 1}, found shape "
-                                f"{labels.shape} with max {labels.max(initial=0)}")
-            sample["parsing"] = torch.from_numpy(labels.astype(np.int64))
+            sample["parsing"] = self.parsing_labels(i)
         if self.has_depth:
             sample["depth"] = torch.from_numpy(read_depth(self.depth_path(i), (h, w)))[None]
         return sample

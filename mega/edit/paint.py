@@ -50,6 +50,7 @@ from mega.errors import DataError
 from mega.face.frames import FrameParameters
 from mega.face.export import texel_centre_uvs
 from mega.render.mesh import interpolate, rasterize, texture_at
+from mega.train.checkpoint import state_identity
 from mega.train.loop import LoopSettings, ParameterGroup, train
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,10 @@ def paint_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, uni
     settings = LoopSettings(steps=config.iterations, batch_size=config.batch_size, seed=config.seed,
                             checkpoint_every=config.checkpoint_every)
     fingerprint = {**config.to_dict(), "camera": painting.camera, "timestep": painting.timestep,
-                   "paint_pixels": int(painting.mask.sum())}
+                   "paint_pixels": int(painting.mask.sum()),
+                   # What is painted and on what: a repainted image or a retrained avatar starts over.
+                   "painting": state_identity({"image": painting.image, "mask": painting.mask}),
+                   "avatar": state_identity(avatar.state_dict())}
     train(stage, dataset, work_dir, settings, fingerprint, device, progress=progress, on_settings_change="restart")
     return stage.uv_mask, stage.before
 

@@ -47,6 +47,11 @@ class HairConfig(Settings):
     """random (the authors') or views: each point the mean colour of the hair pixels it projects
     to in the canonical views (3DGS's practice; a departure, docs/hair.md)."""
     init_opacity: float = 0.1
+    hairless_below: float = 0.01
+    """A subject whose canonical views' parsing calls less than this share of the object's pixels
+    (head and hair) hair is hairless: the canonical-hair stage keeps no Gaussian and trains nothing,
+    and the avatar is its face (the authors' bald subject 218 has no hair stage). 0: always train
+    the hair."""
     sh_degree: int = 3
     sh_degree_every: int = 1000
     """Steps between raising the active spherical-harmonics degree by one (3DGS)."""
@@ -179,6 +184,8 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'init_hull_margin_m' must be at least 0, got {self.init_hull_margin_m}")
         if not 0 <= self.sh_degree <= 3:
             raise ConfigError(f"{where}: 'sh_degree' must be 0..3, got {self.sh_degree}")
+        if not 0 <= self.hairless_below <= 1:
+            raise ConfigError(f"{where}: 'hairless_below' must be a share in [0, 1], got {self.hairless_below}")
         if not 0 < self.init_opacity < 1:
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.occlusion_depth not in ("near_z", "alpha_depth"):

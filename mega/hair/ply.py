@@ -132,7 +132,8 @@ def read_gaussian_ply(path: str | Path) -> dict[str, Tensor]:
     n = len(vertices.data)
     f_dc = stack("f_dc_0", "f_dc_1", "f_dc_2")
     f_rest = stack(*rest) if rest else np.zeros((n, 0), np.float32)
-    sh = np.concatenate([f_dc[:, None, :], f_rest.reshape(n, 3, -1).transpose(0, 2, 1)], axis=1)
+    # The SH bands' count from the names: an empty file (a hairless avatar's) has no row to infer it.
+    sh = np.concatenate([f_dc[:, None, :], f_rest.reshape(n, 3, len(rest) // 3).transpose(0, 2, 1)], axis=1)
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return {
         "means": as_tensor(stack("x", "y", "z")),

@@ -1,4 +1,4 @@
-"""Loss curves of a training log."""
+"""Loss curves of a training log, or the message of a stage that had none."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def write_loss_figure(log_csv: str | Path, out: str | Path, title: str) -> Path:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_message_figure(out: str | Path, title: str, message: str) -> Path:
+    """A figure that says ``message`` where a stage that had nothing to do would show its curves."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.4))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, wrap=True)
+    fig.suptitle(title, fontsize=10)
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,6 +18,29 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """torch.save through a temporary file: a kill mid-write leaves the previous checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def file_identity(path: str | Path) -> str:
+    """'<resolved path> sha256:<16 hex digits>' of a stage's input file (face.pt, hair.pt). In a
+    training fingerprint it makes a checkpoint written on an earlier version of that input (the
+    stage before trained again) start over instead of resuming on what is no longer there."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path} sha256:{digest.hexdigest()[:16]}"
+
+
+def state_identity(state: dict[str, torch.Tensor]) -> str:
+    """'sha256:<16 hex digits>' of a module's state (names, shapes, dtypes and values): the
+    fingerprint of a model a stage starts from when it has no file of its own."""
+    digest = hashlib.sha256()
+    for name, value in sorted(state.items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name} {tuple(value.shape)} {value.dtype}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 CHECKPOINT_KINDS = {  # each stage's file: the keys its readers need, its name, whose it is

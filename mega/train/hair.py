@@ -6,9 +6,14 @@ rigidly with the head) the hair is initialised around the scalp of the stage-1 m
 with densification, while the face from stage 1 stays fixed: it is rendered (without gradients) only
 for the occlusion test the silhouette loss needs.
 
+A hairless subject (its canonical views' parsing calls less than ``hairless_below`` of the object
+hair) trains nothing here: its canonical hair has no Gaussian, and the avatar is its face.
+
 Outputs in the run folder:
-    hair.pt     the canonical hair (any number of Gaussians), the settings, the canonical timestep
-    hair/       checkpoint.pt, loss.csv, loss.png (the loop's), metrics.json, views.png
+    hair.pt     the canonical hair (any number of Gaussians, none for a hairless subject), the
+                settings, the canonical timestep
+    hair/       checkpoint.pt, loss.csv, loss.png (the loop's; for a hairless subject a figure that
+                says so), metrics.json, views.png
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from mega.avatar import Avatar, RigidTable
 from mega.data.cache import nbytes
 from mega.data.camera import Camera
 from mega.data.gaussian_avatars import SubjectDataset, subject_extras
-from mega.data.parsing import batch_regions
+from mega.data.parsing import batch_regions, hair_mask, object_mask
 from mega.errors import DataError
 from mega.eval.avatar import hair_iou
 from mega.face.frames import FrameParameters
@@ -36,7 +41,7 @@ from mega.hair.densify import Densifier, DensifyState
 from mega.hair.model import GaussianHair, sample_scalp_points
 from mega.hair.render import camera_at
 from mega.hair.views_init import CanonicalViews
-from mega.train.checkpoint import save_checkpoint
+from mega.train.checkpoint import file_identity, save_checkpoint
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,9 @@ LOSS_TERMS = ("hair_rgb", "hair_ssim", "silhouette", "solid")
 RESUMABLE = {"hair_epochs", "hair_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers",
              "joint_epochs", "joint_iterations", "joint_batch_size", "lr_deform", "w_rgb", "w_ssim", "w_diffuse_rgb",
              "w_offsets", "w_aiap_xyz", "w_aiap_cov", "deform_layers", "deform_frequencies", "deform_scale",
-             "aiap_neighbours", "gaussian_backend", "joint_face_on_hair"}
-"""Settings the canonical hair does not depend on (the joint stage's) or that may change on resume."""
+             "aiap_neighbours", "gaussian_backend", "joint_face_on_hair", "hairless_below"}
+"""Settings the canonical hair does not depend on (the joint stage's, and the hairless threshold,
+which only decides whether the stage trains) or that may change on resume."""
 FIXED_FACE_OUTPUTS = ("rgb", "mask", "depth")
 """The face outputs the blend of the canonical-hair stage reads."""
 
@@ -241,6 +247,41 @@ def canonical_views(face: NeuralFace, frames: FrameParameters, dataset: SubjectD
     return CanonicalViews(stacked, torch.cat(images), torch.cat(hair), torch.cat(depth))
 
 
+def hair_share(dataset: SubjectDataset) -> float:
+    """The share of the object's pixels (head and hair, :func:`object_mask`) that the parsing
+    calls hair, over all of ``dataset``'s images (0 where no pixel is the object's)."""
+    hair = covered = 0
+    for i in range(len(dataset)):
+        labels = dataset.parsing_labels(i)
+        hair += int(hair_mask(labels).sum())
+        covered += int(object_mask(labels).sum())
+    return hair / covered if covered else 0.0
+
+
+def write_hairless(run_dir: Path, config: HairConfig, timestep: int, extent_m: float, variant: str,
+                   share: float, device: torch.device) -> dict:
+    """The outputs of the canonical-hair stage for a hairless subject: hair.pt with no Gaussian,
+    metrics.json that says why, and a loss.png that says so in place of the curves."""
+    from mega.report.training_figure import write_message_figure
+
+    work_dir = run_dir / "hair"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    hair = GaussianHair(0, config.sh_degree)
+    save_checkpoint(run_dir / "hair.pt", {"hair": hair.state_dict(), "hair_config": config.to_dict(),
+                                          "canonical_timestep": timestep, "scene_extent_m": extent_m,
+                                          "variant": variant, "iterations": 0, "hairless": True})
+    reason = (f"the parsing calls {100 * share:.2f}% of the object hair in the canonical views, under "
+              f"hairless_below = {100 * config.hairless_below:.2f}%")
+    write_message_figure(work_dir / "loss.png", "hair training", f"A hairless subject: no hair to train.\n{reason}.")
+    metrics = {"variant": variant, "iterations": 0, "device": str(device), "train_seconds": 0.0,
+               "n_gaussians": 0, "canonical_timestep": timestep, "hairless": True, "hair_share": round(share, 6),
+               "hairless_below": config.hairless_below}
+    write_json(work_dir / "metrics.json", metrics)
+    log.info("hair stage: a hairless subject (%s); the canonical hair has no Gaussian and the avatar is its face",
+             reason)
+    return metrics
+
+
 def canonical_timestep(dataset: SubjectDataset, rigid_canonical: int, where: Path) -> int:
     timesteps = {int(t) for t in dataset.frames.timestep}
     if timesteps != {rigid_canonical}:
@@ -266,6 +307,9 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     rigid_file = read_hair_rigid(rigid_path)
     timestep = canonical_timestep(canonical, int(rigid_file["canonical_timestep"]), Path(rigid_path))
     face, frames = load_face(face_path, head, device)
+    share = hair_share(canonical)
+    if share < config.hairless_below:
+        return write_hairless(run_dir, config, timestep, scene_extent_m(canonical), variant, share, device)
     rigid = RigidTable(rigid_file["timestep"], rigid_file["rotation"], rigid_file["translation"]).to(device)
     views = (canonical_views(face, frames, canonical, device)
              if config.init_in_hull or config.init_colour == "views" else None)
@@ -287,7 +331,7 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
              "scene extent %.3f m", len(dataset), config.hair_frames, timestep, hair.n, config.hair_batch_size,
              steps, extent)
     fingerprint = {**{k: v for k, v in config.to_dict().items() if k not in RESUMABLE}, "variant": variant,
-                   "face": str(Path(face_path).resolve())}
+                   "face": file_identity(face_path)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
                    progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
     if not result.finished:
@@ -298,7 +342,7 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
                                           "variant": variant, "iterations": steps})
     metrics = {"variant": variant, "iterations": steps, "device": str(device), "train_seconds": round(result.seconds, 1),
                "seconds_per_iteration": round(result.seconds_this_run / max(steps - result.started_at, 1), 4),
-               "n_gaussians": hair.n, "canonical_timestep": timestep,
+               "n_gaussians": hair.n, "canonical_timestep": timestep, "hair_share": round(share, 6),
                "training_views": evaluate_canonical_hair(avatar, frames, rigid, canonical, device,
                                                          work_dir / "views.png")}
     write_json(work_dir / "metrics.json", metrics)

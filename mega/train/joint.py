@@ -1,6 +1,7 @@
 """Stage 3: joint optimisation of the hybrid on all training frames (paper §4, eq. 15).
 
-Trained: the hair's deformation field and the face's appearance (diffuse texture, view and
+Trained: the hair's deformation field and the face's appearance (the face's alone for a hairless
+subject, whose canonical hair has no Gaussian) (diffuse texture, view and
 dynamic decoders, UV encoding, pixel decoder). Fixed: the canonical Gaussians, the displacement
 decoder and the per-frame FLAME parameters, as the paper and the authors' code do; the canonical
 Gaussians' colours and opacities (``joint_hair_appearance_lr_ratio``, the synthetic settings) and
@@ -41,7 +42,7 @@ from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
 from mega.hair.render import camera_at
 from mega.render.gaussians import quaternion_to_matrix
-from mega.train.checkpoint import load_checkpoint, save_checkpoint
+from mega.train.checkpoint import file_identity, load_checkpoint, save_checkpoint
 from mega.train.face import FaceStage, face_targets, model_weights
 from mega.train.hair import open_hair_split
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 LOSS_TERMS = ("rgb", "ssim", "diffuse_rgb", "solid", "offset_quats", "offset_scales", "offset_opacities",
               "offset_sh0", "aiap_xyz", "aiap_cov")
 RESUMABLE = {"joint_epochs", "joint_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers",
-             "gaussian_backend"}
+             "gaussian_backend", "hairless_below"}
 FROZEN_FACE_GROUPS = ("displacement", "flame_shape", "flame_expr", "flame_rotation", "flame_neck_pose",
                       "flame_jaw_pose", "flame_eyes_pose", "flame_translation")
 
@@ -260,8 +261,8 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
                             cache_mb=config.cache_mb)
     log.info("joint stage: %d training images, %d Gaussians, batch %d, %d steps", len(dataset), hair.n,
              config.joint_batch_size, steps)
-    fingerprint = {**config.to_dict(), "variant": variant, "face": str(Path(face_path).resolve()),
-                   "hair": str(Path(hair_path).resolve())}
+    fingerprint = {**config.to_dict(), "variant": variant, "face": file_identity(face_path),
+                   "hair": file_identity(hair_path)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
                    progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
     if not result.finished:

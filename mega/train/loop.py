@@ -196,7 +196,7 @@ def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSe
     if state is not None:
         changes = settings_changes(state.get("fingerprint", {}), full_fingerprint, set(resumable))
         if changes and on_settings_change == "fail":
-            raise TrainingError(f"{checkpoint_path} was written with other settings ({'; '.join(changes)}); "
+            raise TrainingError(f"{checkpoint_path} was written with other settings or inputs ({'; '.join(changes)}); "
                                 f"delete it or pass --restart to start over")
         if changes:
             log.warning("settings changed since %s (%s): starting over", checkpoint_path, "; ".join(changes))

@@ -107,9 +107,12 @@ class ExportViewer:
             self.nodes[path.name] = scene.add_mesh_trimesh(f"/{path.stem}", mesh)
             centres.append(np.asarray(mesh.vertices).mean(0))
         for path, splats in loaded_splats.items():
+            if len(splats["centers"]) == 0:
+                log.info("%s: no Gaussian (a hairless avatar's hair), nothing to show", path)
+                continue
             self.nodes[path.name] = scene.add_gaussian_splats(f"/{path.stem}", **splats)
             centres.append(splats["centers"].mean(0))
-        centre = np.mean(centres, 0)
+        centre = np.mean(centres, 0) if centres else np.zeros(3)
         self.server.initial_camera.look_at = tuple(centre)
         self.server.initial_camera.position = tuple(centre + np.array([0.0, 0.05, 0.6]))
         self.server.initial_camera.up = (0.0, 1.0, 0.0)
