@@ -1,8 +1,8 @@
 """Stage 3: joint optimisation of the hybrid on all training frames (paper §4, eq. 15).
 
-Trained: the hair's deformation field and the face's appearance (the face's alone for a hairless
-subject, whose canonical hair has no Gaussian) (diffuse texture, view and
-dynamic decoders, UV encoding, pixel decoder). Fixed: the canonical Gaussians, the displacement
+Trained: the hair's deformation field and the face's appearance (diffuse texture, view and
+dynamic decoders, UV encoding, pixel decoder); for a hairless subject, whose canonical hair has
+no Gaussian, the face's alone. Fixed: the canonical Gaussians, the displacement
 decoder and the per-frame FLAME parameters, as the paper and the authors' code do; the canonical
 Gaussians' colours and opacities (``joint_hair_appearance_lr_ratio``, the synthetic settings) and
 their geometry (``joint_hair_geometry_lr_ratio``) can train too, a departure (docs/hair.md).
