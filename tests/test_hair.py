@@ -14,7 +14,7 @@ from mega.blend import blend, blend_renders, evaluation_blend_text, occlusion_ma
 from mega.cli import main
 from mega.data.camera import Camera
 from mega.data.synth import synthesized_union
-from mega.errors import ConfigError, TrainingError
+from mega.errors import ConfigError, DataError, TrainingError
 from mega.face.config import FaceConfig
 from mega.flame.head_model import load_head_model_folder
 from mega.hair.config import HairConfig
@@ -23,6 +23,7 @@ from mega.hair.densify import Densifier, DensifyState, step_statistics
 from mega.hair.model import GaussianHair, sample_scalp_points
 from mega.hair.render import render_hair
 from mega.render.gaussians import quaternion_to_matrix
+from mega.train.checkpoint import save_checkpoint
 from mega.train.face import train_face
 from mega.train.hair import train_hair
 from mega.train.joint import load_avatar, train_joint
@@ -463,9 +464,14 @@ def test_a_bald_subject_trains_no_hair_and_its_avatar_is_its_face(tmp_path):
     train_face(union, head, run, TINY_FACE, progress=False)
     assert main(["hair-rigid", str(union), "--head-model", str(tmp_path / "head_model"), "--out", str(rigid)]) == 0
     config = TINY_HAIR.replace(joint_hair_appearance_lr_ratio=0.5, joint_hair_geometry_lr_ratio=0.5)
+    # Trained first as if it had hair (threshold 0): the stage fits its scalp Gaussians to nothing.
+    assert train_hair(union, run / "face.pt", rigid, run, head, config.replace(hairless_below=0),
+                      progress=False)["n_gaussians"] == 450
     metrics = train_hair(union, run / "face.pt", rigid, run, head, config, progress=False)
     assert metrics["hairless"] and metrics["hair_share"] == 0 and metrics["n_gaussians"] == 0
-    assert metrics["iterations"] == 0 and not (run / "hair" / "loss.csv").exists()
+    # Nothing of the earlier training is left to contradict it.
+    assert metrics["iterations"] == 0 and not any((run / "hair" / name).exists()
+                                                  for name in ("loss.csv", "checkpoint.pt", "views.png"))
     assert (run / "hair" / "loss.png").is_file()  # the workflow's output: a figure that says why
     assert json.loads((run / "hair" / "metrics.json").read_text())["hairless"] is True
     assert torch.load(run / "hair.pt", weights_only=False)["hair"]["params.means"].shape == (0, 3)
@@ -485,6 +491,7 @@ def test_a_bald_subject_trains_no_hair_and_its_avatar_is_its_face(tmp_path):
 
     written = json.loads((run / "joint" / "metrics.json").read_text(), parse_constant=strict)
     assert math.isnan(metrics["val"]["psnr_hair"]) and written["val"]["psnr_hair"] is None  # no hair pixel
+    assert main(["figure", "curves", "--run-dir", str(run), "--out", str(tmp_path / "training.png")]) == 0
 
     avatar, frames, _ = load_avatar(run, head)
     camera = Camera(a_camera(28, 40).intrinsics[None], torch.eye(4)[None], 28, 40)
@@ -504,6 +511,35 @@ def test_a_bald_subject_trains_no_hair_and_its_avatar_is_its_face(tmp_path):
         assert list(viewer.nodes) == ["face.obj"]  # the empty hair is left out, the face shown
     finally:
         viewer.stop()
+
+
+def test_the_hair_share_counts_hair_against_the_object_and_refuses_an_empty_parsing(tmp_path):
+    from mega.data.parsing import LABEL
+    from mega.train.hair import hair_share
+
+    class Parsed:
+        """Two images of labels, as SubjectDataset gives them."""
+
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def parsing_labels(self, i):
+            return self.images[i]
+
+        def parsing_path(self, i):
+            return tmp_path / "parsing" / f"{i}_labels.png"
+
+    head = torch.zeros(4, 5, dtype=torch.long)
+    head[1:, :] = LABEL["skin"]
+    with_hair = head.clone()
+    with_hair[1, :] = LABEL["hair"]
+    with_hair[0, 0] = LABEL["cloth"]  # neither head nor hair
+    assert hair_share(Parsed([head, with_hair])) == pytest.approx(5 / 30)
+    with pytest.raises(DataError, match=r"parsing: the parsing of the one-frame split labels no pixel as head or hair"):
+        hair_share(Parsed([torch.zeros(4, 5, dtype=torch.long)]))
 
 
 def test_the_canonical_hair_trains_supersampled_and_densifies(trained, tmp_path):
@@ -767,20 +803,29 @@ def test_a_stage_whose_input_was_trained_again_starts_over_instead_of_resuming(t
     """The workflow reruns the joint stage when hair.pt is newer; its checkpoint of the old hair
     (same path) must not be resumed, or the avatar keeps the old hair's training."""
     union, head, run, rigid = trained
-    config = TINY_HAIR.replace(joint_iterations=3, checkpoint_every=1)
+    config = TINY_HAIR.replace(joint_iterations=4, checkpoint_every=1)
     hair_pt = tmp_path / "hair.pt"
     shutil.copy(canonical_hair, hair_pt)
     out = tmp_path / "run"
     assert train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False,
                        stop_after=2) == {"stopped_at": 2}
     state = torch.load(hair_pt, weights_only=False)
+    # Written again with the same Gaussians (the hair stage rerun at its end, or with a setting it
+    # may resume under): other bytes (torch.save names its entries after the temporary file), the
+    # same hair, so the joint stage still resumes.
+    state["hair_config"]["cache_mb"] = 1024
+    save_checkpoint(hair_pt, state)
+    assert train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False,
+                       stop_after=3) == {"stopped_at": 3}
+    assert list(pd.read_csv(out / "joint" / "loss.csv")["step"]) == [1, 2, 3]
     state["hair"]["params.opacities"] += 1.0  # the canonical hair trained again, to the same path
-    torch.save(state, hair_pt)
+    save_checkpoint(hair_pt, state)
     with pytest.raises(TrainingError, match=r"other settings or inputs \(hair: .*hair.pt sha256:\w+' → '.*hair.pt sha256:"):
         train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False)
     train_joint(union, run / "face.pt", hair_pt, rigid, out, head, config, progress=False,
                 on_settings_change="restart")
-    assert list(pd.read_csv(out / "joint" / "loss.csv")["step"]) == [1, 2, 3]  # steps 1-2 again, not resumed
+    log = pd.read_csv(out / "joint" / "loss.csv")
+    assert list(log["step"]) == [1, 2, 3, 4] and (out / "joint.pt").is_file()  # from step 1, not resumed
 
 
 @pytest.mark.parametrize("stage", ["hair", "joint"])

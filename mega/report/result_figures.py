@@ -3,6 +3,7 @@ grid of Table 2 (ground truth | full model | each ablation) on a few val and tes
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -33,11 +34,15 @@ def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
 
 def write_stage_curves(run_dir: str | Path, out: str | Path, title: str = "") -> Path:
     """Total loss, training PSNR and hair IoU of the face, canonical-hair and joint stages, one
-    after the other on a common step axis (each stage's ``loss.csv`` in ``run_dir``)."""
+    after the other on a common step axis (each stage's ``loss.csv`` in ``run_dir``; a hairless
+    subject's hair stage, which takes no step, is left out and the title says so)."""
     run_dir = Path(run_dir)
     logs = {}
+    hairless = _is_hairless(run_dir)
     for stage in STAGES:
         path = run_dir / stage / "loss.csv"
+        if stage == "hair" and hairless:
+            continue  # a hairless subject's hair stage takes no step
         if not path.is_file():
             raise DataError(f"{path}: no training log of the {stage} stage (train it first)")
         logs[stage] = pd.read_csv(path)
@@ -59,9 +64,16 @@ def write_stage_curves(run_dir: str | Path, out: str | Path, title: str = "") ->
         ax.set_xlabel("step (stages in order)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title or f"training of {run_dir}", fontsize=10)
+    title = title or f"training of {run_dir}"
+    fig.suptitle(f"{title} (hairless: no hair stage)" if hairless else title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def _is_hairless(run_dir: Path) -> bool:
+    """Whether the run's canonical-hair stage found its subject hairless (hair/metrics.json)."""
+    path = run_dir / "hair" / "metrics.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("hairless"))
 
 
 def pick_views(metrics_csv: str | Path, n: int) -> list[str]:

@@ -20,16 +20,24 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def file_identity(path: str | Path) -> str:
-    """'<resolved path> sha256:<16 hex digits>' of a stage's input file (face.pt, hair.pt). In a
-    training fingerprint it makes a checkpoint written on an earlier version of that input (the
-    stage before trained again) start over instead of resuming on what is no longer there."""
-    path = Path(path).resolve()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{path} sha256:{digest.hexdigest()[:16]}"
+def checkpoint_identity(path: str | Path) -> str:
+    """'<resolved path> sha256:<16 hex digits>' of the tensors a stage's input checkpoint holds
+    (face.pt, hair.pt). In a training fingerprint it makes a checkpoint written on an earlier
+    version of that input (the stage before trained again) start over instead of resuming on what
+    is no longer there. The tensors, not the file's bytes: torch.save names the archive's entries
+    after the temporary file it writes, and a stage that is rerun (resuming at its end, or with a
+    setting that is allowed to change) writes the same weights again, which must keep resuming."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def collect(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(f"{prefix}/{key}", item)
+
+    collect("", load_checkpoint(path))
+    return f"{Path(path).resolve()} {state_identity(tensors)}"
 
 
 def state_identity(state: dict[str, torch.Tensor]) -> str:

@@ -12,8 +12,8 @@ hair) trains nothing here: its canonical hair has no Gaussian, and the avatar is
 Outputs in the run folder:
     hair.pt     the canonical hair (any number of Gaussians, none for a hairless subject), the
                 settings, the canonical timestep
-    hair/       checkpoint.pt, loss.csv, loss.png (the loop's; for a hairless subject a figure that
-                says so), metrics.json, views.png
+    hair/       checkpoint.pt, loss.csv, loss.png (the loop's), metrics.json, views.png; for a
+                hairless subject only loss.png (a figure that says so) and metrics.json
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from mega.hair.densify import Densifier, DensifyState
 from mega.hair.model import GaussianHair, sample_scalp_points
 from mega.hair.render import camera_at
 from mega.hair.views_init import CanonicalViews
-from mega.train.checkpoint import file_identity, save_checkpoint
+from mega.train.checkpoint import checkpoint_identity, save_checkpoint
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -249,13 +249,18 @@ def canonical_views(face: NeuralFace, frames: FrameParameters, dataset: SubjectD
 
 def hair_share(dataset: SubjectDataset) -> float:
     """The share of the object's pixels (head and hair, :func:`object_mask`) that the parsing
-    calls hair, over all of ``dataset``'s images (0 where no pixel is the object's)."""
+    calls hair, over all of ``dataset``'s images; an error where no pixel is the object's (a
+    failed parsing must not pass for a bald head)."""
     hair = covered = 0
     for i in range(len(dataset)):
         labels = dataset.parsing_labels(i)
         hair += int(hair_mask(labels).sum())
         covered += int(object_mask(labels).sum())
-    return hair / covered if covered else 0.0
+    if not covered:
+        raise DataError(f"{dataset.parsing_path(0).parent}: the parsing of the one-frame split labels no pixel as "
+                        f"head or hair in any of its {len(dataset)} images; make the face parsing of this subject "
+                        f"again (mega parse-faces)")
+    return hair / covered
 
 
 def write_hairless(run_dir: Path, config: HairConfig, timestep: int, extent_m: float, variant: str,
@@ -266,6 +271,10 @@ def write_hairless(run_dir: Path, config: HairConfig, timestep: int, extent_m: f
 
     work_dir = run_dir / "hair"
     work_dir.mkdir(parents=True, exist_ok=True)
+    # What a training of this folder left (the hair trained before under another threshold) would
+    # contradict the outputs: the curves figure reads loss.csv where it exists.
+    for name in ("checkpoint.pt", "loss.csv", "views.png"):
+        (work_dir / name).unlink(missing_ok=True)
     hair = GaussianHair(0, config.sh_degree)
     save_checkpoint(run_dir / "hair.pt", {"hair": hair.state_dict(), "hair_config": config.to_dict(),
                                           "canonical_timestep": timestep, "scene_extent_m": extent_m,
@@ -331,7 +340,7 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
              "scene extent %.3f m", len(dataset), config.hair_frames, timestep, hair.n, config.hair_batch_size,
              steps, extent)
     fingerprint = {**{k: v for k, v in config.to_dict().items() if k not in RESUMABLE}, "variant": variant,
-                   "face": file_identity(face_path)}
+                   "face": checkpoint_identity(face_path)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
                    progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
     if not result.finished:

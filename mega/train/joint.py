@@ -42,7 +42,7 @@ from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
 from mega.hair.render import camera_at
 from mega.render.gaussians import quaternion_to_matrix
-from mega.train.checkpoint import file_identity, load_checkpoint, save_checkpoint
+from mega.train.checkpoint import checkpoint_identity, load_checkpoint, save_checkpoint
 from mega.train.face import FaceStage, face_targets, model_weights
 from mega.train.hair import open_hair_split
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
@@ -261,8 +261,8 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
                             cache_mb=config.cache_mb)
     log.info("joint stage: %d training images, %d Gaussians, batch %d, %d steps", len(dataset), hair.n,
              config.joint_batch_size, steps)
-    fingerprint = {**config.to_dict(), "variant": variant, "face": file_identity(face_path),
-                   "hair": file_identity(hair_path)}
+    fingerprint = {**config.to_dict(), "variant": variant, "face": checkpoint_identity(face_path),
+                   "hair": checkpoint_identity(hair_path)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
                    progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
     if not result.finished:
