@@ -92,6 +92,26 @@ def test_an_empty_hull_gives_no_points():
     assert points.shape == (0, 3)
 
 
+def test_hull_points_not_joined_to_the_scalp_are_ghosts():
+    """With few views the visual hull has ghosts: blobs off the head that every view's hair
+    silhouette covers by chance (cams9, 8 training views: one 10 cm from the hair, a floater in
+    the novel view). Hair grows from the scalp: the hull points joined to it through the hull stay,
+    however far they hang (long hair), and a blob apart goes."""
+    from mega.hair.views_init import connected_to_scalp
+
+    generator = torch.Generator().manual_seed(0)
+    scalp = torch.rand(500, 3, generator=generator) * torch.tensor([0.1, 0.002, 0.1])  # a patch at y = 0
+    mass = torch.rand(1500, 3, generator=generator) * torch.tensor([0.1, 0.04, 0.1]) + torch.tensor([0, 0.002, 0])
+    strand = torch.rand(300, 3, generator=generator) * torch.tensor([0.01, 0.2, 0.01]) - torch.tensor([0, 0.2, 0])
+    ghost = torch.rand(100, 3, generator=generator) * 0.02 + torch.tensor([0.2, 0.0, 0.0])
+    hull = torch.cat([mass, strand, ghost])
+    joined = connected_to_scalp(scalp, hull)
+    assert bool(joined[:1800].all()) and not bool(joined[1800:].any())
+    assert connected_to_scalp(scalp, hull[:0]).shape == (0,)
+    assert not connected_to_scalp(scalp[:0], hull).any()
+    assert bool(connected_to_scalp(scalp, torch.tensor([[0.05, 0.01, 0.05]])).all())  # one point, on the scalp
+
+
 def test_views_must_match_their_images():
     views = two_views()
     with pytest.raises(ValueError, match="must be"):

@@ -43,6 +43,9 @@ class HairConfig(Settings):
     sampling alone; a departure, docs/hair.md)."""
     init_hull_margin_m: float = 0.1
     """The box the hull points are drawn in: the canonical mesh's bounding box grown by this."""
+    init_hull_connected: bool = True
+    """Keep only the hull points joined to the scalp through the hull (hair grows from the scalp;
+    with few views the hull has ghosts off the head, which become floaters in novel views)."""
     init_colour: str = "random"
     """random (the authors') or views: each point the mean colour of the hair pixels it projects
     to in the canonical views (3DGS's practice; a departure, docs/hair.md)."""

@@ -14,6 +14,9 @@ departures use the one-frame split's own images instead:
   the image; it agrees when the pixel is hair, or when the point lies behind the stage-1 mesh
   there (the face hides it, as it hides the back hair from the front cameras). A kept point must
   also be seen, unhidden, on hair by at least one view, which keeps the inside of the head out.
+  With few views the hull has ghosts: regions off the head that every view's hair silhouette
+  covers by chance. Hair grows from the scalp, so :func:`connected_to_scalp` keeps only the hull
+  points joined to the scalp's points through the hull.
 
 :class:`CanonicalViews` holds what both need: cameras [V], images [V, 3, H, W] in [0, 1], hair
 masks [V, H, W] bool and the mesh's camera depth [V, H, W] metres (``inf`` off the mesh).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,6 +35,30 @@ from mega.data.camera import Camera
 NEAR_PLANE_M = 0.01
 BEHIND_MESH_TOLERANCE_M = 0.005
 """A point this far behind the mesh still counts as on its surface (the paper's 5 mm depth gate)."""
+LINK_SPACINGS = 4.0
+"""Hull points closer than this many times the hull's median nearest-neighbour spacing are joined
+(uniform samples of a solid leave gaps of up to about three spacings; a ghost lies farther)."""
+
+
+def connected_to_scalp(scalp: Tensor, hull: Tensor, link_spacings: float = LINK_SPACINGS) -> Tensor:
+    """[M] bool: which ``hull`` points [M, 3] are joined to some ``scalp`` point [S, 3] (metres)
+    through a chain of points, scalp's or hull's, each within ``link_spacings`` × the hull's median
+    nearest-neighbour spacing of the next (connected components of that radius graph, scipy's)."""
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if hull.shape[0] == 0 or scalp.shape[0] == 0:
+        return torch.zeros(hull.shape[0], dtype=torch.bool, device=hull.device)
+    hull_np = hull.detach().cpu().double().numpy()
+    if hull_np.shape[0] > 1:
+        spacing = float(np.median(cKDTree(hull_np).query(hull_np, k=2)[0][:, 1]))
+    else:
+        spacing = float(cKDTree(scalp.detach().cpu().double().numpy()).query(hull_np, k=1)[0][0])
+    points = np.concatenate([scalp.detach().cpu().double().numpy(), hull_np])
+    graph = cKDTree(points).sparse_distance_matrix(cKDTree(points), link_spacings * spacing, output_type="coo_matrix")
+    _, component = connected_components(graph, directed=False)
+    scalp_components = np.unique(component[: scalp.shape[0]])
+    return torch.from_numpy(np.isin(component[scalp.shape[0]:], scalp_components)).to(hull.device)
 
 
 @dataclass

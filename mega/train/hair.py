@@ -40,7 +40,7 @@ from mega.hair.config import HairConfig
 from mega.hair.densify import Densifier, DensifyState
 from mega.hair.model import GaussianHair, sample_scalp_points
 from mega.hair.render import camera_at
-from mega.hair.views_init import CanonicalViews
+from mega.hair.views_init import CanonicalViews, connected_to_scalp
 from mega.train.checkpoint import checkpoint_identity, save_checkpoint
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
@@ -213,6 +213,12 @@ def initial_hair(face: NeuralFace, frames: FrameParameters, timestep: int, confi
             if hull.shape[0] < config.init_in_hull:
                 log.warning("the hair's visual hull gave %d of the %d points asked for", hull.shape[0],
                             config.init_in_hull)
+            if config.init_hull_connected:
+                joined = connected_to_scalp(points, hull)
+                if not bool(joined.all()):
+                    log.info("the hair's visual hull: %d of %d points are not joined to the scalp (ghosts of "
+                             "few views) and are left out", int((~joined).sum()), hull.shape[0])
+                hull = hull[joined]
             points = torch.cat([points, hull])
             colors = torch.cat([colors, torch.rand(hull.shape[0], 3, generator=generator)])
         if config.init_colour == "views":
