@@ -6,8 +6,9 @@ batches' PSNR, at the end of each epoch of one run of ``--epochs`` epochs.
         [--run 'NAME={"w_solid": 0.1}'] [--threads 2]
 
 The run is `mega train-joint` with the workflow's synthetic settings (config/config.yaml
-`synthetic.hair`) updated by the run's JSON and ``joint_epochs = --epochs``, on the workflow's
-stage-1 face and canonical hair of the subject, in results/benchmarks/joint_curve/<subject>/<run>/.
+`synthetic.hair`) updated by the run's JSON and ``joint_epochs = --epochs`` (the settings' fixed
+``joint_iterations`` set to 0, so that the epochs count), on the workflow's stage-1 face and
+canonical hair of the subject, in results/benchmarks/joint_curve/<subject>/<run>/.
 Every rate of the joint stage is constant (the authors'), so a run's state after k epochs is the
 state a run of k epochs ends in: one run stands for every length up to ``--epochs``. It is
 trained in chunks (the loop's ``stop_after``, as an interruption would; a resumed run follows
@@ -52,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = Path(args.results)
-    name, overrides, config = run_settings(args.config, args.run, joint_epochs=args.epochs)
+    name, overrides, config = run_settings(args.config, args.run, joint_epochs=args.epochs, joint_iterations=0)
     union = synthesized_union(results / "data" / args.subject)
     run = results / "train" / args.subject / "mega"
     face_path, hair_path = run / "face.pt", run / "hair.pt"

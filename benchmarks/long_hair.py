@@ -6,7 +6,7 @@ the canonical hair's fit of its own training views and, with --joint, the whole 
         results/preprocess/{synthetic,synthetic_long}/hair_rigid.npz --configfile config/examples/long_hair.yaml
     python benchmarks/long_hair.py --subjects synthetic synthetic_long \\
         --run 'authors={}' --run 'views={"init_colour": "views", "init_in_hull": 4000}' [--joint]
-    python benchmarks/long_hair.py --subjects synthetic_long --run 'e80={}' --run 'e160={"hair_epochs": 160}'
+    python benchmarks/long_hair.py --subjects synthetic_long --run 'steps300={}' --run 'steps600={"hair_iterations": 600}'
     python benchmarks/long_hair.py --subjects synthetic --hair-from workflow --joint \
         --run 'fp32={"deform_precision": "float32"}' --run 'bf16={"deform_precision": "bfloat16"}'
 
