@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 LOSS_TERMS = ("rgb", "ssim", "diffuse_rgb", "solid", "offset_quats", "offset_scales", "offset_opacities",
               "offset_sh0", "aiap_xyz", "aiap_cov")
 RESUMABLE = {"joint_epochs", "joint_iterations", "checkpoint_every", "val_views", "cache_mb", "data_workers",
-             "gaussian_backend", "hairless_below"}
+             "gaussian_backend", "hairless_below", "hair_epochs", "hair_iterations"}
+"""Settings that may change on resume: this stage's length and bookkeeping, and the canonical-hair
+stage's length, which reaches this stage only through hair.pt (whose tensors the fingerprint holds)."""
 FROZEN_FACE_GROUPS = ("displacement", "flame_shape", "flame_expr", "flame_rotation", "flame_neck_pose",
                       "flame_jaw_pose", "flame_eyes_pose", "flame_translation")
 
