@@ -41,24 +41,32 @@ LINK_SPACINGS = 4.0
 
 
 def connected_to_scalp(scalp: Tensor, hull: Tensor, link_spacings: float = LINK_SPACINGS) -> Tensor:
-    """[M] bool: which ``hull`` points [M, 3] are joined to some ``scalp`` point [S, 3] (metres)
-    through a chain of points, scalp's or hull's, each within ``link_spacings`` × the hull's median
-    nearest-neighbour spacing of the next (connected components of that radius graph, scipy's)."""
+    """[M] bool: which ``hull`` points [M, 3] are joined to the ``scalp`` points [S, 3] (metres)
+    through the hull: connected components (scipy's) of the graph linking hull points within
+    ``link_spacings`` × the hull's median nearest-neighbour spacing, kept where one of their points
+    lies that close to a scalp point. The scalp's own points only anchor (they are not linked to
+    each other), so the graph stays the hull's size however densely the scalp is sampled."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
-    if hull.shape[0] == 0 or scalp.shape[0] == 0:
-        return torch.zeros(hull.shape[0], dtype=torch.bool, device=hull.device)
+    M = hull.shape[0]
+    if M == 0 or scalp.shape[0] == 0:
+        return torch.zeros(M, dtype=torch.bool, device=hull.device)
     hull_np = hull.detach().cpu().double().numpy()
-    if hull_np.shape[0] > 1:
-        spacing = float(np.median(cKDTree(hull_np).query(hull_np, k=2)[0][:, 1]))
-    else:
-        spacing = float(cKDTree(scalp.detach().cpu().double().numpy()).query(hull_np, k=1)[0][0])
-    points = np.concatenate([scalp.detach().cpu().double().numpy(), hull_np])
-    graph = cKDTree(points).sparse_distance_matrix(cKDTree(points), link_spacings * spacing, output_type="coo_matrix")
+    scalp_tree = cKDTree(scalp.detach().cpu().double().numpy())
+    hull_tree = cKDTree(hull_np)
+    if M > 1:
+        spacing = float(np.median(hull_tree.query(hull_np, k=2)[0][:, 1]))
+    else:  # one point: joined where it lies within the link of the scalp as its own spacing
+        spacing = float(scalp_tree.query(hull_np, k=1)[0][0])
+    radius = link_spacings * spacing
+    pairs = hull_tree.query_pairs(radius, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(M, M))
     _, component = connected_components(graph, directed=False)
-    scalp_components = np.unique(component[: scalp.shape[0]])
-    return torch.from_numpy(np.isin(component[scalp.shape[0]:], scalp_components)).to(hull.device)
+    to_scalp, _ = scalp_tree.query(hull_np, k=1, distance_upper_bound=radius)
+    anchored = np.unique(component[np.isfinite(to_scalp)])
+    return torch.from_numpy(np.isin(component, anchored)).to(hull.device)
 
 
 @dataclass
