@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mega.atomic import atomic_path  # noqa: E402
+from mega.report.result_figures import save_figure  # noqa: E402
 
 
 def write_loss_figure(log_csv: str | Path, out: str | Path, title: str) -> Path:
@@ -35,11 +35,7 @@ def write_loss_figure(log_csv: str | Path, out: str | Path, title: str) -> Path:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_message_figure(out: str | Path, title: str, message: str) -> Path:
@@ -48,8 +44,4 @@ def write_message_figure(out: str | Path, title: str, message: str) -> Path:
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, wrap=True)
     fig.suptitle(title, fontsize=10)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -20,13 +20,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def checkpoint_identity(path: str | Path) -> str:
+def checkpoint_identity(path: str | Path, state: dict | None = None) -> str:
     """'<resolved path> sha256:<16 hex digits>' of the tensors a stage's input checkpoint holds
     (face.pt, hair.pt). In a training fingerprint it makes a checkpoint written on an earlier
     version of that input (the stage before trained again) start over instead of resuming on what
     is no longer there. The tensors, not the file's bytes: torch.save names the archive's entries
     after the temporary file it writes, and a stage that is rerun (resuming at its end, or with a
-    setting that is allowed to change) writes the same weights again, which must keep resuming."""
+    setting that is allowed to change) writes the same weights again, which must keep resuming.
+    ``state``: the file's contents where the caller has loaded them already (not read again)."""
     tensors: dict[str, torch.Tensor] = {}
 
     def collect(prefix: str, value) -> None:
@@ -36,7 +37,7 @@ def checkpoint_identity(path: str | Path) -> str:
             for key, item in value.items():
                 collect(f"{prefix}/{key}", item)
 
-    collect("", load_checkpoint(path))
+    collect("", load_checkpoint(path) if state is None else state)
     return f"{Path(path).resolve()} {state_identity(tensors)}"
 
 

@@ -264,7 +264,7 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     log.info("joint stage: %d training images, %d Gaussians, batch %d, %d steps", len(dataset), hair.n,
              config.joint_batch_size, steps)
     fingerprint = {**config.to_dict(), "variant": variant, "face": checkpoint_identity(face_path),
-                   "hair": checkpoint_identity(hair_path)}
+                   "hair": checkpoint_identity(hair_path, hair_state)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
                    progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
     if not result.finished:
