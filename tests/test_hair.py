@@ -764,6 +764,59 @@ def test_the_joint_stage_keeps_the_face_stages_target_under_the_hair(trained, ca
     assert torch.equal(grads["white_on_scalp"][over_scalp], grads["white"][over_scalp])
 
 
+def test_the_joint_stage_keeps_the_canonical_hair_stages_terms_it_is_given(trained, canonical_hair, tmp_path):
+    """``joint_hair_terms`` adds the canonical-hair stage's hair L2, SSIM and silhouette terms (any
+    of them; the authors' joint stage keeps all three) to eq. 15: the posed hair's spill outside
+    the hair mask then moves the deformation field; without them (eq. 15) nothing pulls it back."""
+    from mega.avatar import Avatar, RigidTable
+    from mega.data.gaussian_avatars import SubjectDataset, collate_samples
+    from mega.data.parsing import LABEL
+    from mega.train.face import load_face
+    from mega.train.hair import hair_losses
+    from mega.train.joint import LOSS_TERMS, JointStage, deformation_field_of, joint_loss_weights, joint_losses
+
+    union, head, run, rigid = trained
+    face, frames = load_face(run / "face.pt", head, "cpu")
+    hair = GaussianHair(0, TINY_HAIR.sh_degree)
+    hair.load_state_dict(torch.load(canonical_hair, weights_only=False)["hair"])
+    batch = collate_samples([SubjectDataset(union, "train", parsing="require")[i] for i in range(3)])
+    # The hair's pixels: the top rows alone, so that the rendered hair spills below them.
+    parsing = torch.zeros_like(batch["parsing"])
+    parsing[..., :4, :] = LABEL["hair"]
+    batch["parsing"] = parsing
+    authors = ("hair_rgb", "hair_ssim", "silhouette")
+    for names in ((), ("silhouette",), authors):
+        config = TINY_HAIR.replace(joint_hair_terms=names)
+        stage = JointStage(Avatar(face, hair, deformation_field_of(config), config), frames,
+                           RigidTable.from_file(rigid), config)
+        assert stage.loss_terms == LOSS_TERMS + names
+        assert set(joint_loss_weights(config)) == set(stage.loss_terms)
+        rotation, translation = stage.rigid(batch["timestep_index"])
+        out = stage.avatar(stage.frames(batch["timestep_index"]), batch["camera"], rotation, translation)
+        terms = joint_losses(out, batch, config, stage.neighbours, stage.canonical, rotation, face)
+        assert tuple(terms) == stage.loss_terms
+        expected = hair_losses(out, batch, config)
+        for name in names:
+            assert float(terms[name].detach()) == pytest.approx(float(expected[name].detach()), rel=1e-6), name
+        if "silhouette" in names:
+            assert float(terms["silhouette"].detach()) > 0
+            grads = torch.autograd.grad(terms["silhouette"], list(stage.avatar.deformation.parameters()),
+                                        allow_unused=True)
+            assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    for bad in (["silhouette", "silhouette"], ["solid"], "silhouette"):
+        with pytest.raises(Exception, match="joint_hair_terms"):
+            HairConfig.from_dict({"joint_hair_terms": bad}, where="config.yaml hair")
+
+    # Trained: loss.csv carries the terms.
+    config = TINY_HAIR.replace(joint_hair_terms=authors)
+    shutil.copy(canonical_hair, tmp_path / "hair.pt")
+    train_joint(union, run / "face.pt", tmp_path / "hair.pt", rigid, tmp_path, head, config, progress=False)
+    log = pd.read_csv(tmp_path / "joint" / "loss.csv")
+    assert list(log["step"]) == [1, 2]
+    for name in authors:
+        assert log[name].notna().all() and (log[name] > 0).all(), name
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("stage", ["hair", "joint", "joint_with_hair_colours"])
 def test_resume_of_each_stage_equals_the_uninterrupted_run(trained, canonical_hair, tmp_path, stage):

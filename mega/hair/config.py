@@ -26,6 +26,8 @@ units (AVX-512 BF16, AMX), float32 elsewhere (on CUDA the float32 step was the f
 docs/benchmarks.md)."""
 COMPOSITINGS = ("authors", "over")
 """How eq. 7 lays the hair over the face (:func:`mega.blend.blend`)."""
+JOINT_HAIR_TERMS = ("hair_rgb", "hair_ssim", "silhouette")
+"""The canonical-hair stage's terms (eq. 12, 13) the joint stage may keep (``joint_hair_terms``)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,10 @@ class HairConfig(Settings):
     joint_face_on_hair: bool = True
     """Whether the blended image's terms reach the face on the ground truth's hair pixels (eq. 15:
     yes; where the hair does not cover them, the face's textures then learn hair colour)."""
+    joint_hair_terms: tuple[str, ...] = ()
+    """The canonical-hair stage's terms the joint stage keeps, at their weights: any of hair_rgb,
+    hair_ssim, silhouette (the authors' code keeps all three; eq. 15, followed by default, lists
+    none; docs/hair.md)."""
     w_aiap_xyz: float = 1000.0
     w_aiap_cov: float = 1e5
 
@@ -214,6 +220,10 @@ class HairConfig(Settings):
         if not 0 < self.joint_face_lr_final_ratio <= 1:
             raise ConfigError(f"{where}: 'joint_face_lr_final_ratio' must be in (0, 1], "
                               f"got {self.joint_face_lr_final_ratio}")
+        unknown = [name for name in self.joint_hair_terms if name not in JOINT_HAIR_TERMS]
+        if unknown or len(set(self.joint_hair_terms)) < len(self.joint_hair_terms):
+            raise ConfigError(f"{where}: 'joint_hair_terms' must list distinct names among "
+                              f"{', '.join(JOINT_HAIR_TERMS)}, got {list(self.joint_hair_terms)}")
         if not self.deform_layers or min(self.deform_layers) < 1:
             raise ConfigError(f"{where}: 'deform_layers' must list at least one positive width")
 

@@ -82,22 +82,24 @@ def silhouette_weights(hair_mask: Tensor) -> Tensor:
     return losses.hair_distance_weights(hair_mask) * (REFERENCE_HEIGHT_PX / hair_mask.shape[-2]) ** 2
 
 
-def hair_losses(out: dict, batch: dict, config: HairConfig,
-                distance_weights: Tensor | None = None) -> dict[str, Tensor]:
-    """Eq. 14's terms, unweighted, as the authors compute them (docs/hair.md). ``distance_weights``:
-    the batch's :func:`silhouette_weights` where the caller keeps them (they depend on the mask
-    alone)."""
+def hair_losses(out: dict, batch: dict, config: HairConfig, distance_weights: Tensor | None = None,
+                names: tuple[str, ...] = LOSS_TERMS) -> dict[str, Tensor]:
+    """Eq. 14's terms, unweighted, as the authors compute them (docs/hair.md); only those in
+    ``names``, in :data:`LOSS_TERMS`' order. ``distance_weights``: the batch's
+    :func:`silhouette_weights` where the caller keeps them (they depend on the mask alone)."""
     hair_mask, _, _ = batch_regions(batch)
     hair = out["hair"]
-    rendered_mask = hair["alpha"] * out["occlusion"]
-    hair_rgb, hair_ssim = losses.hair_photometric(hair["rgb"], batch["image"], hair_mask)
-    if distance_weights is None:
-        distance_weights = silhouette_weights(hair_mask)
-    return {
-        "hair_rgb": hair_rgb, "hair_ssim": hair_ssim,
-        "silhouette": losses.silhouette_loss(rendered_mask, hair_mask, distance_weights),
-        "solid": losses.solid_hair_loss(hair["alpha"], hair_mask, config.erode_px),
-    }
+    terms = {}
+    if "hair_rgb" in names or "hair_ssim" in names:
+        hair_rgb, hair_ssim = losses.hair_photometric(hair["rgb"], batch["image"], hair_mask)
+        terms.update({"hair_rgb": hair_rgb, "hair_ssim": hair_ssim})
+    if "silhouette" in names:
+        if distance_weights is None:
+            distance_weights = silhouette_weights(hair_mask)
+        terms["silhouette"] = losses.silhouette_loss(hair["alpha"] * out["occlusion"], hair_mask, distance_weights)
+    if "solid" in names:
+        terms["solid"] = losses.solid_hair_loss(hair["alpha"], hair_mask, config.erode_px)
+    return {name: term for name, term in terms.items() if name in names}
 
 
 def hair_loss_weights(config: HairConfig) -> dict[str, float]:

@@ -10,6 +10,9 @@ their geometry (``joint_hair_geometry_lr_ratio``) can train too, a departure (do
     L = λp·L_pho(blend) + 3λp·L_di·pho(face) + λss·L_ssim(blend) + λsol·L_sol
         + λn·(‖δr‖ + ‖δs‖ + ‖δo‖ + ‖δc‖) + λa·L_aiap                                 (eq. 15)
 
+(+ those of eq. 14's hair L2, SSIM and silhouette terms named in ``joint_hair_terms``; the
+authors' code keeps all three.)
+
 Outputs in the run folder:
     joint.pt    the face as this stage leaves it, its frames, the deformation field, the settings;
                 the canonical hair too where this stage trained it (hair.pt stays stage 2's)
@@ -37,14 +40,14 @@ from mega.flame.head_model import HeadModel
 from mega.data.parsing import batch_regions
 from mega.eval.avatar import evaluate_avatar, hair_iou
 from mega.face.frames import FrameParameters
-from mega.hair.config import HairConfig
+from mega.hair.config import JOINT_HAIR_TERMS, HairConfig
 from mega.hair.deform import DeformationField
 from mega.hair.model import GaussianHair
 from mega.hair.render import camera_at
 from mega.render.gaussians import quaternion_to_matrix
 from mega.train.checkpoint import checkpoint_identity, load_checkpoint, save_checkpoint
 from mega.train.face import FaceStage, face_targets, model_weights
-from mega.train.hair import open_hair_split
+from mega.train.hair import hair_loss_weights, hair_losses, open_hair_split
 from mega.train.loop import LoopSettings, OnSettingsChange, ParameterGroup, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,8 @@ def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor,
     """Eq. 15's terms, unweighted (see docs/hair.md for the reductions). ``canonical``: the
     canonical means [N, 3] and covariances [N, 3, 3]; ``rotation`` [B, 3, 3] the frames' rigid
     head rotations; ``face`` the avatar's face, whose ``hair_target`` sets the diffuse term's
-    target under the hair as in the face stage."""
+    target under the hair as in the face stage; then the canonical-hair stage's terms named in
+    ``config.joint_hair_terms``."""
     hair_mask, _, _ = batch_regions(batch)
     image = batch["image"]
     _, diffuse_target = face_targets(face, out["face"], image, hair_mask, face.config.hair_target)
@@ -93,13 +97,22 @@ def joint_losses(out: dict, batch: dict, config: HairConfig, neighbours: Tensor,
         "solid": losses.solid_hair_loss(out["hair"]["alpha"], hair_mask, config.erode_px),
         **{f"offset_{name}": offsets[name] for name in ("quats", "scales", "opacities", "sh0")},
         "aiap_xyz": aiap_xyz, "aiap_cov": aiap_cov,
+        # The authors' joint stage keeps the whole hair loss: the posed hair against the hair's pixels.
+        **hair_losses(out, batch, config, names=config.joint_hair_terms),
     }
 
 
+def joint_loss_terms(config: HairConfig) -> tuple[str, ...]:
+    """The names of :func:`joint_losses`' terms under ``config`` (loss.csv's columns)."""
+    return LOSS_TERMS + tuple(name for name in JOINT_HAIR_TERMS if name in config.joint_hair_terms)
+
+
 def joint_loss_weights(config: HairConfig) -> dict[str, float]:
+    hair = {name: w for name, w in hair_loss_weights(config).items() if name in config.joint_hair_terms}
     return {"rgb": config.w_rgb, "ssim": config.w_ssim, "diffuse_rgb": config.w_diffuse_rgb * config.w_rgb,
             "solid": config.w_solid, **{f"offset_{n}": config.w_offsets for n in ("quats", "scales", "opacities", "sh0")},
-            "aiap_xyz": config.w_aiap_xyz, "aiap_cov": config.w_aiap_cov}
+            "aiap_xyz": config.w_aiap_xyz, "aiap_cov": config.w_aiap_cov,
+            **hair}
 
 
 class JointStage:
@@ -113,6 +126,7 @@ class JointStage:
         ``n_images``: the training split's size (None: unknown, and the face's geometry is made
         at every step, see :meth:`face_geometry`)."""
         self.avatar, self.frames, self.rigid, self.config = avatar, frames, rigid, config
+        self.loss_terms = joint_loss_terms(config)
         self.scene_extent_m = scene_extent_m
         self.face_stage = FaceStage(avatar.face, frames, avatar.face.config, frozen=FROZEN_FACE_GROUPS)
         self.canonical = self.canonical_geometry()
