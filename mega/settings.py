@@ -47,6 +47,11 @@ class Settings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every setting's default value, by name."""
+        return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
+
 
 def _coerce(default, value):
     """(value fits the default's type, the value converted)."""

@@ -329,6 +329,29 @@ def test_white_on_scalp_leaves_the_skin_under_the_hair_untaught(subject):
 
 
 # ----------------------------------------------------------------------------- the shared loop, data policy
+def test_a_checkpoint_older_than_a_setting_resumes_where_the_setting_keeps_its_default(subject, tmp_path):
+    """A checkpoint written before a setting existed lacks its key: it resumes while the setting has
+    its default (the behaviour the checkpoint was trained under), and is refused otherwise."""
+    union, head_dir = subject
+    head = head_of(head_dir)
+    config = TINY_FACE.replace(iterations=3, checkpoint_every=1)
+    assert config.w_ssim == FaceConfig.defaults()["w_ssim"] and config.tex_size != FaceConfig.defaults()["tex_size"]
+    assert train_face(union, head, tmp_path / "run", config, progress=False, stop_after=2) == {"stopped_at": 2}
+    path = tmp_path / "run" / "face" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=False)
+
+    def as_if_written_without(key):
+        state = {**saved, "fingerprint": {k: v for k, v in saved["fingerprint"].items() if k != key}}
+        torch.save(state, path)
+
+    as_if_written_without("tex_size")  # trained at 16, not at the default
+    with pytest.raises(TrainingError, match=f"tex_size: {FaceConfig.defaults()['tex_size']} → 16"):
+        train_face(union, head, tmp_path / "run", config, progress=False)
+    as_if_written_without("w_ssim")  # trained at the default
+    train_face(union, head, tmp_path / "run", config, progress=False)
+    assert list(pd.read_csv(tmp_path / "run" / "face" / "loss.csv")["step"]) == [1, 2, 3]
+
+
 def test_changed_settings_restart_when_the_workflow_asks(subject, tmp_path):
     union, head_dir = subject
     head = head_of(head_dir)

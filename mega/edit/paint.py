@@ -296,7 +296,8 @@ def paint_avatar(avatar: Avatar, frames: FrameParameters, rigid: RigidTable, uni
                    # What is painted and on what: a repainted image or a retrained avatar starts over.
                    "painting": state_identity({"image": painting.image, "mask": painting.mask}),
                    "avatar": state_identity(avatar.state_dict())}
-    train(stage, dataset, work_dir, settings, fingerprint, device, progress=progress, on_settings_change="restart")
+    train(stage, dataset, work_dir, settings, fingerprint, device, progress=progress, on_settings_change="restart",
+          fingerprint_defaults=PaintConfig.defaults())
     return stage.uv_mask, stage.before
 
 

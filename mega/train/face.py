@@ -218,7 +218,8 @@ def train_face(union_dir: str | Path, head: HeadModel, run_dir: str | Path, conf
     log.info("face stage: %d training images, batch %d, %d steps", len(dataset), config.batch_size, steps)
     result = train(stage, dataset, work_dir, settings, fingerprint={**config.to_dict(), "variant": variant},
                    device=device, resumable=RESUMABLE, progress=progress, restart=restart,
-                   on_settings_change=on_settings_change, stop_after=stop_after)
+                   on_settings_change=on_settings_change, stop_after=stop_after,
+                   fingerprint_defaults=FaceConfig.defaults())
     if not result.finished:
         return {"stopped_at": result.steps_done}
 

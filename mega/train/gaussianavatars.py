@@ -174,7 +174,8 @@ def train_gaussianavatars(union_dir: str | Path, head: HeadModel, run_dir: str |
              gaussians.n, config.batch_size, steps, extent)
     fingerprint = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
-                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
+                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after,
+                   fingerprint_defaults=GaussianAvatarsConfig.defaults())
     if not result.finished:
         return {"stopped_at": result.steps_done}
     save_checkpoint(run_dir / f"{METHOD}.pt", {"method": METHOD, "gaussians": gaussians.state_dict(),

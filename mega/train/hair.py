@@ -350,7 +350,8 @@ def train_hair(union_dir: str | Path, face_path: str | Path, rigid_path: str | P
     fingerprint = {**{k: v for k, v in config.to_dict().items() if k not in RESUMABLE}, "variant": variant,
                    "face": checkpoint_identity(face_path)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
-                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
+                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after,
+                   fingerprint_defaults=HairConfig.defaults())
     if not result.finished:
         return {"stopped_at": result.steps_done}
 

@@ -280,7 +280,8 @@ def train_joint(union_dir: str | Path, face_path: str | Path, hair_path: str | P
     fingerprint = {**config.to_dict(), "variant": variant, "face": checkpoint_identity(face_path),
                    "hair": checkpoint_identity(hair_path, hair_state)}
     result = train(stage, dataset, work_dir, settings, fingerprint=fingerprint, device=device, resumable=RESUMABLE,
-                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after)
+                   progress=progress, restart=restart, on_settings_change=on_settings_change, stop_after=stop_after,
+                   fingerprint_defaults=HairConfig.defaults())
     if not result.finished:
         return {"stopped_at": result.steps_done}
 

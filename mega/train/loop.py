@@ -155,8 +155,11 @@ def pick_device(device: str | torch.device) -> torch.device:
     return picked
 
 
-def settings_changes(saved: dict, now: dict, resumable: set[str]) -> list[str]:
-    """'key: old → new' for every setting that differs and is not allowed to."""
+def settings_changes(saved: dict, now: dict, resumable: set[str], defaults: dict | None = None) -> list[str]:
+    """'key: old → new' for every setting that differs and is not allowed to. A key that ``saved``
+    lacks and ``defaults`` holds is a setting added since the checkpoint was written: it counts as
+    having had its default, the behaviour every new setting defaults to."""
+    saved = {**(defaults or {}), **saved}
     keys = sorted(set(saved) | set(now))
     return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in keys if k not in resumable and saved.get(k) != now.get(k)]
 
@@ -171,13 +174,16 @@ def _first_non_finite_gradient(named: list[tuple[str, nn.Parameter]]) -> str | N
 def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSettings, fingerprint: dict,
           device: torch.device, resumable: set[str] = frozenset(), progress: bool = True, restart: bool = False,
           on_settings_change: OnSettingsChange = "fail", stop_after: int | None = None,
-          batch_to_device: Callable[[dict, torch.device], dict] = to_device) -> LoopResult:
+          batch_to_device: Callable[[dict, torch.device], dict] = to_device,
+          fingerprint_defaults: dict | None = None) -> LoopResult:
     """Train ``stage`` for ``settings.steps`` steps (or resume), writing into ``work_dir``.
 
     ``fingerprint`` describes the settings the result depends on; a checkpoint written under a
     different fingerprint (ignoring the ``resumable`` keys) is refused (``"fail"``) or discarded
-    with a warning (``"restart"``). ``stop_after`` ends the run after that many steps with only
-    the checkpoint written, as an interruption would (tests use it).
+    with a warning (``"restart"``). ``fingerprint_defaults`` (the stage's settings' defaults)
+    stand in for the keys of settings added since a checkpoint was written, so that such a
+    checkpoint still resumes. ``stop_after`` ends the run after that many steps with only the
+    checkpoint written, as an interruption would (tests use it).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +200,8 @@ def train(stage: Stage, dataset: Dataset, work_dir: str | Path, settings: LoopSe
     trainable = [g for g in groups if g.trainable and g.params]
     full_fingerprint = {**fingerprint, "trainable_groups": [g.name for g in trainable]}
     if state is not None:
-        changes = settings_changes(state.get("fingerprint", {}), full_fingerprint, set(resumable))
+        changes = settings_changes(state.get("fingerprint", {}), full_fingerprint, set(resumable),
+                                   fingerprint_defaults)
         if changes and on_settings_change == "fail":
             raise TrainingError(f"{checkpoint_path} was written with other settings or inputs ({'; '.join(changes)}); "
                                 f"delete it or pass --restart to start over")
