@@ -117,7 +117,6 @@ def joint_loss_weights(config: HairConfig) -> dict[str, float]:
 
 class JointStage:
     name = "joint"
-    loss_terms = LOSS_TERMS
     extra_columns = ("psnr_train", "hair_iou")
 
     def __init__(self, avatar: Avatar, frames: FrameParameters, rigid: RigidTable, config: HairConfig,
