@@ -114,7 +114,7 @@ class Avatar(nn.Module):
         k = None if trained else num_sh_coefficients(int(self.hair.active_degree))
         gaussians, offsets = self.hair_of(flame, rotation, translation, k)
         hair = render_hair(gaussians, cameras, int(self.hair.active_degree), c.early_stop_gap_m, c.near_z_alpha,
-                           c.gaussian_backend, c.hair_supersample)
+                           c.gaussian_backend, c.hair_supersample, c.hair_rasterize_mode)
         blended = blend_renders(face, hair, c.occlusion_depth, evaluation, c.blur_kernel, c.blur_sigma,
                                 self.evaluation_near_z, c.occlusion_open_px, c.occlusion_close_px, c.hair_compositing)
         return {"face": face, "hair": hair, **blended, "offsets": offsets, "gaussians": gaussians}

@@ -397,6 +397,31 @@ def test_supersampled_hair_approaches_the_pixel_integral_at_the_images_size():
     assert torch.allclose(twice["means2d"][0], 2 * plain["means2d"][0], atol=1e-4)
 
 
+def test_antialiased_hair_covers_thin_strands_as_the_pixel_integral_does():
+    # Strands 8 cm long (3 pixels) and 1 mm thin (0.04 pixel): classic 3DGS draws each a pixel wide
+    # at its full opacity, so the image's coverage depends on its resolution; antialiased keeps each
+    # Gaussian's mass, so the image at its size is what the 8× image box-filtered down is.
+    gaussians = some_gaussians(200, (1e-3, 1e-3), spread_m=0.15)
+    gaussians["scales"][..., 0] = 0.08
+    cameras = Camera(a_camera(40, 48).intrinsics[None], torch.eye(4)[None], 40, 48)
+    error = {}
+    for mode in ("classic", "antialiased"):
+        plain, fine = (render_hair(gaussians, cameras, 0, supersample=s, rasterize_mode=mode) for s in (1, 8))
+        error[mode] = (plain["alpha"] - fine["alpha"]).abs().mean()
+        if mode == "antialiased":
+            assert plain["alpha"].mean() == pytest.approx(float(fine["alpha"].mean()), rel=0.1)
+    assert error["antialiased"] < 0.1 * error["classic"]
+    # A disc seen edge-on covers no area: its opacity goes to zero with a finite gradient.
+    disc = {"means": torch.tensor([[[0.0, 0, 1]]]), "quats": torch.tensor([[[1.0, 0, 0, 0]]]),
+            "scales": torch.tensor([[[0.05, 0.0, 0.05]]], requires_grad=True), "opacities": torch.tensor([[0.9]]),
+            "sh": torch.ones(1, 1, 1, 3)}
+    cameras = Camera(a_camera().intrinsics[None], torch.eye(4)[None], 32, 32)
+    render_hair(disc, cameras, 0, rasterize_mode="antialiased")["alpha"].sum().backward()
+    assert torch.isfinite(disc["scales"].grad).all()
+    with pytest.raises(ConfigError, match="hair_rasterize_mode"):
+        HairConfig.from_dict({"hair_rasterize_mode": "mip"}, where="config.yaml hair")
+
+
 def test_densification_reads_supersampled_gradients_in_the_units_of_the_plain_render():
     # Large smooth Gaussians look the same drawn at 1× or 2×; their screen-space gradients in
     # normalised device coordinates, which the 2e-4 threshold compares, must be too.
@@ -555,6 +580,36 @@ def test_the_canonical_hair_trains_supersampled_and_densifies(trained, tmp_path)
     assert torch.load(tmp_path / "hair.pt", weights_only=False)["hair_config"]["hair_supersample"] == 2
     with pytest.raises(ConfigError, match="hair_supersample"):
         HairConfig.from_dict({"hair_supersample": 0}, where="config.yaml hair")
+
+
+def test_the_avatar_trains_and_draws_its_hair_antialiased(trained, tmp_path):
+    from mega.avatar import Avatar, RigidTable
+    from mega.data.gaussian_avatars import collate_samples
+    from mega.train.face import load_face
+    from mega.train.hair import open_hair_split
+    union, head, run, rigid = trained
+    config = TINY_HAIR.replace(hair_rasterize_mode="antialiased")
+    metrics = train_hair(union, run / "face.pt", rigid, tmp_path, head, config, progress=False)
+    assert pd.read_csv(tmp_path / "hair" / "loss.csv")["total"].notna().all()
+    assert 0 < metrics["training_views"]["hair_iou"] <= 1
+    checkpoint = torch.load(tmp_path / "hair.pt", weights_only=False)
+    assert checkpoint["hair_config"]["hair_rasterize_mode"] == "antialiased"
+    # The avatar (every stage's and the evaluation's render) draws its hair in its config's mode.
+    face, frames = load_face(run / "face.pt", head)
+    hair = GaussianHair(0, 3)
+    hair.load_state_dict(checkpoint["hair"])
+    batch = collate_samples([open_hair_split(union, "train")[i] for i in (0, 5)])
+    index = batch["timestep_index"]
+    flame, (rotation, translation) = frames(index), RigidTable.from_file(rigid)(index)
+    alpha = {}
+    with torch.no_grad():
+        for mode in ("classic", "antialiased"):
+            out = Avatar(face, hair, None, config.replace(hair_rasterize_mode=mode))(
+                flame, batch["camera"], rotation, translation)
+            direct = render_hair(out["gaussians"], batch["camera"], 0, rasterize_mode=mode)
+            assert torch.allclose(out["hair"]["alpha"], direct["alpha"])
+            alpha[mode] = out["hair"]["alpha"]
+    assert alpha["antialiased"].sum() < alpha["classic"].sum()
 
 
 def test_the_canonical_hair_trains_on_every_frame_when_asked(trained, tmp_path, monkeypatch, one_thread):

@@ -281,7 +281,8 @@ def test_kernels_compile_for_an_h100_without_one(n_colors, flags):
     assert min(sizes.values()) > 1000
 
 
-def test_the_hair_renders_through_the_backend_its_config_names(monkeypatch):
+@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
+def test_the_hair_renders_through_the_backend_its_config_names(monkeypatch, rasterize_mode):
     from mega.errors import ConfigError
     from mega.render import gaussians_triton
     from mega.hair.config import HairConfig
@@ -299,9 +300,10 @@ def test_the_hair_renders_through_the_backend_its_config_names(monkeypatch):
     calls = []
     composite = gaussians_triton.composite
     monkeypatch.setattr(gaussians_triton, "composite", lambda *args: calls.append(1) or composite(*args))
-    ref = render_hair(hair, batched, 3, backend="torch")
+    ref = render_hair(hair, batched, 3, backend="torch", rasterize_mode=rasterize_mode)
     assert not calls
-    out = render_hair({k: v.to(DEVICE) for k, v in hair.items()}, batched.to(DEVICE), 3, backend="triton")
+    out = render_hair({k: v.to(DEVICE) for k, v in hair.items()}, batched.to(DEVICE), 3, backend="triton",
+                      rasterize_mode=rasterize_mode)
     assert len(calls) == 1 and out["rgb"].shape == ref["rgb"].shape == (1, 3, H, W)
     for key in ("rgb", "alpha", "depth", "near_z"):
         torch.testing.assert_close(out[key].cpu(), ref[key], atol=2e-6, rtol=1e-5)

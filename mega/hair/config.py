@@ -26,6 +26,8 @@ units (AVX-512 BF16, AMX), float32 elsewhere (on CUDA the float32 step was the f
 docs/benchmarks.md)."""
 COMPOSITINGS = ("authors", "over")
 """How eq. 7 lays the hair over the face (:func:`mega.blend.blend`)."""
+RASTERIZE_MODES = ("classic", "antialiased")
+"""How the hair's Gaussians cover pixels (``hair_rasterize_mode``; gsplat's names)."""
 JOINT_HAIR_TERMS = ("hair_rgb", "hair_ssim", "silhouette")
 """The canonical-hair stage's terms (eq. 12, 13) the joint stage may keep (``joint_hair_terms``)."""
 
@@ -162,6 +164,10 @@ class HairConfig(Settings):
     hair_supersample: int = 1
     """The hair is drawn at this factor of the image size and box-filtered down, in training and
     evaluation (1: at the image size, as the authors; a departure, docs/hair.md)."""
+    hair_rasterize_mode: str = "classic"
+    """How the hair's Gaussians cover pixels: classic (3DGS: each dilated by 0.3 px² at its full
+    opacity, the authors') or antialiased (the dilation keeps each Gaussian's mass, gsplat's mode of
+    that name; a departure, docs/hair.md), in training and evaluation."""
     gaussian_backend: str = "auto"
     """The Gaussian rasterizer: torch, triton (the tiled kernels; CUDA), numba (compiled CPU loops),
     or auto (numba on the CPU, triton on CUDA)."""
@@ -199,6 +205,9 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.occlusion_depth not in ("near_z", "alpha_depth"):
             raise ConfigError(f"{where}: 'occlusion_depth' must be near_z or alpha_depth, got {self.occlusion_depth!r}")
+        if self.hair_rasterize_mode not in RASTERIZE_MODES:
+            raise ConfigError(f"{where}: 'hair_rasterize_mode' must be one of {', '.join(RASTERIZE_MODES)}, "
+                              f"got {self.hair_rasterize_mode!r}")
         if self.hair_compositing not in COMPOSITINGS:
             raise ConfigError(f"{where}: 'hair_compositing' must be one of {', '.join(COMPOSITINGS)}, "
                               f"got {self.hair_compositing!r}")

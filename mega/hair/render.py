@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mega.data.camera import Camera
-from mega.render.gaussians import rasterize_gaussians_batch
+from mega.render.gaussians import antialiased_opacities, rasterize_gaussians_batch
 
 BACKGROUND = 1.0  # the data's white background
 
@@ -20,7 +20,8 @@ def camera_at(cameras: Camera, i: int | Tensor) -> Camera:
 
 
 def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, early_stop_gap_m: float | None = 0.1,
-                near_z_alpha: float = 0.05, backend: str = "auto", supersample: int = 1) -> dict:
+                near_z_alpha: float = 0.05, backend: str = "auto", supersample: int = 1,
+                rasterize_mode: str = "classic") -> dict:
     """gaussians: activated hair of B frames (means [B, N, 3], quats [B, N, 4], scales [B, N, 3],
     opacities [B, N], sh [B, N, K, 3]); cameras batched [B].
 
@@ -34,10 +35,16 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     down (rgb, alpha and depth averaged over each s × s block, near-z its nearest), as a camera
     integrates its pixels; ``means2d`` and ``radii`` stay in the drawn image's pixels, whose
     size ``render_size`` (width, height) gives.
+
+    ``rasterize_mode``: ``classic`` draws every Gaussian dilated by 0.3 px² at its full opacity
+    (3DGS, the authors'); ``antialiased`` scales each image's opacities so the dilation keeps the
+    Gaussian's screen-space mass (gsplat's mode of that name, Mip-Splatting's 2D filter): a
+    Gaussian thinner than a pixel covers the pixel partly, as a thin strand does, in whichever
+    camera and at whatever distance it is seen.
     """
     if supersample > 1:
         drawn = render_hair(gaussians, cameras.resized(cameras.width * supersample, cameras.height * supersample),
-                            sh_degree, early_stop_gap_m, near_z_alpha, backend)
+                            sh_degree, early_stop_gap_m, near_z_alpha, backend, rasterize_mode=rasterize_mode)
         pooled = {k: F.avg_pool2d(drawn[k], supersample) for k in ("rgb", "alpha", "depth")}
         # The nearest significant Gaussian of the block (inf where none): what the occlusion test
         # of a pixel that any of its sub-pixels sees hair in front of the face should read.
@@ -46,8 +53,15 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
     cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
     per_image = [camera_at(cameras, i) for i in range(gaussians["means"].shape[0])]
+    opacities = gaussians["opacities"]
+    if rasterize_mode == "antialiased":
+        opacities = torch.stack([antialiased_opacities(gaussians["means"][i], gaussians["quats"][i],
+                                                       gaussians["scales"][i], opacities[i], camera)
+                                 for i, camera in enumerate(per_image)])
+    elif rasterize_mode != "classic":
+        raise ValueError(f"rasterize_mode must be classic or antialiased, got {rasterize_mode!r}")
     outs = rasterize_gaussians_batch(gaussians["means"], gaussians["quats"], gaussians["scales"],
-                                     gaussians["opacities"], per_image, sh=gaussians["sh"], sh_degree=sh_degree,
+                                     opacities, per_image, sh=gaussians["sh"], sh_degree=sh_degree,
                                      near_z_alpha=near_z_alpha, early_stop_gap_m=gap, backend=backend)
     alpha = torch.stack([o["alpha"] for o in outs])[:, None]
     color = torch.stack([o["color"] for o in outs]).permute(0, 3, 1, 2)

@@ -115,9 +115,11 @@ def antialiased_opacities(means: Tensor, quats: Tensor, scales: Tensor, opacitie
     a high-resolution one; with it, renders at different resolutions agree after box filtering.
     means [N, 3] m, quats [N, 4], scales [N, 3] m, opacities [N] in [0, 1]."""
     _, _, cov2d, _ = project_gaussians(means, quats, scales, camera, near_plane_m)
-    dilation = COVARIANCE_DILATION_PX2 * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    ratio = torch.linalg.det(cov2d - dilation).clamp_min(0) / torch.linalg.det(cov2d).clamp_min(1e-12)
-    return opacities * ratio.sqrt()
+    a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    undilated = (a - COVARIANCE_DILATION_PX2) * (d - COVARIANCE_DILATION_PX2) - b * b
+    ratio = undilated / (a * d - b * b).clamp_min(1e-12)
+    # The floor keeps the square root's gradient finite for a Gaussian seen edge-on (ratio 0).
+    return opacities * ratio.clamp_min(1e-12).sqrt()
 
 
 class _Prepared(NamedTuple):

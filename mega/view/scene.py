@@ -161,7 +161,8 @@ class AvatarScene:
         gaussians = posed_hair(avatar.hair, rotation, translation, self.hair_offsets(settings, flame))
         gap_m = config.early_stop_gap_m if settings.early_stop else float("inf")
         hair = render_hair(gaussians, cameras, int(avatar.hair.active_degree), gap_m, config.near_z_alpha,
-                           config.gaussian_backend, config.hair_supersample)
+                           config.gaussian_backend, config.hair_supersample,
+                           config.hair_rasterize_mode)
         kernel = config.blur_kernel if settings.soft_blending else 1
         blended = blend_renders(face, hair, config.occlusion_depth, True, kernel, config.blur_sigma,
                                 settings.evaluation_near_z, config.occlusion_open_px, config.occlusion_close_px,
