@@ -81,6 +81,12 @@ def check_at_least(settings, where: str, minimum: float, *names: str) -> None:
             raise ConfigError(f"{where}: '{name}' must be at least {minimum}, got {getattr(settings, name)}")
 
 
+def check_one_of(settings, where: str, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(settings, name)
+    if value not in choices:
+        raise ConfigError(f"{where}: '{name}' must be one of {', '.join(choices)}, got {value!r}")
+
+
 def synthetic_stage_settings(config: dict, section: str) -> dict:
     """The settings the workflow gives a synthetic subject's ``section`` ("face" or "hair"): the
     config's section, then its ``synthetic.<section>`` overrides; the face takes the config's

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mega.errors import ConfigError
-from mega.settings import Settings
+from mega.settings import Settings, check_one_of
 
 
 DECODER_PRECISIONS = ("float32", "bfloat16", "float16")
@@ -112,12 +112,8 @@ class FaceConfig(Settings):
                 raise ConfigError(f"{where}: '{name}' must be 0 or more, got {getattr(self, name)}")
         if self.backend not in ("auto", "torch", "cuda"):
             raise ConfigError(f"{where}: 'backend' must be auto, torch or cuda, got {self.backend!r}")
-        if self.hair_target not in HAIR_TARGETS:
-            raise ConfigError(f"{where}: 'hair_target' must be one of {', '.join(HAIR_TARGETS)}, "
-                              f"got {self.hair_target!r}")
-        if self.decoder_precision not in DECODER_PRECISIONS:
-            raise ConfigError(f"{where}: 'decoder_precision' must be one of {', '.join(DECODER_PRECISIONS)}, "
-                              f"got {self.decoder_precision!r}")
+        check_one_of(self, where, "hair_target", HAIR_TARGETS)
+        check_one_of(self, where, "decoder_precision", DECODER_PRECISIONS)
 
     def steps_for(self, n_images: int) -> int:
         """Training steps for a subject of ``n_images`` training images."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mega.errors import ConfigError
 from mega.render.backends import GAUSSIAN_BACKENDS
-from mega.settings import Settings, check_at_least
+from mega.settings import Settings, check_at_least, check_one_of
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,7 @@ class GaussianAvatarsConfig(Settings):
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.w_dssim > 1:
             raise ConfigError(f"{where}: 'w_dssim' must be in [0, 1], got {self.w_dssim}")
-        if self.gaussian_backend not in GAUSSIAN_BACKENDS:
-            raise ConfigError(f"{where}: 'gaussian_backend' must be one of {', '.join(GAUSSIAN_BACKENDS)}, "
-                              f"got {self.gaussian_backend!r}")
+        check_one_of(self, where, "gaussian_backend", GAUSSIAN_BACKENDS)
 
     def images_to_steps(self, images: int) -> int:
         """An image count of the authors' schedule as steps of ``batch_size`` images."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mega.errors import ConfigError
 from mega.render.backends import GAUSSIAN_BACKENDS
-from mega.settings import Settings, check_at_least
+from mega.settings import Settings, check_at_least, check_one_of
 
 INIT_COLOURS = ("random", "views")
 HAIR_FRAMES = ("canonical", "all")
@@ -189,12 +189,8 @@ class HairConfig(Settings):
                        "joint_iterations", "data_workers", "cache_mb", "val_views")
         if self.init_on_scalp + self.init_off_scalp + self.init_in_hull < 1:
             raise ConfigError(f"{where}: 'init_on_scalp' + 'init_off_scalp' + 'init_in_hull' must be at least 1")
-        if self.init_colour not in INIT_COLOURS:
-            raise ConfigError(f"{where}: 'init_colour' must be one of {', '.join(INIT_COLOURS)}, "
-                              f"got {self.init_colour!r}")
-        if self.hair_frames not in HAIR_FRAMES:
-            raise ConfigError(f"{where}: 'hair_frames' must be one of {', '.join(HAIR_FRAMES)}, "
-                              f"got {self.hair_frames!r}")
+        check_one_of(self, where, "init_colour", INIT_COLOURS)
+        check_one_of(self, where, "hair_frames", HAIR_FRAMES)
         if self.init_hull_margin_m < 0:
             raise ConfigError(f"{where}: 'init_hull_margin_m' must be at least 0, got {self.init_hull_margin_m}")
         if not 0 <= self.sh_degree <= 3:
@@ -205,24 +201,16 @@ class HairConfig(Settings):
             raise ConfigError(f"{where}: 'init_opacity' must be in (0, 1), got {self.init_opacity}")
         if self.occlusion_depth not in ("near_z", "alpha_depth"):
             raise ConfigError(f"{where}: 'occlusion_depth' must be near_z or alpha_depth, got {self.occlusion_depth!r}")
-        if self.hair_rasterize_mode not in RASTERIZE_MODES:
-            raise ConfigError(f"{where}: 'hair_rasterize_mode' must be one of {', '.join(RASTERIZE_MODES)}, "
-                              f"got {self.hair_rasterize_mode!r}")
-        if self.hair_compositing not in COMPOSITINGS:
-            raise ConfigError(f"{where}: 'hair_compositing' must be one of {', '.join(COMPOSITINGS)}, "
-                              f"got {self.hair_compositing!r}")
-        if self.gaussian_backend not in GAUSSIAN_BACKENDS:
-            raise ConfigError(f"{where}: 'gaussian_backend' must be one of {', '.join(GAUSSIAN_BACKENDS)}, "
-                              f"got {self.gaussian_backend!r}")
+        check_one_of(self, where, "hair_rasterize_mode", RASTERIZE_MODES)
+        check_one_of(self, where, "hair_compositing", COMPOSITINGS)
+        check_one_of(self, where, "gaussian_backend", GAUSSIAN_BACKENDS)
         if not self.blur_sigma > 0:
             raise ConfigError(f"{where}: 'blur_sigma' must be positive (pixels), got {self.blur_sigma}")
         for name in ("blur_kernel", "occlusion_open_px", "occlusion_close_px"):
             if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
                 raise ConfigError(f"{where}: '{name}' must be an odd number of pixels (1, 3, 5, ...), "
                                   f"got {getattr(self, name)}")
-        if self.deform_precision not in DEFORM_PRECISIONS:
-            raise ConfigError(f"{where}: 'deform_precision' must be one of {', '.join(DEFORM_PRECISIONS)}, "
-                              f"got {self.deform_precision!r}")
+        check_one_of(self, where, "deform_precision", DEFORM_PRECISIONS)
         for name in ("joint_hair_appearance_lr_ratio", "joint_hair_geometry_lr_ratio"):
             if not 0 <= getattr(self, name) <= 10:
                 raise ConfigError(f"{where}: '{name}' must be in [0, 10], got {getattr(self, name)}")
