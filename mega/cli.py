@@ -140,6 +140,7 @@ def _synth(args) -> None:
     import time
 
     from mega.atomic import write_json
+    from mega.data.rig import MAX_SYNTHETIC_CAMERAS
     from mega.data.synth import SynthOptions, options_summary, synthesize
     from mega.data.validate import validate_union
     from mega.errors import DataError
@@ -155,9 +156,10 @@ def _synth(args) -> None:
         raise MegaError(f"mega synth: --hair-strands must be at least 1 (got {options.hair_strands}), "
                         f"--hair-clumps at least 0 (got {options.hair_clumps}) and --hair-sway-mm at least 0 "
                         f"(got {options.hair_sway_mm})")
-    if options.n_sequences < 2 or options.frames_per_sequence < 1 or not 9 <= options.n_cameras <= 16:
-        raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and 9 to 16 cameras "
-                        "(camera 8 is the val camera; the rig has NeRSemble's 16 serials), got "
+    if (options.n_sequences < 2 or options.frames_per_sequence < 1
+            or not 9 <= options.n_cameras <= MAX_SYNTHETIC_CAMERAS):
+        raise MegaError("mega synth needs at least 2 sequences, 1 frame per sequence and "
+                        f"9 to {MAX_SYNTHETIC_CAMERAS} cameras (camera 8 is the val camera; NeRSemble's rig has 16), got "
                         f"--sequences {options.n_sequences} --frames {options.frames_per_sequence} "
                         f"--cameras {options.n_cameras}")
     if min(options.width, options.height) < 16 or options.supersample < 1:
@@ -614,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=138, help="image width in pixels (real data: 550)")
     p.add_argument("--height", type=int, default=200, help="image height in pixels (real data: 802)")
-    p.add_argument("--cameras", type=int, default=16)
+    p.add_argument("--cameras", type=int, default=16, help="cameras of the rig, 9 to 64 (NeRSemble's: 16)")
     p.add_argument("--sequences", type=int, default=10, help="the last one is the test sequence")
     p.add_argument("--frames", type=int, default=3, help="frames per sequence")
     p.add_argument("--hair", choices=("short", "long", "none"), default="short")

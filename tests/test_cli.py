@@ -105,7 +105,7 @@ def test_bad_arguments_are_one_clear_line_naming_what_to_change(tmp_path, capsys
         assert "torch sees no CUDA GPU on this machine" in error_of(
             "export", str(tmp_path), "--head-model", str(tmp_path), "--out", str(tmp_path / "x"), "--device", "cuda")
     assert pick_device("cpu") == torch.device("cpu")
-    assert "9 to 16 cameras" in error_of("synth", str(tmp_path / "s"), "--cameras", "17")
+    assert "9 to 64 cameras" in error_of("synth", str(tmp_path / "s"), "--cameras", "65")
     assert "at least 16 pixels" in error_of("synth", str(tmp_path / "s"), "--width", "0")
     assert not (tmp_path / "s").exists()
     assert "mega figure curves needs --run-dir" in error_of("figure", "curves", "--out", str(tmp_path / "f.png"))

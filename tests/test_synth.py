@@ -202,7 +202,7 @@ def test_validator_names_file_and_field(tmp_path):
 
 def test_bad_options_are_refused(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "x"), "--cameras", "4", "--quiet"]) == 2
-    assert "9 to 16 cameras" in capsys.readouterr().err
+    assert "9 to 64 cameras" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "none"), *TINY, "--hair-strands", "0"]) == 2
     assert "--hair-strands must be at least 1 (got 0)" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "back"), *TINY, "--hair-sway-mm", "-1"]) == 2
@@ -232,15 +232,25 @@ def test_long_hair_leaves_the_face_open(tmp_path):
     assert (long_hair == LABEL["hair"]).sum() > 1.3 * (short_hair == LABEL["hair"]).sum()
 
 
-def test_a_rig_of_nine_to_fifteen_cameras_keeps_camera_8_frontal(tmp_path):
-    from mega.data.rig import nersemble_like_rig
+def test_a_rig_of_nine_to_sixty_four_cameras_keeps_camera_8_frontal(tmp_path):
+    from mega.data.rig import NERSEMBLE_SERIALS, nersemble_like_rig, rig_serials
 
-    for n in range(9, 17):
+    for n in (*range(9, 17), 20, 48, 64):
         centres = torch.stack([torch.linalg.inv(c.world_to_camera)[:3, 3] for c in nersemble_like_rig(28, 40, n)])
         frontness = centres[:, 2] / centres.norm(dim=1)
         assert int(frontness.argmax()) == 8, n
+        serials = rig_serials(n)
+        assert len(set(serials)) == n and serials[:16] == list(NERSEMBLE_SERIALS[:n])
     union = make_subject(tmp_path / "nine", "--cameras", "9")
     assert validate_union(union) == []
+    # Past NeRSemble's 16 cameras: ids of their own, the frontal camera still the val camera.
+    union = make_subject(tmp_path / "twenty", "--cameras", "20")
+    assert validate_union(union) == []
+    val = json.loads((union / "transforms_val.json").read_text())["frames"]
+    assert {frame["camera_id"] for frame in val} == {"222200037"}
+    train = json.loads((union / "transforms_train.json").read_text())["frames"]
+    assert len({frame["camera_id"] for frame in train}) == 19
+    assert len(set(SubjectDataset(union, "train").frames.camera_index)) == 19
 
 
 def test_hair_quaternions_round_trip():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mega.data.rig import NERSEMBLE_SERIALS, nersemble_like_rig
+from mega.data.rig import nersemble_like_rig, rig_serials
 from mega.data.union_writer import UnionWriter
 
 
@@ -26,7 +26,7 @@ def write_fixture_subject(parent: str | Path, n_sequences: int = 3, n_timesteps:
     """
     rng = np.random.default_rng(seed)
     cameras = nersemble_like_rig(width, height, n_cameras)
-    writer = UnionWriter(Path(parent), subject, cameras, list(NERSEMBLE_SERIALS[:n_cameras]))
+    writer = UnionWriter(Path(parent), subject, cameras, rig_serials(n_cameras))
     sequences = [f"EXP-{i + 1}" for i in range(n_sequences)]
     yy, xx = np.mgrid[:height, :width]
     disc = (xx - width / 2) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 3) ** 2

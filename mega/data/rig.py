@@ -14,6 +14,15 @@ NERSEMBLE_SERIALS = (
     "222200037", "222200038", "222200047", "222200043", "222200049", "222200039", "222200045", "221501007",
 )
 FRONTAL_CAMERA = 8
+# A synthetic rig may hold more cameras than NeRSemble's 16 (camera-count studies: how much of an
+# avatar's error the views leave undetermined); the extra ones get serials of their own.
+MAX_SYNTHETIC_CAMERAS = 64
+
+
+def rig_serials(n_cameras: int) -> list[str]:
+    """Camera ids of an ``n_cameras`` rig: NeRSemble's serials in VHAP's order, then, past its 16,
+    nine-digit ids of the same form that no NeRSemble camera has (``229900016``, ...)."""
+    return list(NERSEMBLE_SERIALS[:n_cameras]) + [f"2299{index:05d}" for index in range(len(NERSEMBLE_SERIALS), n_cameras)]
 
 
 def look_at_world_to_camera(eye: np.ndarray, target: np.ndarray, up=(0.0, 1.0, 0.0)) -> np.ndarray:

@@ -42,8 +42,8 @@ from tqdm import tqdm
 
 from mega.data.camera import Camera
 from mega.data.parsing import LABEL
-from mega.data.rig import (DEFAULT_SYNTHETIC_HEIGHT, DEFAULT_SYNTHETIC_WIDTH, FRONTAL_CAMERA, NERSEMBLE_SERIALS,
-                           nersemble_like_rig)
+from mega.data.rig import (DEFAULT_SYNTHETIC_HEIGHT, DEFAULT_SYNTHETIC_WIDTH, FRONTAL_CAMERA, nersemble_like_rig,
+                           rig_serials)
 from mega.data.union_writer import UnionWriter
 from mega.flame import enhance
 from mega.flame.geometry import vertex_normals
@@ -492,7 +492,7 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
     uvs = torch.as_tensor(enhanced.uvs, dtype=torch.float32)
     scalp = torch.as_tensor(enhanced.region_mask("scalp"))
     cameras = nersemble_like_rig(options.width, options.height, options.n_cameras)
-    writer = UnionWriter(Path(parent), options.subject, cameras, list(NERSEMBLE_SERIALS[: options.n_cameras]))
+    writer = UnionWriter(Path(parent), options.subject, cameras, rig_serials(options.n_cameras))
     params = sequence_parameters(options, head)
     sequences = list(params)
     shape = params[sequences[0]][0]["shape"]
