@@ -1,5 +1,5 @@
-"""Camera rigs placed like NeRSemble's: 16 cameras on an arc in front of the head, about a
-metre away, in two rows, the frontal camera at index 8."""
+"""Camera rigs placed like NeRSemble's: 16 cameras (9 to 64 for synthetic subjects) on an arc in
+front of the head, about a metre away, in two rows, the frontal camera at index 8."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ MAX_SYNTHETIC_CAMERAS = 64
 def rig_serials(n_cameras: int) -> list[str]:
     """Camera ids of an ``n_cameras`` rig: NeRSemble's serials in VHAP's order, then, past its 16,
     nine-digit ids of the same form that no NeRSemble camera has (``229900016``, ...)."""
-    return list(NERSEMBLE_SERIALS[:n_cameras]) + [f"2299{index:05d}" for index in range(len(NERSEMBLE_SERIALS), n_cameras)]
+    extra = range(len(NERSEMBLE_SERIALS), n_cameras)
+    return list(NERSEMBLE_SERIALS[:n_cameras]) + [f"2299{index:05d}" for index in extra]
 
 
 def look_at_world_to_camera(eye: np.ndarray, target: np.ndarray, up=(0.0, 1.0, 0.0)) -> np.ndarray:
