@@ -82,6 +82,7 @@ def check_at_least(settings, where: str, minimum: float, *names: str) -> None:
 
 
 def check_one_of(settings, where: str, name: str, choices: tuple[str, ...]) -> None:
+    """A ConfigError naming ``where``, the field and the choices unless ``settings.<name>`` is one of them."""
     value = getattr(settings, name)
     if value not in choices:
         raise ConfigError(f"{where}: '{name}' must be one of {', '.join(choices)}, got {value!r}")

@@ -316,6 +316,11 @@ def test_the_config_schema_the_cli_and_the_options_agree_on_the_defaults():
         if cli_names.get(key, key) in options:
             assert options[cli_names.get(key, key)] == value, key
     assert set(options) <= {cli_names.get(k, k) for k in cli_defaults}  # every option has its command-line flag
+    # A subject's camera count: the schema's range is `mega synth`'s (9 to MAX_SYNTHETIC_CAMERAS).
+    from mega.data.rig import MAX_SYNTHETIC_CAMERAS
+
+    others = schema["properties"]["synthetic"]["properties"]["others"]["additionalProperties"]["properties"]
+    assert (others["cameras"]["minimum"], others["cameras"]["maximum"]) == (9, MAX_SYNTHETIC_CAMERAS)
 
 
 def test_hair_is_rooted_on_the_scalps_triangles_and_needs_them(toy_head):
