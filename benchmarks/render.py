@@ -4,12 +4,17 @@ CUDA), on the CPU the numba Gaussian backend, and where CUDA is present the trit
 kernels, nvdiffrast, and gsplat for comparison.
 
     python benchmarks/render.py [--repeats 5] [--device cpu|cuda] [--gaussians 50000]
-        [--gaussian-backends torch triton numba gsplat]
+        [--gaussian-backends torch triton numba gsplat] [--rasterize-modes classic antialiased apart]
 
 Scenes: the procedural head's enhanced mesh, its largest faces split once more to reach the
 paper's 40,212 faces, seen by the frontal camera of the NeRSemble-like rig (f = 1604 px, 1 m);
 and "hair": strand-like Gaussians (2–5 mm long, 0.3–0.8 mm thick, opacity 0.3–1, random
 orientations) in a 2 cm layer over the head's scalp, as dense as trained hair gets.
+
+``--rasterize-modes``: the Gaussian rows in each mode, ``classic`` (the default), ``antialiased``
+(the opacities scaled inside the render's projection) and ``apart`` (the same opacities made by
+``antialiased_opacities`` first, a projection of their own, as ``render_hair`` made them until
+2026-12-07).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from mega.data.camera import Camera
 from mega.data.rig import DEFAULT_SYNTHETIC_HEIGHT, DEFAULT_SYNTHETIC_WIDTH, nersemble_like_rig
 from mega.flame import build_toy_head, enhance
 from mega.flame.geometry import vertex_normals
-from mega.render.gaussians import rasterize_gaussians
+from mega.render.gaussians import antialiased_opacities, rasterize_gaussians
 from mega.render.mesh import interpolate, rasterize
 from mega.render.projection import world_to_clip
 
@@ -95,6 +100,8 @@ def main() -> None:
     parser.add_argument("--gaussian-backends", nargs="+", choices=["torch", "triton", "numba", "gsplat"], default=None,
                         help="Gaussian rows (default: torch and numba on CPU; torch, triton and gsplat on CUDA, where gsplat "
                              "compiles its CUDA sources on first use: minutes)")
+    parser.add_argument("--rasterize-modes", nargs="+", choices=["classic", "antialiased", "apart"], default=["classic"],
+                        help="the Gaussian rows' rasterize modes (apart: antialiased with the opacities made first)")
     args = parser.parse_args()
     device = args.device
     counts = args.gaussians or ([50_000] if device == "cpu" else [100_000])
@@ -131,11 +138,13 @@ def main() -> None:
         scene = [t.to(device).requires_grad_() for t in hair_gaussians(n, vertices, faces, scalp)]
 
         for gaussian_backend in (b for b in gaussian_backends if b != "gsplat"):
-            try:
-                rows.append(_gaussian_row(scene, cam, n, width, height, gaussian_backend, args.repeats, device))
-            except Exception as exc:  # noqa: BLE001 - a failing backend is reported, the others still run
-                rows.append((f"{n:,} Gaussians", gaussian_backend, f"{width}×{height}", "n/a",
-                             f"{type(exc).__name__}: {exc}"))
+            for mode in args.rasterize_modes:
+                try:
+                    rows.append(_gaussian_row(scene, cam, n, width, height, gaussian_backend, args.repeats, device,
+                                              mode))
+                except Exception as exc:  # noqa: BLE001 - a failing backend is reported, the others still run
+                    rows.append((f"{n:,} Gaussians", gaussian_backend, f"{width}×{height}", "n/a",
+                                 f"{type(exc).__name__}: {exc}"))
         if "gsplat" in gaussian_backends:
             rows.append(_gsplat_row(scene, cam, n, width, height, args.repeats))
 
@@ -147,11 +156,16 @@ def main() -> None:
 
 
 def _gaussian_row(scene, cam: Camera, n: int, width: int, height: int, backend: str, repeats: int,
-                  device: str) -> tuple:
-    """Forward and forward + backward times of our rasterizer on ``backend``, memory and coverage."""
+                  device: str, mode: str = "classic") -> tuple:
+    """Forward and forward + backward times of our rasterizer on ``backend`` in ``mode`` (a
+    rasterize mode, or ``apart``: antialiased opacities made first), memory and coverage."""
 
     def gaussians_forward():
-        return rasterize_gaussians(*scene[:4], cam, colors=scene[4], backend=backend)
+        means, quats, scales, opacities = scene[:4]
+        if mode == "apart":
+            opacities = antialiased_opacities(means, quats, scales, opacities, cam)
+        return rasterize_gaussians(means, quats, scales, opacities, cam, colors=scene[4], backend=backend,
+                                   rasterize_mode="classic" if mode == "apart" else mode)
 
     def gaussians_forward_backward():
         out = gaussians_forward()
@@ -169,7 +183,8 @@ def _gaussian_row(scene, cam: Camera, n: int, width: int, height: int, backend: 
     with torch.no_grad():
         out = gaussians_forward()
     coverage = float((out["alpha"] > 0.5).float().mean())
-    return (f"{n:,} Gaussians, fwd / fwd + bwd", backend, f"{width}×{height}",
+    label = "" if mode == "classic" else f" ({mode})"
+    return (f"{n:,} Gaussians{label}, fwd / fwd + bwd", backend, f"{width}×{height}",
             f"{forward * 1000:.1f} / {both * 1000:.1f} ms", f"{memory}; {coverage:.0%} px α>0.5")
 
 

@@ -272,3 +272,37 @@ def test_antialiased_opacities_keep_thin_strands_equally_covering_at_any_resolut
     # A Gaussian much wider than a pixel keeps its opacity.
     wide = antialiased_opacities(means, quats, scales * 20, opacities, small)
     assert torch.allclose(wide, opacities, rtol=0.05)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_the_antialiased_mode_draws_what_antialiased_opacities_draw_in_one_projection(backend):
+    """rasterize_mode="antialiased" scales the opacities inside the render's own projection: the
+    same images and gradients as antialiased_opacities' opacities drawn classic, and a mode that
+    does not exist is refused by name."""
+    from mega.render.gaussians import antialiased_opacities
+
+    means, quats, scales, opacities, colors = random_scene(60, seed=5)
+    scales = scales * 0.15  # thin enough for the factor to matter (0.3–1.5 px)
+    camera = off_centre_camera()
+    weights = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(fused):
+        leaves = [t.clone().requires_grad_(True) for t in (means, quats, scales, opacities)]
+        m, q, s, o = leaves
+        if fused:
+            out = rasterize_gaussians(m, q, s, o, camera, colors=colors, backend=backend, rasterize_mode="antialiased")
+        else:
+            out = rasterize_gaussians(m, q, s, antialiased_opacities(m, q, s, o, camera), camera, colors=colors,
+                                      backend=backend)
+        ((out["color"] * weights).sum() + out["alpha"].sum()).backward()
+        return out, [t.grad for t in leaves]
+
+    (fused, fused_grads), (apart, apart_grads) = run(True), run(False)
+    classic = rasterize_gaussians(means, quats, scales, opacities, camera, colors=colors, backend=backend)
+    assert fused["alpha"].sum() < 0.8 * classic["alpha"].sum()  # the factor did something
+    for key in ("color", "alpha", "depth", "near_z"):
+        torch.testing.assert_close(fused[key], apart[key])
+    for got, expected in zip(fused_grads, apart_grads):
+        torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="rasterize_mode must be one of classic, antialiased, got 'mip'"):
+        rasterize_gaussians(means, quats, scales, opacities, camera, colors=colors, rasterize_mode="mip")

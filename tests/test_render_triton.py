@@ -123,7 +123,7 @@ def test_fused_projection_matches_the_torch_projection(dtype):
     kernel = [t.detach().to(DEVICE).requires_grad_() for t in scene]
     cam = turned_camera(dtype)
 
-    means2d, conic, depths, _, extent_x, extent_y, key, radii = _screen_space(*reference, cam, 0.01)
+    means2d, conic, depths, _, extent_x, extent_y, key, radii, _ = _screen_space(*reference, cam, 0.01)
     means2d_k, rest_k, extent_x_k, extent_y_k, key_k, radii_k = project(*kernel, cam.to(DEVICE), 0.01)
     geometry = torch.cat([means2d_k, rest_k], 1)
     drawn = torch.isfinite(key)
@@ -188,7 +188,7 @@ def test_the_binning_kernels_make_the_torch_binning_lists():
     means, quats, scales, opacities, _ = [t.float() for t in random_scene(300, seed=9)]
     means[:, :2] *= 3  # many off the image
     scales[::7] *= 6  # some across many tiles
-    means2d, _, _, _, extent_x, extent_y, key, _ = _screen_space(means, quats, scales, opacities, camera(), 0.01)
+    means2d, _, _, _, extent_x, extent_y, key, _, _ = _screen_space(means, quats, scales, opacities, camera(), 0.01)
     order = torch.argsort(key)
     drawn = int(torch.isfinite(key).sum())
     assert 30 < drawn < 270

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from mega.errors import ConfigError
-from mega.render.backends import GAUSSIAN_BACKENDS
+from mega.render.backends import GAUSSIAN_BACKENDS, RASTERIZE_MODES
 from mega.settings import Settings, check_at_least, check_one_of
 
 INIT_COLOURS = ("random", "views")
@@ -26,8 +26,6 @@ units (AVX-512 BF16, AMX), float32 elsewhere (on CUDA the float32 step was the f
 docs/benchmarks.md)."""
 COMPOSITINGS = ("authors", "over")
 """How eq. 7 lays the hair over the face (:func:`mega.blend.blend`)."""
-RASTERIZE_MODES = ("classic", "antialiased")
-"""How the hair's Gaussians cover pixels (``hair_rasterize_mode``; gsplat's names)."""
 JOINT_HAIR_TERMS = ("hair_rgb", "hair_ssim", "silhouette")
 """The canonical-hair stage's terms (eq. 12, 13) the joint stage may keep (``joint_hair_terms``)."""
 

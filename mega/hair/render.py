@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mega.data.camera import Camera
-from mega.render.gaussians import antialiased_opacities, rasterize_gaussians_batch
+from mega.render.gaussians import rasterize_gaussians_batch
 
 BACKGROUND = 1.0  # the data's white background
 
@@ -53,16 +53,10 @@ def render_hair(gaussians: dict[str, Tensor], cameras: Camera, sh_degree: int, e
     gap = None if early_stop_gap_m is None or early_stop_gap_m == float("inf") else early_stop_gap_m
     cameras = cameras.to(device=gaussians["means"].device, dtype=gaussians["means"].dtype)
     per_image = [camera_at(cameras, i) for i in range(gaussians["means"].shape[0])]
-    opacities = gaussians["opacities"]
-    if rasterize_mode == "antialiased":
-        opacities = torch.stack([antialiased_opacities(gaussians["means"][i], gaussians["quats"][i],
-                                                       gaussians["scales"][i], opacities[i], camera)
-                                 for i, camera in enumerate(per_image)])
-    elif rasterize_mode != "classic":
-        raise ValueError(f"rasterize_mode must be classic or antialiased, got {rasterize_mode!r}")
     outs = rasterize_gaussians_batch(gaussians["means"], gaussians["quats"], gaussians["scales"],
-                                     opacities, per_image, sh=gaussians["sh"], sh_degree=sh_degree,
-                                     near_z_alpha=near_z_alpha, early_stop_gap_m=gap, backend=backend)
+                                     gaussians["opacities"], per_image, sh=gaussians["sh"], sh_degree=sh_degree,
+                                     near_z_alpha=near_z_alpha, early_stop_gap_m=gap, backend=backend,
+                                     rasterize_mode=rasterize_mode)
     alpha = torch.stack([o["alpha"] for o in outs])[:, None]
     color = torch.stack([o["color"] for o in outs]).permute(0, 3, 1, 2)
     return {

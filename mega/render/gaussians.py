@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from mega.data.camera import Camera
-from mega.render.backends import GAUSSIAN_BACKENDS
+from mega.render.backends import GAUSSIAN_BACKENDS, RASTERIZE_MODES
 from mega.render.ranges import expand_ranges
 from mega.render.sh import eval_sh
 
@@ -115,11 +115,16 @@ def antialiased_opacities(means: Tensor, quats: Tensor, scales: Tensor, opacitie
     a high-resolution one; with it, renders at different resolutions agree after box filtering.
     means [N, 3] m, quats [N, 4], scales [N, 3] m, opacities [N] in [0, 1]."""
     _, _, cov2d, _ = project_gaussians(means, quats, scales, camera, near_plane_m)
+    return opacities * _antialiasing_factor(cov2d)
+
+
+def _antialiasing_factor(cov2d: Tensor) -> Tensor:
+    """sqrt(det Σ / det(Σ + 0.3 I)) [N] of dilated screen-space covariances cov2d [N, 2, 2] px²."""
     a, b, d = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
     undilated = (a - COVARIANCE_DILATION_PX2) * (d - COVARIANCE_DILATION_PX2) - b * b
     ratio = undilated / (a * d - b * b).clamp_min(1e-12)
     # The floor keeps the square root's gradient finite for a Gaussian seen edge-on (ratio 0).
-    return opacities * ratio.clamp_min(1e-12).sqrt()
+    return ratio.clamp_min(1e-12).sqrt()
 
 
 class _Prepared(NamedTuple):
@@ -141,7 +146,7 @@ class _Prepared(NamedTuple):
 def _prepare(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera, colors: Tensor | None,
              sh: Tensor | None, sh_degree: int, mesh_depth: Tensor | None, near_z_alpha: float,
              early_stop_gap_m: float | None, min_transmittance: float | None, near_plane_m: float,
-             pair_budget: int | None, backend: str) -> _Prepared:
+             pair_budget: int | None, backend: str, rasterize_mode: str) -> _Prepared:
     """Everything before compositing, checked: the projection, the colours, the depth order, the
     table compositing reads and (torch, numba) the Gaussians' row spans."""
     N = means.shape[0]
@@ -153,22 +158,27 @@ def _prepare(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, ca
         raise ValueError("give exactly one of colors [N, C] or sh [N, K, 3]")
     if backend not in GAUSSIAN_BACKENDS:
         raise ValueError(f"Gaussian backend must be one of {', '.join(GAUSSIAN_BACKENDS)}, got {backend!r}")
+    if rasterize_mode not in RASTERIZE_MODES:
+        raise ValueError(f"rasterize_mode must be one of {', '.join(RASTERIZE_MODES)}, got {rasterize_mode!r}")
     backend = resolve_gaussian_backend(backend, means.device)
     H, W = camera.height, camera.width
     if mesh_depth is not None:
         _check_shape("mesh_depth", mesh_depth, (H, W))
 
+    antialiased = rasterize_mode == "antialiased"
     if backend == "triton":
         from mega.render import projection_triton
 
+        if antialiased:  # not fused into the kernel: one torch projection more
+            opacities = antialiased_opacities(means, quats, scales, opacities, camera, near_plane_m)
         # One fused kernel each way instead of the torch projection's hundreds of small ones.
         means2d, rest, extent_x, extent_y, key, radii = projection_triton.project(means, quats, scales, opacities,
                                                                                   camera, near_plane_m)
         depths = rest[:, 4]
         screen = [means2d, rest]  # (mean x, mean y), (conic A, B, C, opacity, depth)
     else:
-        means2d, conic, depths, level, extent_x, extent_y, key, radii = _screen_space(
-            means, quats, scales, opacities, camera, near_plane_m)
+        means2d, conic, depths, level, extent_x, extent_y, key, radii, opacities = _screen_space(
+            means, quats, scales, opacities, camera, near_plane_m, antialiased)
         screen = [means2d, conic, opacities[:, None], depths[:, None]]
     if means2d.requires_grad:
         means2d.retain_grad()
@@ -244,15 +254,20 @@ def rasterize_gaussians(
     near_plane_m: float = 0.01,
     pair_budget: int | None = None,  # default: DEFAULT_PAIR_BUDGET for the device
     backend: Literal["auto", "torch", "triton", "numba"] = "auto",
+    rasterize_mode: Literal["classic", "antialiased"] = "classic",
 ) -> dict[str, Tensor]:
     """Render Gaussians into one camera; see the module docstring for the outputs.
 
     ``backend``: ``torch`` (any device, the reference), ``triton`` (the tiled kernels of
     :mod:`mega.render.gaussians_triton`: CUDA tensors, or CPU ones under ``TRITON_INTERPRET=1``),
     ``numba`` (:mod:`mega.render.gaussians_numba`, CPU tensors), ``auto`` = numba on the CPU,
-    triton on CUDA (see :data:`AUTO_PICKS_TRITON`)."""
+    triton on CUDA (see :data:`AUTO_PICKS_TRITON`).
+
+    ``rasterize_mode``: ``classic`` (3DGS: every Gaussian dilated by 0.3 px² at its full opacity)
+    or ``antialiased`` (gsplat's mode: the opacities scaled by :func:`antialiased_opacities`'
+    factor, computed from the projection the render makes anyway)."""
     p = _prepare(means, quats, scales, opacities, camera, colors, sh, sh_degree, mesh_depth, near_z_alpha,
-                 early_stop_gap_m, min_transmittance, near_plane_m, pair_budget, backend)
+                 early_stop_gap_m, min_transmittance, near_plane_m, pair_budget, backend, rasterize_mode)
     if p.backend == "triton":
         from mega.render import gaussians_triton
 
@@ -344,14 +359,18 @@ def _check_shape(name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:
 
 
 def _screen_space(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera,
-                  near_plane_m: float) -> tuple[Tensor, ...]:
+                  near_plane_m: float, antialiased: bool = False) -> tuple[Tensor, ...]:
     """What compositing needs per Gaussian, in torch (the reference of the fused triton projection):
     means2d [N, 2] and conic [N, 3] (inverse covariance A, B, C, per pixel²), differentiable;
     depths [N] metres; and without gradient the α ≥ 1/255 level [N] (q ≤ 2·ln(255·o)), half-extents
     x and y [N] pixels, the depth-sort key [N] (∞ = not drawn: behind the near plane, degenerate,
-    too transparent or off the image) and radii [N] pixels (0 = not drawn)."""
+    too transparent or off the image) and radii [N] pixels (0 = not drawn); last the opacities [N]
+    drawn, ``opacities`` themselves or, ``antialiased``, scaled as :func:`antialiased_opacities`
+    scales them, from the same projection."""
     W, H = camera.width, camera.height
     means2d, depths, cov2d, in_front = project_gaussians(means, quats, scales, camera, near_plane_m)
+    if antialiased:
+        opacities = opacities * _antialiasing_factor(cov2d)
     a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
     det = a * c - b * b
     conic = torch.stack([c / det, -b / det, a / det], dim=-1)  # inverse covariance (A, B, C)
@@ -366,7 +385,7 @@ def _screen_space(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
         lam_max = 0.5 * (a + c).detach() + torch.sqrt(torch.clamp_min(0.25 * (a - c).detach() ** 2 + b.detach() ** 2, 0))
         radii = torch.where(drawn, torch.ceil(3 * torch.sqrt(lam_max)), torch.zeros_like(lam_max)).long()
         key = torch.where(drawn, depths.detach(), torch.full_like(depths.detach(), math.inf))
-    return means2d, conic, depths, level, extent_x, extent_y, key, radii
+    return means2d, conic, depths, level, extent_x, extent_y, key, radii, opacities
 
 
 def _row_spans(means2d: Tensor, conic: Tensor, level: Tensor, extent_y: Tensor, H: int, W: int):
