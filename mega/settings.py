@@ -4,6 +4,7 @@ names the unknown key or the wrongly typed value."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import fields
 from typing import TypeVar
 
@@ -30,8 +31,9 @@ class Settings:
                 raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
             ok, value = _coerce(known[key].default, value)
             if not ok:
-                expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                            "tuple": "a list"}.get(type(known[key].default).__name__, "of another type")
+                expected = {"int": "an integer", "float": "a number, not NaN", "bool": "true or false",
+                            "str": "a string", "tuple": "a list"}.get(type(known[key].default).__name__,
+                                                                      "of another type")
                 raise ConfigError(f"{where}: setting '{key}' = {value!r} should be {expected}")
             out[key] = value
         settings = cls(**out)
@@ -60,7 +62,8 @@ def _coerce(default, value):
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool), value
     if isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # NaN passes every range check (all comparisons are false) and poisons training: refused.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
         return ok, float(value) if ok else value
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):

@@ -248,6 +248,10 @@ def test_painting_errors_name_the_file_and_what_is_wrong(tmp_path):
         read_painting(tmp_path / "painted.png", tmp_path / "empty.png", 8, 0, (28, 40))
     with pytest.raises(DataError, match="missing.png: the painted image was not found"):
         read_painting(tmp_path / "missing.png", tmp_path / "empty.png", 8, 0, (28, 40))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"notes.txt: the painted mask cannot be decoded \(.*\); expected a PNG of "
+                                        "28 x 40 pixels"):
+        read_painting(tmp_path / "painted.png", tmp_path / "notes.txt", 8, 0, (28, 40))
 
 
 # Two decoder steps leave the pixel decoder's output layer near its initialisation, whose colours

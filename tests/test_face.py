@@ -177,6 +177,9 @@ def test_unknown_or_mistyped_settings_are_named():
         FaceConfig.from_dict({"batch_size": "four"})
     with pytest.raises(ConfigError, match="'tex_size' = 100"):
         FaceConfig.from_dict({"tex_size": 100})
+    # NaN (YAML .nan, JSON NaN) passes every range check; it would train a NaN face.
+    with pytest.raises(ConfigError, match="config face: setting 'learning_rate' = nan should be a number, not NaN"):
+        FaceConfig.from_dict({"learning_rate": float("nan")}, where="config face")
 
 
 def test_synthetic_stage_settings_layer_the_synthetic_overrides_as_the_workflow_does():

@@ -51,6 +51,9 @@ def test_every_problem_is_listed_with_its_file(tmp_path, capsys):
 def test_a_missing_folder_is_named(tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "nowhere: folder not found" in capsys.readouterr().err
+    (tmp_path / "union.txt").write_text("a file, not the folder")
+    assert main(["ingest", str(tmp_path / "union.txt"), "--out", str(tmp_path / "out")]) == 2
+    assert "union.txt: a file, expected the UNION folder (subjects.<id>.union" in capsys.readouterr().err
 
 
 def test_a_missing_split_file_is_reported_once_and_a_missing_parsing_folder_by_its_path(tmp_path):
@@ -65,3 +68,15 @@ def test_a_missing_split_file_is_reported_once_and_a_missing_parsing_folder_by_i
     (union / "transforms_val.json").unlink()
     _, problems = ingest_subject(union)
     assert sum("transforms_val.json" in p for p in problems) == 1, problems
+
+
+def test_a_flame_parameter_file_that_is_not_an_npz_is_named_and_the_check_goes_on(tmp_path):
+    union = write_fixture_subject(tmp_path / "data", extras=False)
+    (union / "canonical_flame_param.npz").write_text("not an npz")
+    flame = union.parent / "999_EXP-1_v16_synthetic" / "flame_param" / "00001.npz"
+    flame.write_text("not an npz")
+    _, problems = ingest_subject(union)
+    for path in (union / "canonical_flame_param.npz", flame.resolve()):
+        assert any(p.startswith(f"{path}: not a readable .npz") and "expected GaussianAvatars' FLAME parameters" in p
+                   for p in problems), problems
+    assert not any("the layout check stopped" in p for p in problems), problems

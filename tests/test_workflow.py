@@ -156,6 +156,22 @@ def test_the_workflow_is_parsed_without_loading_torch(tmp_path):
     ({"synthetic": {"hair": {"joint_epochs": "four"}}}, "setting 'joint_epochs' = 'four' should be an integer"),
     ({"edits": {"paint_settings": {"lr_texture": 0}}}, "config edits.paint_settings (with synthetic.paint, "
                                                        "edits.paint.cheek_mark.settings): 'lr_texture' must be positive"),
+    ({"synthetic": {"face": {"learning_rate": float("nan")}}},
+     "setting 'learning_rate' = nan should be a number, not NaN"),
+    # The schema's errors in one line naming the key (Snakemake's own prints the whole schema first).
+    ({"subjects": {"306": {"union": "/data/306", "metashap": "/x"}}},
+     "config subjects.306: Additional properties are not allowed ('metashap' was unexpected) (known: union, "),
+    ({"synthetic": {"others": {"s2": {"cameras": 0}}}},
+     "config synthetic.others.s2.cameras: 0 is less than the minimum"),
+    # Subject names: YAML's unquoted 306 is a number; a space never matches the wildcards; a real
+    # subject named like a synthetic one would be silently replaced by it.
+    ({"subjects": {306: {"union": "/data/306"}}},
+     "config subjects: the name 306 is not a string (YAML read it as int): quote it"),
+    ({"subjects": {"30 6": {"union": "/data/306"}}}, "config subjects: the name '30 6' may hold only letters, digits"),
+    ({"subjects": {"synthetic_long": {"union": "/data/306"}}},
+     "config subjects: 'synthetic_long' is also a synthetic subject's name"),
+    ({"synthetic": {"others": {"synthetic": {"seed": 3}}}},
+     "config synthetic.others: 'synthetic' is the default synthetic subject's name"),
 ])
 def test_a_misspelt_name_or_setting_in_the_config_stops_the_workflow_before_any_job(tmp_path, overlay, message):
     """Names (subjects, variants) and the stages' settings are checked when the workflow is

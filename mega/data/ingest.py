@@ -34,7 +34,8 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
     ``all``, ``none`` or ``partial`` per extra over the whole subject."""
     union = Path(union)
     if not union.is_dir():
-        return {"union": str(union)}, [f"{union}: folder not found (subjects.<id>.union in config/config.yaml)"]
+        what = "a file, expected the UNION folder" if union.exists() else "folder not found"
+        return {"union": str(union)}, [f"{union}: {what} (subjects.<id>.union in config/config.yaml)"]
     inventory: dict = {"union": str(union.resolve()), "splits": {}}
     problems: list[str] = []
     totals = {"images": 0, **dict.fromkeys(EXTRAS, 0)}

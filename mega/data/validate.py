@@ -30,7 +30,12 @@ def _flame_problems(path: Path) -> list[str]:
     if not path.is_file():
         return [f"{path}: missing"]
     problems = []
-    with np.load(path) as npz:
+    try:
+        npz = np.load(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one problem, named
+        return [f"{path}: not a readable .npz ({type(e).__name__}); expected GaussianAvatars' FLAME parameters "
+                f"(keys {', '.join(FLAME_PARAM_SIZES)}, static_offset)"]
+    with npz:
         for key, n in FLAME_PARAM_SIZES.items():
             expected = (n,) if key == "shape" else (1, n)
             if key not in npz:

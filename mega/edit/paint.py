@@ -76,11 +76,15 @@ def read_painting(image_path: str | Path, mask_path: str | Path, camera: int, ti
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: the painted {name} was not found")
-        with Image.open(path) as im:
-            if im.size != tuple(size):
-                raise DataError(f"{path}: the painted {name} is {im.size[0]} x {im.size[1]} pixels, but camera "
-                                f"{camera} renders {size[0]} x {size[1]}; paint on an image of that camera")
-            images[name] = np.asarray(im.convert("RGB" if name == "image" else "L"))
+        try:
+            with Image.open(path) as im:
+                if im.size != tuple(size):
+                    raise DataError(f"{path}: the painted {name} is {im.size[0]} x {im.size[1]} pixels, but camera "
+                                    f"{camera} renders {size[0]} x {size[1]}; paint on an image of that camera")
+                images[name] = np.asarray(im.convert("RGB" if name == "image" else "L"))
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for a file that is not an image
+            raise DataError(f"{path}: the painted {name} cannot be decoded ({e}); expected a PNG of "
+                            f"{size[0]} x {size[1]} pixels") from e
     mask = torch.from_numpy(images["mask"] > 0)
     if not bool(mask.any()):
         raise DataError(f"{mask_path}: the mask marks no painted pixel (every pixel is 0)")

@@ -1,14 +1,32 @@
 import json
+import re
 import sys
 from pathlib import Path
 
+import jsonschema
+from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from mega.ablations import load_ablations
 from mega.data.overlay import has_extra
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as error:
+    # Snakemake's own message prints the whole schema (hundreds of lines) before the key it
+    # is about: say the key, what is wrong and the keys allowed there in one line instead.
+    cause = error.__context__
+    if not isinstance(cause, jsonschema.ValidationError):
+        raise
+    where = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
+    known = cause.schema.get("properties") if cause.validator == "additionalProperties" else None
+    raise ValueError(
+        f"config {where}: {cause.message}"
+        + (f" (known: {', '.join(known)})" if known else "")
+        + " (workflow/schemas/config.schema.yaml)"
+    ) from None
+
 
 HEAD_MODEL_DIR = "results/head_model"
 
@@ -65,6 +83,45 @@ SYNTHETIC_SUBJECTS = [SYNTHETIC, *OTHER_SYNTHETIC]
 
 def is_synthetic(subject):
     return subject in SYNTHETIC_SUBJECTS
+
+
+def check_config_ids():
+    """The names the config gives subjects (subjects, synthetic.others) and paintings name
+    folders and wildcard values: strings of letters, digits, _ and -, and a real subject's not a
+    synthetic one's. Otherwise YAML's unquoted 306 (a number) stops the parse with a TypeError, a
+    name with a space or a dot surfaces as a missing file, and a real subject named like a
+    synthetic one is silently replaced by it."""
+    synthetic = config.get("synthetic", {})
+    for section, names in (
+        ("subjects", config["subjects"]),
+        ("synthetic.others", synthetic.get("others", {})),
+        ("edits.paint", config.get("edits", {}).get("paint", {})),
+    ):
+        for name in names:
+            if not isinstance(name, str):
+                raise ValueError(
+                    f"config {section}: the name {name!r} is not a string (YAML read it as "
+                    f'{type(name).__name__}): quote it ("{name}": ...)'
+                )
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+                raise ValueError(
+                    f"config {section}: the name '{name}' may hold only letters, digits, _ and - "
+                    f"(it names folders and wildcard values)"
+                )
+    if SYNTHETIC in OTHER_SYNTHETIC:
+        raise ValueError(
+            f"config synthetic.others: '{SYNTHETIC}' is the default synthetic subject's name; "
+            "give the other subject another name"
+        )
+    clash = sorted(set(config["subjects"]) & set(SYNTHETIC_SUBJECTS))
+    if clash:
+        raise ValueError(
+            f"config subjects: '{clash[0]}' is also a synthetic subject's name (synthetic, "
+            f"synthetic.others); give the real subject another id"
+        )
+
+
+check_config_ids()
 
 
 def synth_args(wildcards):
