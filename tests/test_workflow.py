@@ -183,6 +183,22 @@ def test_a_misspelt_name_or_setting_in_the_config_stops_the_workflow_before_any_
     assert result.returncode != 0 and message in result.stdout + result.stderr, result.stderr[-2000:]
 
 
+def test_a_real_subjects_missing_folder_is_named_by_its_config_key_when_a_job_needs_it(tmp_path):
+    """A UNION path that does not exist stops a run that needs the subject with the config key in
+    the message; a dry run of the synthetic subject's targets with the same config is not stopped
+    (the data disk need not be mounted to work on the synthetic subject)."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"subjects": {"306": {"union": str(tmp_path / "UNION10_306")}}}))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "c.yaml"), "-n", "--cores", "2"]
+    real = subprocess.run([*command, "results/data/306/summary.json"], capture_output=True, text=True, timeout=300)
+    assert real.returncode != 0, real.stdout[-2000:]
+    assert f"config subjects.306.union: {tmp_path / 'UNION10_306'} is missing; expected the subject's " \
+           "GaussianAvatars UNION folder" in real.stdout + real.stderr, real.stderr[-2000:]
+    synthetic = subprocess.run([*command, "results/data/synthetic/summary.json"], capture_output=True, text=True,
+                               timeout=300)
+    assert synthetic.returncode == 0, synthetic.stderr[-2000:]
+
+
 def test_other_synthetic_subjects_pass_their_own_hair_options_to_synth(tmp_path):
     """A subject under synthetic.others is made with its own hair options; the default subject's
     command names none (so that subjects made before the options were added are not remade)."""

@@ -55,7 +55,17 @@ def real_subjects():
 
 
 def union_dir(wildcards):
-    return config["subjects"][wildcards.subject]["union"]
+    """The subject's UNION folder, checked when a job needs it (a dry run of other targets does
+    not), so that a wrong path is reported under its config key rather than as a missing file."""
+    union = config["subjects"][wildcards.subject]["union"]
+    if not Path(union).is_dir():
+        what = "a file, not a folder" if Path(union).exists() else "missing"
+        raise WorkflowError(
+            f"config subjects.{wildcards.subject}.union: {union} is {what}; expected the subject's "
+            "GaussianAvatars UNION folder (transforms_*.json beside the sequences' folders), "
+            "on a path this machine sees"
+        )
+    return union
 
 
 def head_model_args():
