@@ -101,11 +101,13 @@ def turned_camera(dtype=torch.float32) -> Camera:
     return Camera(K, world_to_camera, W, H).to(dtype=dtype)
 
 
+@pytest.mark.parametrize("antialiased", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_projection_matches_the_torch_projection(dtype):
+def test_fused_projection_matches_the_torch_projection(dtype, antialiased):
     """The fused kernel against _screen_space on Gaussians in front, behind the near plane, off
     the image, large ones centred off the image (the Jacobian's clamp), and too transparent ones:
-    every output, and the gradients of a weighted sum of the drawn rows."""
+    every output, and the gradients of a weighted sum of the drawn rows; classic, and antialiased
+    (the opacity scaled in the kernel, thin Gaussians among them)."""
     from mega.render.gaussians import _screen_space
     from mega.render.projection_triton import project
 
@@ -123,8 +125,11 @@ def test_fused_projection_matches_the_torch_projection(dtype):
     kernel = [t.detach().to(DEVICE).requires_grad_() for t in scene]
     cam = turned_camera(dtype)
 
-    means2d, conic, depths, _, extent_x, extent_y, key, radii, _ = _screen_space(*reference, cam, 0.01)
-    means2d_k, rest_k, extent_x_k, extent_y_k, key_k, radii_k = project(*kernel, cam.to(DEVICE), 0.01)
+    means2d, conic, depths, _, extent_x, extent_y, key, radii, drawn_opacities = _screen_space(*reference, cam, 0.01,
+                                                                                               antialiased)
+    means2d_k, rest_k, extent_x_k, extent_y_k, key_k, radii_k = project(*kernel, cam.to(DEVICE), 0.01, antialiased)
+    if antialiased:  # the factor matters for many
+        assert int((drawn_opacities < 0.8 * reference[3]).sum()) > 50
     geometry = torch.cat([means2d_k, rest_k], 1)
     drawn = torch.isfinite(key)
     clamped = (means2d[:, 0].detach() < -0.3 * W) | (means2d[:, 0].detach() > 1.3 * W)
@@ -133,7 +138,7 @@ def test_fused_projection_matches_the_torch_projection(dtype):
     tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-9, "rtol": 1e-9}
     torch.testing.assert_close(key_k.cpu()[drawn], key[drawn], **tol)
     torch.testing.assert_close(radii_k.cpu(), radii)
-    expected = torch.cat([means2d, conic, reference[3][:, None], depths[:, None]], 1)
+    expected = torch.cat([means2d, conic, drawn_opacities[:, None], depths[:, None]], 1)
     torch.testing.assert_close(geometry.detach().cpu()[drawn], expected.detach()[drawn], **tol)
     torch.testing.assert_close(extent_x_k.cpu()[drawn], extent_x[drawn], **tol)
     torch.testing.assert_close(extent_y_k.cpu()[drawn], extent_y[drawn], **tol)

@@ -15,7 +15,7 @@
 #              the torch backend on CUDA and nvdiffrast against the CPU (the `cuda` tests);
 #              every stage on CUDA, torch and triton backends, against the CPU (test_cuda.py)
 #   render     benchmarks/render.py: mesh (torch, nvdiffrast) and Gaussians (torch, triton),
-#              100k Gaussians at 550 × 802, forward and forward + backward
+#              100k Gaussians at 550 × 802, forward and forward + backward, classic and antialiased
 #   profile    benchmarks/render_profile.py: the same render on the hair's path (SH degree 3)
 #              under torch's profiler, torch and triton: kernel launches, waits, top kernels
 #   joint      benchmarks/joint_step.py: one real-size joint step (1024² textures, 150k
@@ -102,7 +102,7 @@ if [ "$DEVICE" = cpu ]; then  # toy sizes: the dry run
     PROFILE=(--device cpu --gaussians 300 --width 69 --height 100 --rows 5)
     JOINT=(--device cpu --tex-size 64 --gaussians 600 --batch 1 --width 69 --height 100 --steps 1)
 else
-    RENDER=(--device cuda --gaussian-backends torch triton)
+    RENDER=(--device cuda --gaussian-backends torch triton --rasterize-modes classic antialiased)
     PROFILE=(--device cuda)
     JOINT=(--device cuda --steps 5)
 fi

@@ -169,11 +169,9 @@ def _prepare(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, ca
     if backend == "triton":
         from mega.render import projection_triton
 
-        if antialiased:  # not fused into the kernel: one torch projection more
-            opacities = antialiased_opacities(means, quats, scales, opacities, camera, near_plane_m)
         # One fused kernel each way instead of the torch projection's hundreds of small ones.
         means2d, rest, extent_x, extent_y, key, radii = projection_triton.project(means, quats, scales, opacities,
-                                                                                  camera, near_plane_m)
+                                                                                  camera, near_plane_m, antialiased)
         depths = rest[:, 4]
         screen = [means2d, rest]  # (mean x, mean y), (conic A, B, C, opacity, depth)
     else:

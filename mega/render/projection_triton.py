@@ -3,7 +3,9 @@
 one program projects BLOCK Gaussians, reading their means, quaternions, scales and opacities
 once and writing each one's screen-space mean and the rest of its compositing row (conic A, B,
 C, opacity, depth), its α ≥ 1/255 half-extents, radius and depth-sort key; the backward kernel recomputes the same
-intermediates and chains the row's gradient back to the four inputs by hand.
+intermediates and chains the row's gradient back to the four inputs by hand. In the ``antialiased``
+rasterize mode the row's opacity is scaled as :func:`mega.render.gaussians.antialiased_opacities`
+scales it, in the same kernels.
 
 Why: on a GPU the torch projection is about a hundred small element-wise kernels forward and two
 hundred backward, each a launch whose cost (tens of microseconds) is far above its work, so a
@@ -126,8 +128,15 @@ def _geometry(means_ptr, quats_ptr, scales_ptr, w2c_ptr, k_ptr, idx, valid, W, H
 
 
 @triton.jit
+def _undilated_det(a, b, c):
+    """det of a dilated cov2d (a, b; b, c) with the 0.3 px² dilation taken out."""
+    return (a - DILATION_PX2) * (c - DILATION_PX2) - b * b
+
+
+@triton.jit
 def _project_forward(means_ptr, quats_ptr, scales_ptr, opacities_ptr, w2c_ptr, k_ptr, means2d_ptr, rest_ptr,
-                     extent_ptr, key_ptr, radii_ptr, N, W, H, near, BLOCK_SIZE: tl.constexpr):
+                     extent_ptr, key_ptr, radii_ptr, N, W, H, near, BLOCK_SIZE: tl.constexpr,
+                     ANTIALIASED: tl.constexpr):
     idx = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     valid = idx < N
     (r00, r01, r02, r10, r11, r12, r20, r21, r22, fx, fy, cx, cy, px, py, pz, in_front, zs,
@@ -139,6 +148,8 @@ def _project_forward(means_ptr, quats_ptr, scales_ptr, opacities_ptr, w2c_ptr, k
     u = fx * px / zs + cx
     v = fy * py / zs + cy
     det = a * c - b * b
+    if ANTIALIASED:  # antialiased_opacities: × sqrt(det Σ / det(Σ + 0.3 I)), floored as there
+        opacity = opacity * tl.sqrt(tl.maximum(_undilated_det(a, b, c) / tl.maximum(det, 1e-12), 1e-12))
     tl.store(means2d_ptr + 2 * idx, u, mask=valid)
     tl.store(means2d_ptr + 2 * idx + 1, v, mask=valid)
     row = rest_ptr + ROW * idx.to(tl.int64)
@@ -161,9 +172,9 @@ def _project_forward(means_ptr, quats_ptr, scales_ptr, opacities_ptr, w2c_ptr, k
 
 
 @triton.jit
-def _project_backward(means_ptr, quats_ptr, scales_ptr, w2c_ptr, k_ptr, grad_means2d_ptr, grad_rest_ptr,
-                      grad_means_ptr, grad_quats_ptr, grad_scales_ptr, grad_opacities_ptr, N, W, H, near,
-                      BLOCK_SIZE: tl.constexpr):
+def _project_backward(means_ptr, quats_ptr, scales_ptr, opacities_ptr, w2c_ptr, k_ptr, grad_means2d_ptr,
+                      grad_rest_ptr, grad_means_ptr, grad_quats_ptr, grad_scales_ptr, grad_opacities_ptr, N, W, H,
+                      near, BLOCK_SIZE: tl.constexpr, ANTIALIASED: tl.constexpr):
     idx = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     valid = idx < N
     (r00, r01, r02, r10, r11, r12, r20, r21, r22, fx, fy, cx, cy, px, py, pz, in_front, zs,
@@ -187,6 +198,21 @@ def _project_backward(means_ptr, quats_ptr, scales_ptr, w2c_ptr, k_ptr, grad_mea
     v_a = (-c * c * v_ca + b * c * v_cb - b * b * v_cc) * inv_det2
     v_b = (2 * b * c * v_ca - (a * c + b * b) * v_cb + 2 * a * b * v_cc) * inv_det2
     v_c = (-b * b * v_ca + a * b * v_cb - a * a * v_cc) * inv_det2
+    if ANTIALIASED:
+        # The drawn opacity o·f, f = sqrt(ratio), ratio = u/det (u: det of cov2d less the
+        # dilation), each floor passing no gradient, as torch's clamp_min below it.
+        opacity = tl.load(opacities_ptr + idx, mask=valid, other=0.0)
+        undilated = _undilated_det(a, b, c)
+        det_floored = tl.maximum(det, 1e-12)
+        ratio = undilated / det_floored
+        factor = tl.sqrt(tl.maximum(ratio, 1e-12))
+        v_ratio = tl.where(ratio > 1e-12, v_opacity * opacity * 0.5 / factor, 0.0)
+        v_undilated = v_ratio / det_floored
+        v_det = tl.where(det > 1e-12, -v_ratio * ratio / det_floored, 0.0)
+        v_a += v_undilated * (c - DILATION_PX2) + v_det * c
+        v_b += -2 * b * (v_undilated + v_det)
+        v_c += v_undilated * (a - DILATION_PX2) + v_det * a
+        v_opacity = v_opacity * factor
     # cov2d = J·Σc·Jᵀ → Σc, as a symmetric G = va·J0J0ᵀ + vb/2·(J0J1ᵀ + J1J0ᵀ) + vc·J1J1ᵀ.
     g00 = v_a * j00 * j00
     g01 = 0.5 * v_b * j00 * j11
@@ -265,7 +291,7 @@ class FusedProjection(torch.autograd.Function):
     densification reads, and a slice of one output would cost kernels of its own backward."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, world_to_camera, intrinsics, W, H, near):
+    def forward(ctx, means, quats, scales, opacities, world_to_camera, intrinsics, W, H, near, antialiased):
         N = means.shape[0]
         inputs = [t.detach().contiguous() for t in (means, quats, scales, opacities)]
         camera = [t.detach().to(means.dtype).contiguous() for t in (world_to_camera, intrinsics)]
@@ -276,32 +302,35 @@ class FusedProjection(torch.autograd.Function):
         radii = torch.empty(N, dtype=torch.int64, device=means.device)
         if N:
             _project_forward[(triton.cdiv(N, BLOCK),)](*inputs, *camera, means2d, rest, extents, key, radii, N, W, H,
-                                                       near, BLOCK_SIZE=BLOCK)
+                                                       near, BLOCK_SIZE=BLOCK, ANTIALIASED=antialiased)
         ctx.mark_non_differentiable(extents, key, radii)
-        ctx.save_for_backward(*inputs[:3], *camera)
+        ctx.save_for_backward(*inputs, *camera)
         ctx.size = (W, H, near)
+        ctx.antialiased = antialiased
         return means2d, rest, extents, key, radii
 
     @staticmethod
     def backward(ctx, grad_means2d, grad_rest, _grad_extents, _grad_key, _grad_radii):
-        means, quats, scales, world_to_camera, intrinsics = ctx.saved_tensors
+        means, quats, scales, opacities, world_to_camera, intrinsics = ctx.saved_tensors
         W, H, near = ctx.size
         N = means.shape[0]
         grad_means2d = means.new_zeros(N, 2) if grad_means2d is None else grad_means2d.to(means.dtype).contiguous()
         grad_rest = means.new_zeros(N, REST_COLUMNS) if grad_rest is None else grad_rest.to(means.dtype).contiguous()
         grads = [torch.empty_like(means), torch.empty_like(quats), torch.empty_like(scales), means.new_empty(N)]
         if N:
-            _project_backward[(triton.cdiv(N, BLOCK),)](means, quats, scales, world_to_camera, intrinsics,
+            _project_backward[(triton.cdiv(N, BLOCK),)](means, quats, scales, opacities, world_to_camera, intrinsics,
                                                         grad_means2d, grad_rest, *grads, N, W, H, near,
-                                                        BLOCK_SIZE=BLOCK)
-        return (*grads, None, None, None, None, None)
+                                                        BLOCK_SIZE=BLOCK, ANTIALIASED=ctx.antialiased)
+        return (*grads, None, None, None, None, None, None)
 
 
 def project(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera,
-            near_plane_m: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+            near_plane_m: float, antialiased: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused projection (see :class:`FusedProjection`) of Gaussians into ``camera``:
-    means2d [N, 2], rest [N, 5], half-extents x and y [N] pixels, sort key [N] and radii [N]."""
+    means2d [N, 2], rest [N, 5], half-extents x and y [N] pixels, sort key [N] and radii [N].
+    ``antialiased``: the opacity in ``rest`` (and the drawing test) scaled as
+    :func:`mega.render.gaussians.antialiased_opacities` scales it, in the same kernel."""
     means2d, rest, extents, key, radii = FusedProjection.apply(
         means, quats, scales, opacities, camera.world_to_camera, camera.intrinsics, float(camera.width),
-        float(camera.height), float(near_plane_m))
+        float(camera.height), float(near_plane_m), bool(antialiased))
     return means2d, rest, extents[0], extents[1], key, radii
