@@ -824,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep", type=int, help="the timestep the image shows (a training frame)")
     p.add_argument("--view", help="instead of --camera and --timestep: a JSON file holding both (what "
                                   "paint-example writes)")
-    p.add_argument("--settings", default="{}", help="JSON of paint settings (mega/edit/paint.py PaintConfig)")
+    p.add_argument("--settings", default="{}", help="JSON of paint settings (mega/edit/paint_config.py PaintConfig)")
     p.add_argument("--out", required=True, help="output folder: paint.pt, paint/, comparison.png, turntable.mp4, "
                                                 "summary.json")
     _turntable_arguments(p)

@@ -372,7 +372,8 @@ def composite(table: Tensor, means2d: Tensor, extent_x: Tensor, extent_y: Tensor
 def compile_for(capability: int = 90, n_colors: int = 3, flags: bool = True) -> dict[str, bytes]:
     """Compile the compositing kernels for a CUDA GPU of ``capability`` (90 = H100/H200) without
     one, for ``n_colors`` channels and the three stops on (``flags``) or off, and the fused
-    projection's, SH colours' (degree 3) and binning's kernels: returns each kernel's cubin.
+    projection's (antialiased with ``flags``, classic without), SH colours' (degree 3) and
+    binning's kernels: returns each kernel's cubin.
     Raises if they do not compile."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -393,17 +394,18 @@ def compile_for(capability: int = 90, n_colors: int = 3, flags: bool = True) -> 
         **{name: "constexpr" for name in constants}}, constexprs=constants)
     from mega.render import projection_triton
 
-    pointers = ("means_ptr", "quats_ptr", "scales_ptr")
-    size = {"N": "i32", "W": "fp32", "H": "fp32", "near": "fp32", "BLOCK_SIZE": "constexpr"}
+    pointers = ("means_ptr", "quats_ptr", "scales_ptr", "opacities_ptr")
+    size = {"N": "i32", "W": "fp32", "H": "fp32", "near": "fp32", "BLOCK_SIZE": "constexpr",
+            "ANTIALIASED": "constexpr"}
+    # The antialiased rasterize mode with the stops (flags), the classic one without.
+    project_constants = {"BLOCK_SIZE": projection_triton.BLOCK, "ANTIALIASED": flags}
     project_forward = ASTSource(fn=projection_triton._project_forward, signature={
-        **{name: "*fp32" for name in (*pointers, "opacities_ptr", "w2c_ptr", "k_ptr", "means2d_ptr", "rest_ptr",
-                                      "extent_ptr", "key_ptr")}, "radii_ptr": "*i64", **size},
-        constexprs={"BLOCK_SIZE": projection_triton.BLOCK})
+        **{name: "*fp32" for name in (*pointers, "w2c_ptr", "k_ptr", "means2d_ptr", "rest_ptr", "extent_ptr",
+                                      "key_ptr")}, "radii_ptr": "*i64", **size}, constexprs=project_constants)
     project_backward = ASTSource(fn=projection_triton._project_backward, signature={
         **{name: "*fp32" for name in (*pointers, "w2c_ptr", "k_ptr", "grad_means2d_ptr", "grad_rest_ptr",
                                       "grad_means_ptr", "grad_quats_ptr", "grad_scales_ptr",
-                                      "grad_opacities_ptr")}, **size},
-        constexprs={"BLOCK_SIZE": projection_triton.BLOCK})
+                                      "grad_opacities_ptr")}, **size}, constexprs=project_constants)
     from mega.render import sh_triton
 
     sh = {"N": "i32", "K": "i32", "NK": "constexpr", "BLOCK_SIZE": "constexpr"}
