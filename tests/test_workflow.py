@@ -158,6 +158,11 @@ def test_the_workflow_is_parsed_without_loading_torch(tmp_path):
                                                        "edits.paint.cheek_mark.settings): 'lr_texture' must be positive"),
     ({"synthetic": {"face": {"learning_rate": float("nan")}}},
      "setting 'learning_rate' = nan should be a number, not NaN"),
+    # A top-level value that the synthetic settings override is still checked, before a real
+    # subject that would train with it is added.
+    ({"face": {"batch_size": "four"}, "synthetic": {"face": {"batch_size": 2}}},
+     "config face: setting 'batch_size' = 'four' should be an integer"),
+    ({"hair": {"hair_iterations": -3}}, "config hair: 'hair_iterations' must be"),
     # The schema's errors in one line naming the key (Snakemake's own prints the whole schema first).
     ({"subjects": {"306": {"union": "/data/306", "metashap": "/x"}}},
      "config subjects.306: Additional properties are not allowed ('metashap' was unexpected) (known: union, "),

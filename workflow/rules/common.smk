@@ -444,6 +444,17 @@ def check_stage_settings():
     from mega.gaussianavatars.config import GaussianAvatarsConfig
     from mega.hair.config import HairConfig
 
+    # Each section alone as well: a value every present subject overrides (the synthetic
+    # settings do most) would otherwise wait, unreported, for the first subject that does not.
+    for section, kind in (
+        ("face", FaceConfig),
+        ("hair", HairConfig),
+        ("gaussianavatars", GaussianAvatarsConfig),
+    ):
+        alone = dict(config.get(section, {}))
+        if section == "face":
+            alone.setdefault("backend", config.get("backend", "auto"))
+        kind.from_dict(alone, where=f"config {section}")
     for subject in [*SYNTHETIC_SUBJECTS, *config["subjects"]]:
         own = "synthetic" if is_synthetic(subject) else f"subjects.{subject}"
         wildcards = SimpleNamespace(subject=subject, variant="mega")
