@@ -50,7 +50,7 @@ from mega.flame.geometry import vertex_normals
 from mega.flame.head_model import HeadModel
 from mega.flame.model import FlameModel
 from mega.flame.toy import EXPRESSIONS
-from mega.render.gaussians import antialiased_opacities, rasterize_gaussians
+from mega.render.gaussians import rasterize_gaussians
 from mega.render.mesh import interpolate, rasterize, texture
 from mega.render.projection import world_to_clip
 
@@ -449,12 +449,9 @@ def render_view(camera: Camera, vertices: torch.Tensor, attrs: torch.Tensor, fac
         means, quats, hair = hair_state
         mesh_depth = interpolate(big.world_to_camera_points(vertices)[None, :, 2:], rast, faces)[0, ..., 0]
         mesh_depth = torch.where(covered, mesh_depth, torch.full_like(mesh_depth, math.inf))
-        opacities = hair.opacities
-        if hair_render == "antialiased":
-            opacities = antialiased_opacities(means, quats, hair.scales, opacities, big)
-        with torch.no_grad():
-            out = rasterize_gaussians(means, quats, hair.scales, opacities, big, colors=hair.colors,
-                                      mesh_depth=mesh_depth)
+        with torch.no_grad():  # hair_render names the rasterizer's mode (classic or antialiased)
+            out = rasterize_gaussians(means, quats, hair.scales, hair.opacities, big, colors=hair.colors,
+                                      mesh_depth=mesh_depth, rasterize_mode=hair_render)
         hair_alpha_big = out["alpha"]
         rgb_big = out["color"] + (1 - hair_alpha_big[..., None]) * mesh_rgb
     fg_big = 1 - (1 - covered.float()) * (1 - hair_alpha_big)
