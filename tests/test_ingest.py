@@ -80,3 +80,36 @@ def test_a_flame_parameter_file_that_is_not_an_npz_is_named_and_the_check_goes_o
         assert any(p.startswith(f"{path}: not a readable .npz") and "expected GaussianAvatars' FLAME parameters" in p
                    for p in problems), problems
     assert not any("the layout check stopped" in p for p in problems), problems
+
+
+def test_a_split_file_that_is_not_json_is_reported_once_and_the_rest_is_still_checked(tmp_path):
+    union = write_fixture_subject(tmp_path / "data", extras=False)
+    (union / "transforms_test.json").write_text('{"frames": [')
+    train = json.loads((union / "transforms_train.json").read_text())
+    train["frames"][0]["transform_matrix"] = "identity"
+    (union / "transforms_train.json").write_text(json.dumps(train))
+    (union / "canonical_flame_param.npz").write_text("not an npz")
+    _, problems = ingest_subject(union)
+    assert sum("transforms_test.json" in p for p in problems) == 1, problems
+    assert any("transforms_train.json: frame 0: 'transform_matrix'" in p for p in problems), problems
+    assert any(p.startswith(f"{union / 'canonical_flame_param.npz'}: not a readable .npz") for p in problems), problems
+    assert not any("the layout check stopped" in p for p in problems), problems
+
+
+def test_an_image_that_is_not_one_or_not_of_its_size_is_named_and_many_are_counted(tmp_path):
+    from PIL import Image
+
+    union = write_fixture_subject(tmp_path / "data", extras=False)
+    frames = json.loads((union / "transforms_train.json").read_text())["frames"]
+    w, h = frames[0]["w"], frames[0]["h"]
+    first = union / frames[0]["file_path"]
+    first.write_bytes(b"not a png")
+    resized = [union / f["fg_mask_path"] for f in frames]
+    for mask in resized:
+        Image.new("L", (w // 2, h // 2)).save(mask)
+    _, problems = ingest_subject(union)
+    assert any(p.startswith(f"{first.resolve()}: not a readable image") for p in problems), problems
+    named = [p for p in problems if "mask is" in p and "transforms_train.json frame" in p]
+    assert len(named) == 3 and f"{w // 2}x{h // 2} (w x h)" in named[0] and f"says {w}x{h}" in named[0], problems
+    assert any(p.endswith(f"({'mask size'}), {len(frames)} of {len(frames)} in all") for p in problems), problems
+    assert main(["ingest", str(union), "--out", str(tmp_path / "out")]) == 2

@@ -4,11 +4,16 @@
 validator (every file the reader needs, the splits, the cameras, the FLAME parameter shapes)
 and counts MeGA's extras (face parsing, depth maps) per image. It returns the inventory and
 the list of problems, all of them, each naming the file and field; the images are not copied.
+Every image and mask is opened to its header (format and size against the JSON's ``w``, ``h``:
+milliseconds each); a file truncated past its header is reported by the reader when training
+decodes it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
 
 from mega.data.gaussian_avatars import SubjectFrames
 from mega.data.validate import validate_union
@@ -16,6 +21,14 @@ from mega.errors import MegaError
 
 SPLITS = ("train", "val", "test", "onef")
 EXTRAS = {"parsing": "{stem}_labels.png", "depths": "{stem}.npz"}
+# Per split and kind of problem, how many images are named before the rest are counted.
+IMAGES_NAMED = 3
+
+
+def _about_the_whole_file(problem: str) -> bool:
+    """Whether a layout problem says a whole split file is missing or unreadable (the reader says so too)."""
+    what = problem.split(": ", 1)[1]
+    return what == "missing" or what.startswith(("not readable JSON", "expected a JSON object"))
 
 
 def _extras_present(frames: SubjectFrames) -> dict[str, int]:
@@ -26,6 +39,37 @@ def _extras_present(frames: SubjectFrames) -> dict[str, int]:
         for folder, pattern in EXTRAS.items():
             counts[folder] += (image.parent.parent / folder / pattern.format(stem=image.stem)).is_file()
     return counts
+
+
+def _image_problems(frames: SubjectFrames) -> list[str]:
+    """Images and masks of a split that are not images, or not of the size the JSON gives them.
+
+    Only headers are read. Files that do not exist are the layout check's to report."""
+    found: dict[str, list[str]] = {}
+    for i in range(len(frames)):
+        expected_wh = tuple(int(v) for v in frames.size_wh[i])
+        for kind, relative in (("image", frames.image_paths[i]), ("mask", frames.mask_paths[i])):
+            path = frames.resolve(relative)
+            try:
+                with Image.open(path) as img:
+                    size_wh = img.size
+            except FileNotFoundError:
+                continue
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                found.setdefault(f"unreadable {kind}", []).append(
+                    f"{path}: not a readable image ({type(e).__name__}: {e}); expected a PNG")
+                continue
+            if size_wh != expected_wh:
+                found.setdefault(f"{kind} size", []).append(
+                    f"{path}: {kind} is {size_wh[0]}x{size_wh[1]} (w x h), {frames.json_path.name} frame {i} says "
+                    f"{expected_wh[0]}x{expected_wh[1]} (its 'w', 'h')")
+    problems = []
+    for kind, lines in found.items():
+        problems += lines[:IMAGES_NAMED]
+        if len(lines) > IMAGES_NAMED:
+            problems.append(f"{frames.json_path}: {len(lines) - IMAGES_NAMED} more frames with the same "
+                            f"problem ({kind}), {len(lines)} of {len(frames)} in all")
+    return problems
 
 
 def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
@@ -49,6 +93,7 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
             problems.append(str(error))
             continue
         present = _extras_present(frames)
+        problems += _image_problems(frames)
         inventory["splits"][split] = {
             "frames": len(frames), "cameras": sorted({int(c) for c in frames.camera_index}),
             "timesteps": len(set(frames.timestep.tolist())), "image_wh": [int(v) for v in frames.size_wh[0]],
@@ -60,9 +105,9 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
                 totals[k] += present[k]
     try:
         layout = validate_union(union, extras=False)
-        # A split file the reader already reported missing is not listed twice.
+        # A split file the reader already reported (missing, not JSON, no frames) is not listed twice.
         reported = {problem.split(": ", 1)[0] for problem in problems}
-        problems += [p for p in layout if not (p.endswith(": missing") and p[:-len(": missing")] in reported)]
+        problems += [p for p in layout if not (p.split(": ", 1)[0] in reported and _about_the_whole_file(p))]
     except Exception as error:  # noqa: BLE001 - a corrupt file stops the check; say where, keep the rest
         problems.append(f"{union}: the layout check stopped at {type(error).__name__}: {error}")
     inventory["images"] = totals["images"]

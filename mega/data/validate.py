@@ -20,6 +20,8 @@ TOP_LEVEL_FIELDS = ("frames", "cx", "cy", "fl_x", "fl_y", "h", "w", "camera_angl
 FRAME_FIELDS = ("timestep_index", "camera_index", "camera_id", "cx", "cy", "fl_x", "fl_y", "h", "w",
                 "camera_angle_x", "camera_angle_y", "transform_matrix", "file_path", "fg_mask_path",
                 "flame_param_path")
+# The fields the split and camera checks read from every frame.
+SPLIT_CHECK_FIELDS = frozenset({"timestep_index", "camera_index", "file_path", "transform_matrix"})
 UNION_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json", "canonical_flame_param.npz",
                "sequences_trainval.txt", "sequences_test.txt")
 # How far (metres) a camera's optical axis may pass from the head (the world origin).
@@ -52,22 +54,35 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
     problems = [f"{union / name}: missing" for name in UNION_FILES if not (union / name).is_file()]
     if problems:
         return problems
-    splits = {split: json.loads((union / f"transforms_{split}.json").read_text()) for split in ("train", "val", "test")}
+    splits, problems = _read_splits(union)
+    # A frame the split and camera checks cannot read (fields missing, a matrix of non-numbers) is
+    # reported once here; those checks then wait until the file is mended.
+    unreadable = bool(problems)
     seen_flame: set[Path] = set()
     for split, db in splits.items():
         where = union / f"transforms_{split}.json"
         problems += [f"{where}: top-level field '{k}' missing" for k in TOP_LEVEL_FIELDS if k not in db]
-        for i, frame in enumerate(db.get("frames", [])):
+        for i, frame in enumerate(db["frames"]):
+            if not isinstance(frame, dict):
+                problems.append(f"{where}: frames[{i}] is a {type(frame).__name__}, expected an object")
+                unreadable = True
+                continue
             missing = [k for k in FRAME_FIELDS if k not in frame]
             if missing:
                 problems.append(f"{where}: frames[{i}] lacks {', '.join(missing)}")
+                unreadable |= not SPLIT_CHECK_FIELDS.isdisjoint(missing)
                 continue
-            if np.asarray(frame["transform_matrix"]).shape != (4, 4):
-                problems.append(f"{where}: frames[{i}].transform_matrix is not 4×4")
+            try:
+                matrix_shape = np.asarray(frame["transform_matrix"], dtype=float).shape
+            except (TypeError, ValueError):
+                matrix_shape = None
+            if matrix_shape != (4, 4):
+                problems.append(f"{where}: frames[{i}].transform_matrix is not 4×4 numbers")
+                unreadable = True
             for key in ("file_path", "fg_mask_path", "flame_param_path"):
-                if not (union / frame[key]).is_file():
+                if not (union / str(frame[key])).is_file():
                     problems.append(f"{where}: frames[{i}].{key} = {frame[key]} does not exist")
-            flame = (union / frame["flame_param_path"]).resolve()
+            flame = (union / str(frame["flame_param_path"])).resolve()
             if check_all_flame_files and flame not in seen_flame:
                 seen_flame.add(flame)
                 problems += _flame_problems(flame)
@@ -78,13 +93,32 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
                     if not (image.parent.parent / folder / name).is_file():
                         problems.append(f"{where}: frames[{i}] has no {folder}/{name}")
     problems += _flame_problems(union / "canonical_flame_param.npz")
+    if unreadable:
+        return problems
     problems += _split_problems(union, splits)
     problems += _camera_problems(union, splits)
     return problems
 
 
+def _read_splits(union: Path) -> tuple[dict[str, dict], list[str]]:
+    """The train, val and test splits' JSON that holds a list of frames, and a problem per one that does not."""
+    splits, problems = {}, []
+    for split in ("train", "val", "test"):
+        where = union / f"transforms_{split}.json"
+        try:
+            db = json.loads(where.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.append(f"{where}: not readable JSON ({e})")
+            continue
+        if not isinstance(db, dict) or not isinstance(db.get("frames"), list):
+            problems.append(f"{where}: expected a JSON object with a list 'frames'")
+            continue
+        splits[split] = db
+    return splits, problems
+
+
 def _sequence_of(frame: dict) -> str:
-    return Path(frame["file_path"]).parent.parent.name
+    return Path(str(frame["file_path"])).parent.parent.name
 
 
 def _split_problems(union: Path, splits: dict) -> list[str]:
@@ -111,10 +145,17 @@ def _split_problems(union: Path, splits: dict) -> list[str]:
         problems.append(f"{union}/sequences_test.txt: lists {sorted(listed)}, frames use {sorted(test_seqs)}")
     onef = union / "transforms_onef.json"
     if onef.is_file():
-        frames = json.loads(onef.read_text())["frames"]
-        if len({f["timestep_index"] for f in frames}) != 1:
+        try:
+            frames = json.loads(onef.read_text())["frames"]
+            timesteps = {f["timestep_index"] for f in frames}
+            cameras = {f["camera_index"] for f in frames}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, LookupError, TypeError) as e:
+            problems.append(f"{onef}: not readable JSON with frames of 'timestep_index' and 'camera_index' "
+                            f"({type(e).__name__}: {e})")
+            return problems
+        if len(timesteps) != 1:
             problems.append(f"{onef}: must hold exactly one timestep")
-        if {f["camera_index"] for f in frames} != {f["camera_index"] for f in train}:
+        if cameras != {f["camera_index"] for f in train}:
             problems.append(f"{onef}: must hold every train camera")
     return problems
 
