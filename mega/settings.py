@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import fields
 from typing import TypeVar
 
@@ -55,6 +56,10 @@ class Settings:
         return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
 
 
+# Numbers in exponent form without a dot, e.g. 1e-4 or 5E3, which YAML 1.1 leaves as strings.
+_YAML11_TEXT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(default, value):
     """(value fits the default's type, the value converted)."""
     if isinstance(default, bool):
@@ -62,6 +67,9 @@ def _coerce(default, value):
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool), value
     if isinstance(default, float):
+        if isinstance(value, str) and _YAML11_TEXT_NUMBER.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML, Snakemake's config) reads 1e-4 as text: it needs a dot (1.0e-4).
+            value = float(value)
         # NaN passes every range check (all comparisons are false) and poisons training: refused.
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
         return ok, float(value) if ok else value

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from mega import losses
 from mega.cli import main
@@ -180,6 +181,14 @@ def test_unknown_or_mistyped_settings_are_named():
     # NaN (YAML .nan, JSON NaN) passes every range check; it would train a NaN face.
     with pytest.raises(ConfigError, match="config face: setting 'learning_rate' = nan should be a number, not NaN"):
         FaceConfig.from_dict({"learning_rate": float("nan")}, where="config face")
+    # YAML 1.1 (Snakemake's config) reads 1e-4 as the string '1e-4': taken as the number it means.
+    written = yaml.safe_load("learning_rate: 1e-4")
+    assert written["learning_rate"] == "1e-4"
+    assert FaceConfig.from_dict({"learning_rate": written["learning_rate"]}).learning_rate == 1e-4
+    with pytest.raises(ConfigError, match="'learning_rate' = '1e-4x' should be a number"):
+        FaceConfig.from_dict({"learning_rate": "1e-4x"})
+    with pytest.raises(ConfigError, match="'batch_size' = '1e3' should be an integer"):
+        FaceConfig.from_dict({"batch_size": "1e3"})
 
 
 def test_synthetic_stage_settings_layer_the_synthetic_overrides_as_the_workflow_does():
