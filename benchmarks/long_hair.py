@@ -43,7 +43,9 @@ def read(path: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", nargs="+", default=["synthetic_long"])
-    parser.add_argument("--run", action="append", required=True, help="NAME=JSON overrides of the hair settings")
+    parser.add_argument("--run", action="append", default=[],
+                        help="NAME=JSON overrides of the hair settings, repeatable (default: one run, "
+                             "'synthetic={}', the synthetic settings as they are)")
     parser.add_argument("--joint", action="store_true", help="also train and evaluate the joint stage")
     parser.add_argument("--results", default="results")
     parser.add_argument("--config", default="config/config.yaml")
@@ -55,7 +57,7 @@ def main() -> None:
     results = Path(args.results)
     config = yaml.safe_load(Path(args.config).read_text())
     base = synthetic_stage_settings(config, "hair")
-    runs = dict(parse_named_overrides(item, "--run") for item in args.run)
+    runs = dict(parse_named_overrides(item, "--run") for item in args.run or ["synthetic={}"])
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} cores, {args.threads} threads", flush=True)
 
     rows = []
