@@ -473,15 +473,20 @@ def render_view(camera: Camera, vertices: torch.Tensor, attrs: torch.Tensor, fac
 
 
 # ----------------------------------------------------------------------------- the subject
+HAIR_COLOUR = np.array([0.2, 0.13, 0.08])
+"""The hair's base RGB in [0, 1]; each strand (or clump) tints it (``build_hair``)."""
+LIGHT_DIRECTION = (0.35, 0.55, 0.75)
+"""The light's direction (world, towards the light; normalised where used)."""
+
+
 def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = SynthOptions(),
                progress: bool = True) -> Path:
     """Write the subject under ``parent``; return its UNION folder."""
     torch.manual_seed(options.seed)
     enhanced = enhance(head)
     model = FlameModel(enhanced)
-    hair_colour = np.array([0.2, 0.13, 0.08])
-    appearance = build_appearance(enhanced, options.seed, hair_colour if options.hair != "none" else None)
-    hair = build_hair(enhanced, options.hair, options.seed, hair_colour, options.hair_clumps,
+    appearance = build_appearance(enhanced, options.seed, HAIR_COLOUR if options.hair != "none" else None)
+    hair = build_hair(enhanced, options.hair, options.seed, HAIR_COLOUR, options.hair_clumps,
                       options.hair_strands)
     detail = build_geometric_detail(enhanced, options.seed)
     faces = torch.as_tensor(enhanced.faces, dtype=torch.int64)
@@ -494,7 +499,7 @@ def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = Synt
     sequences = list(params)
     shape = params[sequences[0]][0]["shape"]
     rest = posed_vertices(model, {"shape": shape})
-    light_dir = F.normalize(torch.tensor([0.35, 0.55, 0.75]), dim=0)
+    light_dir = F.normalize(torch.tensor(LIGHT_DIRECTION), dim=0)
     total = sum(len(frames) for frames in params.values()) * len(cameras)
     bar = tqdm(total=total, desc="synth", unit="img", disable=not progress)
     global_t = 0
