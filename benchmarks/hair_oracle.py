@@ -4,7 +4,7 @@ the canonical-hair stage's reconstruction is perfect, against the avatar the sta
 
     python benchmarks/hair_oracle.py --subject synthetic_long \\
         --source results/benchmarks/avatar_variants/synthetic_long/seed42/steps1515 \\
-        --variant 'oracle={}' --variant 'oracle_ss2={"hair": {"hair_supersample": 2}}' \
+        --variant 'oracle={}' --variant 'oracle_ss2={"hair": {"hair_supersample": 2}}' \\
         --variant 'jitter05={"oracle": {"jitter_mm": 0.5}}'
 
 The synthetic subject's strands (``mega.data.synth.build_hair``: Gaussians with constant colours)
@@ -19,7 +19,9 @@ hair and ``--source``'s face with the synthetic settings (`synthetic.hair` of co
 and the variant's overrides), one thread a job, and is evaluated on val (novel view) and test
 (novel expression) as the workflow does (``benchmarks/avatar_variants.py``'s steps), in
 results/benchmarks/hair_oracle/<subject>/<variant>/. ``--source`` is an avatar of
-``benchmarks/avatar_variants.py`` or of the workflow (face.pt, hair.pt and eval/ in one folder).
+``benchmarks/avatar_variants.py`` (face.pt, hair.pt and eval/ in one folder); ``--template`` a
+hair.pt of another avatar when ``--source`` has none. Runs are keyed by the variant's name: a
+finished one is not run again, so give changed overrides a new name.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from mega.data.synth import (HAIR_COLOUR, LIGHT_DIRECTION, FlameModel, SynthOpti
                              build_geometric_detail, build_hair, enhance, hair_sway_m, posed_hair, posed_vertices,
                              render_view, rigid_fit, sequence_parameters, synthesized_union, vertex_attributes)
 from mega.flame.sources import head_model_from_source
+from mega.hair.model import GaussianHair
 from mega.render.sh import rgb_to_sh_dc
 from named_overrides import parse_named_overrides
 
@@ -96,21 +99,26 @@ def write_oracle_hair(source_hair: Path, out: Path, hair, means, quats, jitter_m
     """``source_hair``'s checkpoint with the strands as its canonical hair (each Gaussian moved by
     N(0, ``jitter_mm``²) per axis); the Gaussians' number."""
     checkpoint = torch.load(source_hair, map_location="cpu", weights_only=False)
+    if checkpoint.get("canonical_timestep") != 0:
+        raise SystemExit(f"{source_hair}: its canonical timestep is {checkpoint.get('canonical_timestep')}; "
+                         "the strands are posed at timestep 0")
     if jitter_mm > 0:
         noise = torch.randn(means.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         means = means + (noise * jitter_mm / 1000).to(means.dtype)
-    state = checkpoint["hair"]
-    n = means.shape[0]
-    k = state["params.shN"].shape[1]
+    template = GaussianHair(0, checkpoint["hair_config"]["sh_degree"])
+    template.load_state_dict(checkpoint["hair"])
+    oracle = GaussianHair(means.shape[0], template.sh_degree)
     opacity = hair.opacities.clamp(1e-4, 1 - 1e-4)
-    checkpoint["hair"] = {
-        "active_degree": state["active_degree"],
-        "params.means": means.float().clone(), "params.quats": quats.float().clone(),
-        "params.scales": torch.log(hair.scales.float()), "params.opacities": torch.log(opacity / (1 - opacity)),
-        "params.sh0": rgb_to_sh_dc(hair.colors.float())[:, None].clone(), "params.shN": torch.zeros(n, k, 3),
-    }
+    with torch.no_grad():  # the raw parameters GaussianHair.activated() turns into these
+        oracle.params["means"].copy_(means)
+        oracle.params["quats"].copy_(quats)
+        oracle.params["scales"].copy_(torch.log(hair.scales))
+        oracle.params["opacities"].copy_(torch.log(opacity / (1 - opacity)))
+        oracle.params["sh0"].copy_(rgb_to_sh_dc(hair.colors)[:, None])
+        oracle.active_degree.copy_(template.active_degree)
+    checkpoint["hair"] = oracle.state_dict()
     torch.save(checkpoint, out)
-    return n
+    return oracle.n
 
 
 def main() -> None:

@@ -56,7 +56,8 @@ class Settings:
         return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
 
 
-# Numbers in exponent form without a dot, e.g. 1e-4 or 5E3, which YAML 1.1 leaves as strings.
+# Numbers in exponent form that YAML 1.1 leaves as strings: no dot (1e-4, 5E3) or an unsigned
+# exponent (1.0e4).
 _YAML11_TEXT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -68,7 +69,8 @@ def _coerce(default, value):
         return isinstance(value, int) and not isinstance(value, bool), value
     if isinstance(default, float):
         if isinstance(value, str) and _YAML11_TEXT_NUMBER.fullmatch(value.strip()):
-            # YAML 1.1 (PyYAML, Snakemake's config) reads 1e-4 as text: it needs a dot (1.0e-4).
+            # YAML 1.1 (PyYAML, Snakemake's config) reads 1e-4 as text: it needs a dot and a signed
+            # exponent (1.0e-4, 1.0e+4).
             value = float(value)
         # NaN passes every range check (all comparisons are false) and poisons training: refused.
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

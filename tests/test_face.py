@@ -182,9 +182,10 @@ def test_unknown_or_mistyped_settings_are_named():
     with pytest.raises(ConfigError, match="config face: setting 'learning_rate' = nan should be a number, not NaN"):
         FaceConfig.from_dict({"learning_rate": float("nan")}, where="config face")
     # YAML 1.1 (Snakemake's config) reads 1e-4 as the string '1e-4': taken as the number it means.
-    written = yaml.safe_load("learning_rate: 1e-4")
-    assert written["learning_rate"] == "1e-4"
-    assert FaceConfig.from_dict({"learning_rate": written["learning_rate"]}).learning_rate == 1e-4
+    written = yaml.safe_load("a: 1e-4\nb: 1.0e3")
+    assert written == {"a": "1e-4", "b": "1.0e3"}
+    assert FaceConfig.from_dict({"learning_rate": written["a"]}).learning_rate == 1e-4
+    assert FaceConfig.from_dict({"learning_rate": written["b"]}).learning_rate == 1e3
     with pytest.raises(ConfigError, match="'learning_rate' = '1e-4x' should be a number"):
         FaceConfig.from_dict({"learning_rate": "1e-4x"})
     with pytest.raises(ConfigError, match="'batch_size' = '1e3' should be an integer"):

@@ -4,9 +4,10 @@
 validator (every file the reader needs, the splits, the cameras, the FLAME parameter shapes)
 and counts MeGA's extras (face parsing, depth maps) per image. It returns the inventory and
 the list of problems, all of them, each naming the file and field; the images are not copied.
-Every image and mask is opened to its header (format and size against the JSON's ``w``, ``h``:
-milliseconds each); a file truncated past its header is reported by the reader when training
-decodes it.
+Every image and mask is opened to its header (an image PIL can read, of the size the JSON's
+``w``, ``h`` give it: milliseconds each; a file shared by two splits, as the one-frame split's are
+the train split's, once); a file truncated past its header is reported by the reader when
+training decodes it.
 """
 
 from __future__ import annotations
@@ -41,21 +42,25 @@ def _extras_present(frames: SubjectFrames) -> dict[str, int]:
     return counts
 
 
-def _image_problems(frames: SubjectFrames) -> list[str]:
+def _image_problems(frames: SubjectFrames, checked: set[Path]) -> list[str]:
     """Images and masks of a split that are not images, or not of the size the JSON gives them.
 
-    Only headers are read. Files that do not exist are the layout check's to report."""
+    Only headers are read; files in ``checked`` are skipped, and the others added to it. Files
+    that do not exist are the layout check's to report."""
     found: dict[str, list[str]] = {}
     for i in range(len(frames)):
         expected_wh = tuple(int(v) for v in frames.size_wh[i])
         for kind, relative in (("image", frames.image_paths[i]), ("mask", frames.mask_paths[i])):
             path = frames.resolve(relative)
+            if path in checked:
+                continue
+            checked.add(path)
             try:
                 with Image.open(path) as img:
                     size_wh = img.size
             except FileNotFoundError:
                 continue
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
                 found.setdefault(f"unreadable {kind}", []).append(
                     f"{path}: not a readable image ({type(e).__name__}: {e}); expected a PNG")
                 continue
@@ -83,6 +88,7 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
     inventory: dict = {"union": str(union.resolve()), "splits": {}}
     problems: list[str] = []
     totals = {"images": 0, **dict.fromkeys(EXTRAS, 0)}
+    images_checked: set[Path] = set()
     for split in SPLITS:
         if split == "onef" and not (union / "transforms_onef.json").is_file():
             inventory["splits"]["onef"] = None
@@ -93,7 +99,7 @@ def ingest_subject(union: str | Path) -> tuple[dict, list[str]]:
             problems.append(str(error))
             continue
         present = _extras_present(frames)
-        problems += _image_problems(frames)
+        problems += _image_problems(frames, images_checked)
         inventory["splits"][split] = {
             "frames": len(frames), "cameras": sorted({int(c) for c in frames.camera_index}),
             "timesteps": len(set(frames.timestep.tolist())), "image_wh": [int(v) for v in frames.size_wh[0]],

@@ -57,7 +57,8 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
     splits, problems = _read_splits(union)
     # A frame the split and camera checks cannot read (fields missing, a matrix of non-numbers) is
     # reported once here; those checks then wait until the file is mended.
-    unreadable = bool(problems)
+    unreadable = bool(problems)  # the split check's fields (and so the camera check's too)
+    bad_matrix = False  # the camera check's alone
     seen_flame: set[Path] = set()
     for split, db in splits.items():
         where = union / f"transforms_{split}.json"
@@ -78,7 +79,7 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
                 matrix_shape = None
             if matrix_shape != (4, 4):
                 problems.append(f"{where}: frames[{i}].transform_matrix is not 4×4 numbers")
-                unreadable = True
+                bad_matrix = True
             for key in ("file_path", "fg_mask_path", "flame_param_path"):
                 if not (union / str(frame[key])).is_file():
                     problems.append(f"{where}: frames[{i}].{key} = {frame[key]} does not exist")
@@ -87,7 +88,7 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
                 seen_flame.add(flame)
                 problems += _flame_problems(flame)
             if extras:
-                image = union / frame["file_path"]
+                image = union / str(frame["file_path"])
                 stem = image.stem
                 for folder, name in (("parsing", f"{stem}_labels.png"), ("depths", f"{stem}.npz")):
                     if not (image.parent.parent / folder / name).is_file():
@@ -96,7 +97,8 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
     if unreadable:
         return problems
     problems += _split_problems(union, splits)
-    problems += _camera_problems(union, splits)
+    if not bad_matrix:
+        problems += _camera_problems(union, splits)
     return problems
 
 
