@@ -20,8 +20,9 @@ TOP_LEVEL_FIELDS = ("frames", "cx", "cy", "fl_x", "fl_y", "h", "w", "camera_angl
 FRAME_FIELDS = ("timestep_index", "camera_index", "camera_id", "cx", "cy", "fl_x", "fl_y", "h", "w",
                 "camera_angle_x", "camera_angle_y", "transform_matrix", "file_path", "fg_mask_path",
                 "flame_param_path")
-# The fields the split and camera checks read from every frame.
-SPLIT_CHECK_FIELDS = frozenset({"timestep_index", "camera_index", "file_path", "transform_matrix"})
+# The fields the split check and the camera check read from every frame.
+SPLIT_CHECK_FIELDS = frozenset({"timestep_index", "camera_index", "file_path"})
+CAMERA_CHECK_FIELDS = frozenset({"camera_index", "transform_matrix"})
 UNION_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json", "canonical_flame_param.npz",
                "sequences_trainval.txt", "sequences_test.txt")
 # How far (metres) a camera's optical axis may pass from the head (the world origin).
@@ -55,10 +56,10 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
     if problems:
         return problems
     splits, problems = _read_splits(union)
-    # A frame the split and camera checks cannot read (fields missing, a matrix of non-numbers) is
-    # reported once here; those checks then wait until the file is mended.
-    unreadable = bool(problems)  # the split check's fields (and so the camera check's too)
-    bad_matrix = False  # the camera check's alone
+    # A split file or a frame that the split check or the camera check cannot read (not an object,
+    # its fields missing, a matrix of non-numbers) is reported once here; that check then waits
+    # until the file is mended.
+    split_check_blocked = camera_check_blocked = bool(problems)
     seen_flame: set[Path] = set()
     for split, db in splits.items():
         where = union / f"transforms_{split}.json"
@@ -66,12 +67,13 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
         for i, frame in enumerate(db["frames"]):
             if not isinstance(frame, dict):
                 problems.append(f"{where}: frames[{i}] is a {type(frame).__name__}, expected an object")
-                unreadable = True
+                split_check_blocked = camera_check_blocked = True
                 continue
             missing = [k for k in FRAME_FIELDS if k not in frame]
             if missing:
                 problems.append(f"{where}: frames[{i}] lacks {', '.join(missing)}")
-                unreadable |= not SPLIT_CHECK_FIELDS.isdisjoint(missing)
+                split_check_blocked |= not SPLIT_CHECK_FIELDS.isdisjoint(missing)
+                camera_check_blocked |= not CAMERA_CHECK_FIELDS.isdisjoint(missing)
                 continue
             try:
                 matrix_shape = np.asarray(frame["transform_matrix"], dtype=float).shape
@@ -79,7 +81,7 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
                 matrix_shape = None
             if matrix_shape != (4, 4):
                 problems.append(f"{where}: frames[{i}].transform_matrix is not 4×4 numbers")
-                bad_matrix = True
+                camera_check_blocked = True
             for key in ("file_path", "fg_mask_path", "flame_param_path"):
                 if not (union / str(frame[key])).is_file():
                     problems.append(f"{where}: frames[{i}].{key} = {frame[key]} does not exist")
@@ -94,10 +96,9 @@ def validate_union(union: str | Path, extras: bool = True, check_all_flame_files
                     if not (image.parent.parent / folder / name).is_file():
                         problems.append(f"{where}: frames[{i}] has no {folder}/{name}")
     problems += _flame_problems(union / "canonical_flame_param.npz")
-    if unreadable:
-        return problems
-    problems += _split_problems(union, splits)
-    if not bad_matrix:
+    if not split_check_blocked:
+        problems += _split_problems(union, splits)
+    if not camera_check_blocked:
         problems += _camera_problems(union, splits)
     return problems
 
