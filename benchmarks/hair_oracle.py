@@ -40,55 +40,35 @@ from PIL import Image
 
 from avatar_variants import COLUMNS, run_avatar
 from mega.data.gaussian_avatars import SubjectDataset
-from mega.data.synth import (HAIR_COLOUR, LIGHT_DIRECTION, FlameModel, SynthOptions, build_appearance,
-                             build_geometric_detail, build_hair, enhance, hair_sway_m, posed_hair, posed_vertices,
-                             render_view, rigid_fit, sequence_parameters, synthesized_union, vertex_attributes)
+from mega.data.synth import SynthOptions, SynthScene, synthesized_union, synthetic_scene
 from mega.flame.sources import head_model_from_source
 from mega.hair.model import GaussianHair
 from mega.render.sh import rgb_to_sh_dc
 from named_overrides import parse_named_overrides
 
 def canonical_strands(results: Path, subject: str):
-    """(hair, means [N, 3], quats [N, 4], the first frame's state for ``render_view``, options):
-    the subject's strands posed at global timestep 0 (the one-frame split's), as ``synthesize``
-    posed them."""
+    """(scene, the first frame, its state, means [N, 3], quats [N, 4]): the subject's strands posed at
+    global timestep 0 (the one-frame split's) by ``mega.data.synth``'s own scene."""
     summary = json.loads((results / "data" / subject / "summary.json").read_text())
     fields = SynthOptions.__dataclass_fields__
     options = SynthOptions(**{k: v for k, v in summary["options"].items() if k in fields})
     if summary.get("head_model", "toy") != "toy":
         raise SystemExit(f"{subject}: made with head model {summary['head_model']!r}; this script rebuilds 'toy'")
-    torch.manual_seed(options.seed)
-    head = head_model_from_source("toy")
-    enhanced = enhance(head)
-    model = FlameModel(enhanced)
-    appearance = build_appearance(enhanced, options.seed, HAIR_COLOUR if options.hair != "none" else None)
-    hair = build_hair(enhanced, options.hair, options.seed, HAIR_COLOUR, options.hair_clumps, options.hair_strands)
-    if hair is None:
+    scene = synthetic_scene(head_model_from_source("toy"), options)
+    if scene.hair is None:
         raise SystemExit(f"{subject} has no hair")
-    detail = build_geometric_detail(enhanced, options.seed)
-    faces = torch.as_tensor(enhanced.faces, dtype=torch.int64)
-    scalp = torch.as_tensor(enhanced.region_mask("scalp"))
-    params = sequence_parameters(options, head)
-    frame = params[next(iter(params))][0]
-    rest = posed_vertices(model, {"shape": frame["shape"]})
-    vertices = detail.apply(posed_vertices(model, frame), faces, frame["expr"])
-    R, t = rigid_fit(rest[scalp], vertices[scalp])
-    means, quats = posed_hair(hair, R, t, hair_sway_m(0, options.seed, options.hair_sway_mm))
-    render_state = {"vertices": vertices, "attrs": vertex_attributes(vertices, faces, appearance), "faces": faces,
-                    "faces_uv": torch.as_tensor(enhanced.faces_uv, dtype=torch.int64),
-                    "uvs": torch.as_tensor(enhanced.uvs, dtype=torch.float32), "appearance": appearance,
-                    "expr": frame["expr"]}
-    return hair, means, quats, render_state, options
+    frame = scene.params[next(iter(scene.params))][0]
+    with torch.no_grad():
+        state = scene.frame(frame, 0)
+    means, quats, _ = state[2]
+    return scene, frame, state, means, quats
 
 
-def check_against_the_images(union: Path, hair, means, quats, state: dict, options: SynthOptions) -> float:
+def check_against_the_images(union: Path, scene: SynthScene, frame: dict, state) -> float:
     """PSNR (dB) of one canonical-frame training view re-rendered from the strands against its image."""
     onef = SubjectDataset(union, "onef", parsing="off", depth="off")
-    light_dir = torch.nn.functional.normalize(torch.tensor(LIGHT_DIRECTION), dim=0)
     with torch.no_grad():
-        image, *_ = render_view(onef.camera(0), state["vertices"], state["attrs"], state["faces"], state["faces_uv"],
-                                state["uvs"], state["appearance"], state["expr"], (means, quats, hair),
-                                options.supersample, light_dir, options.hair_render)
+        image, *_ = scene.render(onef.camera(0), frame, state)
     stored = np.asarray(Image.open(onef.image_path(0)).convert("RGB"), dtype=np.float64) / 255
     rendered = np.round(image.numpy().astype(np.float64) * 255) / 255
     mse = float(np.mean((rendered - stored) ** 2))
@@ -143,8 +123,9 @@ def main() -> None:
     lpips_weights = args.lpips_weights if Path(args.lpips_weights).is_file() else None
     union = synthesized_union(results / "data" / args.subject)
 
-    hair, means, quats, state, options = canonical_strands(results, args.subject)
-    psnr = check_against_the_images(union, hair, means, quats, state, options)
+    scene, frame, state, means, quats = canonical_strands(results, args.subject)
+    hair = scene.hair
+    psnr = check_against_the_images(union, scene, frame, state)
     print(f"{args.subject}: {means.shape[0]} strand Gaussians; one canonical-frame view re-rendered from them "
           f"against its image: {psnr:.1f} dB", flush=True)
     if psnr < 40:

@@ -479,51 +479,88 @@ LIGHT_DIRECTION = (0.35, 0.55, 0.75)
 """The light's direction (world, towards the light; normalised where used)."""
 
 
-def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = SynthOptions(),
-               progress: bool = True) -> Path:
-    """Write the subject under ``parent``; return its UNION folder."""
+@dataclass
+class SynthScene:
+    """Everything a subject's frames are drawn from (:func:`synthetic_scene`): the enhanced head,
+    its appearance, detail and strands, and the FLAME parameters of every sequence and frame."""
+
+    options: SynthOptions
+    model: FlameModel
+    appearance: Appearance
+    hair: Hair | None
+    detail: GeometricDetail
+    faces: torch.Tensor  # [F, 3] int64
+    faces_uv: torch.Tensor  # [F, 3] int64
+    uvs: torch.Tensor  # [T, 2] float32
+    scalp: torch.Tensor  # [V] bool
+    params: dict[str, list[dict[str, np.ndarray]]]
+    rest: torch.Tensor  # [V, 3] metres: the shape, neutral
+    light_dir: torch.Tensor  # [3] unit
+
+    def frame(self, frame: dict[str, np.ndarray], global_t: int):
+        """(vertices [V, 3], their attributes for :func:`render_view`, the hair's state or None)
+        of one frame, ``global_t`` its timestep over all sequences (the hair's sway)."""
+        vertices = self.detail.apply(posed_vertices(self.model, frame), self.faces, frame["expr"])
+        attrs = vertex_attributes(vertices, self.faces, self.appearance)
+        hair_state = None
+        if self.hair is not None:
+            R, trans = rigid_fit(self.rest[self.scalp], vertices[self.scalp])
+            means, quats = posed_hair(self.hair, R, trans, hair_sway_m(global_t, self.options.seed,
+                                                                        self.options.hair_sway_mm))
+            hair_state = (means, quats, self.hair)
+        return vertices, attrs, hair_state
+
+    def render(self, camera: Camera, frame: dict[str, np.ndarray], state):
+        """:func:`render_view` of one frame's ``state`` (:meth:`frame`) from ``camera``."""
+        vertices, attrs, hair_state = state
+        return render_view(camera, vertices, attrs, self.faces, self.faces_uv, self.uvs, self.appearance,
+                           frame["expr"], hair_state, self.options.supersample, self.light_dir,
+                           self.options.hair_render)
+
+
+def synthetic_scene(head: HeadModel, options: SynthOptions) -> SynthScene:
+    """The subject ``options`` describes on ``head``, before any frame is drawn."""
     torch.manual_seed(options.seed)
     enhanced = enhance(head)
     model = FlameModel(enhanced)
-    appearance = build_appearance(enhanced, options.seed, HAIR_COLOUR if options.hair != "none" else None)
-    hair = build_hair(enhanced, options.hair, options.seed, HAIR_COLOUR, options.hair_clumps,
-                      options.hair_strands)
-    detail = build_geometric_detail(enhanced, options.seed)
-    faces = torch.as_tensor(enhanced.faces, dtype=torch.int64)
-    faces_uv = torch.as_tensor(enhanced.faces_uv, dtype=torch.int64)
-    uvs = torch.as_tensor(enhanced.uvs, dtype=torch.float32)
-    scalp = torch.as_tensor(enhanced.region_mask("scalp"))
+    params = sequence_parameters(options, head)
+    shape = params[next(iter(params))][0]["shape"]
+    return SynthScene(
+        options=options, model=model,
+        appearance=build_appearance(enhanced, options.seed, HAIR_COLOUR if options.hair != "none" else None),
+        hair=build_hair(enhanced, options.hair, options.seed, HAIR_COLOUR, options.hair_clumps,
+                        options.hair_strands),
+        detail=build_geometric_detail(enhanced, options.seed),
+        faces=torch.as_tensor(enhanced.faces, dtype=torch.int64),
+        faces_uv=torch.as_tensor(enhanced.faces_uv, dtype=torch.int64),
+        uvs=torch.as_tensor(enhanced.uvs, dtype=torch.float32),
+        scalp=torch.as_tensor(enhanced.region_mask("scalp")), params=params,
+        rest=posed_vertices(model, {"shape": shape}), light_dir=F.normalize(torch.tensor(LIGHT_DIRECTION), dim=0))
+
+
+def synthesize(parent: str | Path, head: HeadModel, options: SynthOptions = SynthOptions(),
+               progress: bool = True) -> Path:
+    """Write the subject under ``parent``; return its UNION folder."""
+    scene = synthetic_scene(head, options)
     cameras = nersemble_like_rig(options.width, options.height, options.n_cameras)
     writer = UnionWriter(Path(parent), options.subject, cameras, rig_serials(options.n_cameras))
-    params = sequence_parameters(options, head)
-    sequences = list(params)
-    shape = params[sequences[0]][0]["shape"]
-    rest = posed_vertices(model, {"shape": shape})
-    light_dir = F.normalize(torch.tensor(LIGHT_DIRECTION), dim=0)
-    total = sum(len(frames) for frames in params.values()) * len(cameras)
+    sequences = list(scene.params)
+    total = sum(len(frames) for frames in scene.params.values()) * len(cameras)
     bar = tqdm(total=total, desc="synth", unit="img", disable=not progress)
     global_t = 0
     with torch.no_grad():
-        for sequence, frames in params.items():
+        for sequence, frames in scene.params.items():
             for t, frame in enumerate(frames):
                 writer.write_flame(sequence, t, frame)
-                vertices = detail.apply(posed_vertices(model, frame), faces, frame["expr"])
-                attrs = vertex_attributes(vertices, faces, appearance)
-                hair_state = None
-                if hair is not None:
-                    R, trans = rigid_fit(rest[scalp], vertices[scalp])
-                    means, quats = posed_hair(hair, R, trans, hair_sway_m(global_t, options.seed,
-                                                                          options.hair_sway_mm))
-                    hair_state = (means, quats, hair)
+                state = scene.frame(frame, global_t)
                 for index, camera in enumerate(cameras):
-                    image, fg, parsing, depth = render_view(camera, vertices, attrs, faces, faces_uv, uvs, appearance,
-                                                            frame["expr"], hair_state, options.supersample, light_dir,
-                                                            options.hair_render)
+                    image, fg, parsing, depth = scene.render(camera, frame, state)
                     writer.write_frame(sequence, t, index, _to_uint8(image), _to_uint8(fg), parsing.numpy(),
                                        depth.numpy())
                     bar.update()
                 global_t += 1
     bar.close()
+    shape = scene.params[sequences[0]][0]["shape"]
     return writer.finish(sequences, sequences[-1:], canonical_parameters(shape), onef_timestep=0)
 
 
